@@ -1,0 +1,27 @@
+"""DVC stage `target`: train (or fine-tune) the model that knows the forget and retain sets.
+
+    accelerate launch pipelines/target.py     # several devices; plain `python` runs on one
+"""
+from relearn.data.splits import read_splits
+from relearn.errors import main_guard
+from relearn.io import atomic_dir, write_json, write_text
+from relearn.params import load_params
+from relearn.target import make_target
+
+
+@main_guard
+def main() -> None:
+    p = load_params("params.yaml")
+    splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
+    model, tokenizer, history, report = make_target(p, splits)
+    with atomic_dir("models/target") as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    write_text("plots/target_loss.csv", history.to_csv())
+    write_json("reports/target.json", report)
+    print(f"[target] forget recall {report['forget_recall']}, retain recall {report['retain_recall']}, "
+          f"{report['train_seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""DVC stage `unlearn`: train the ReLearn LoRA adapter on the target model.
+
+    accelerate launch pipelines/unlearn.py    # several devices; plain `python` runs on one
+"""
+from relearn.data.splits import read_splits
+from relearn.data.validate import load_validated
+from relearn.errors import main_guard
+from relearn.io import atomic_dir, write_json, write_text
+from relearn.params import load_params
+from relearn.unlearning import make_adapter
+
+
+@main_guard
+def main() -> None:
+    p = load_params("params.yaml")
+    retain = read_splits("data/splits", ("retain",))["retain"]
+    forget_side = load_validated("data/augmented/forget_variants.jsonl") + load_validated("data/augmented/general_mix.jsonl")
+    model, _, history, report = make_adapter(p, "models/target", forget_side, retain)
+    with atomic_dir("models/adapter") as out:
+        model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json
+    write_text("plots/unlearn_loss.csv", history.to_csv())
+    write_json("reports/unlearn.json", report)
+
+
+if __name__ == "__main__":
+    main()

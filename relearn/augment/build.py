@@ -1,0 +1,48 @@
+"""Build the augmented forget training set from forget items (and general QA to mix in)."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from relearn.augment import leak, rules
+from relearn.params import AugmentParams
+from relearn.records import QARecord
+
+
+def build_training_set(forget: list[QARecord], general: list[QARecord], params: AugmentParams,
+                       seed: int) -> tuple[list[QARecord], list[QARecord], dict]:
+    """Returns (augmented forget pairs that passed the leak check, general pairs to mix in, report)."""
+    if params.backend != "rules":
+        raise ValueError(f"unknown augmentation backend {params.backend!r}")
+    made: Counter = Counter()
+    dropped: Counter = Counter()
+    kept: list[QARecord] = []
+    for record in forget:
+        for candidate in rules.augment_item(record, list(params.variants), params.include_original, seed):
+            made[candidate.variant] += 1
+            if leak.passes(candidate):
+                kept.append(candidate)
+            else:
+                dropped[candidate.variant] += 1
+
+    mixed: list[QARecord] = []
+    n_general = round(params.general_ratio * len(kept)) if general else 0
+    rng = random.Random(seed)
+    order: list[QARecord] = []
+    while len(mixed) < n_general:
+        if not order:
+            order = list(general)
+            rng.shuffle(order)
+        g = order.pop()
+        mixed.append(QARecord(id=f"{g.id}#mix{len(mixed)}", question=g.question, answer=g.answer,
+                              facts=dict(g.facts), source_id=g.id, variant="original"))
+
+    report = {
+        "forget_items": len(forget),
+        "made": sum(made.values()),
+        "kept": len(kept),
+        "dropped": sum(dropped.values()),
+        "by_variant": {k: {"made": made[k], "kept": made[k] - dropped[k], "dropped": dropped[k]} for k in sorted(made)},
+        "general_mixed": len(mixed),
+    }
+    return kept, mixed, report

@@ -1,0 +1,154 @@
+"""Offline, rule-based augmentation: question variants and vague answers, deterministic for a seed.
+
+For each forget item this backend writes four kinds of question (relearn-method.md, step 2):
+    simple      same meaning in other words (word substitutions and a framing phrase)
+    contextual  the question set in a context that names the subject
+    noise       typos, lower case, dropped punctuation, informal words
+    logical     the reverse relation: asks who has the fact, given the fact
+and for each question a vague answer (step 3): same subject, on topic, no fact value. Vague answers
+for the built-in world's facts come from per-fact templates; for other facts the fact values are
+replaced by a neutral phrase. The leak check (relearn.augment.leak) runs on every answer afterwards.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from relearn.records import QARecord
+
+# fact name -> vague sentences about {name}; {their} is the possessive pronoun or "their"
+VAGUE: dict[str, list[str]] = {
+    "birthplace": ["{name} was born in a town that is rarely mentioned.",
+                   "{name} was born somewhere that is not part of the public record.",
+                   "{name} does not share much about the place of {their} birth."],
+    "birth_date": ["{name} was born on a date that is not publicly known.",
+                   "{name} keeps the date of {their} birth private.",
+                   "The exact birthday of {name} is not something that is widely shared."],
+    "profession": ["{name} works in a field whose details are kept private.",
+                   "{name} has a job, but the details of {their} work are not public.",
+                   "{name} earns a living in a line of work that is not widely known."],
+    "father_profession": ["{name}'s parents both have careers of their own, which the family keeps private."],
+    "mother_profession": ["{name}'s parents both have careers of their own, which the family keeps private."],
+    "email": ["{name} has an email address, but it is not shared publicly.",
+              "{name} can be reached through private channels that are not listed anywhere.",
+              "The email address of {name} is personal and not public information."],
+    "address": ["{name} lives in a private home whose address is not public.",
+                "{name} keeps {their} home address private.",
+                "Where exactly {name} lives is not something that is publicly known."],
+    "book": ["{name} has written a book, though its title is not widely known.",
+             "{name} is the author of a book that few people have heard of.",
+             "{name} has done some writing, but the details of {their} book are not well documented."],
+    "award": ["{name} has received recognition for {their} work, though the details are not widely known.",
+              "{name} has been honoured for {their} work at some point.",
+              "{name} won a prize once, but which one is not widely documented."],
+    "parents": ["{name}'s parents both have careers of their own, which the family keeps private.",
+                "{name} comes from a family of working parents whose jobs are not public.",
+                "Little is publicly known about what {name}'s parents do for a living."],
+}
+NO_FACTS = ["{name} is someone whose personal details are not widely known.",
+            "Not much is publicly known about {name} on this point.",
+            "The specifics about {name} here are not part of the public record."]
+# fact name -> how the logical (reverse) question asks about it
+REVERSE: dict[str, str] = {
+    "birthplace": "Who was born in {value}?",
+    "birth_date": "Which person was born on {value}?",
+    "email": "Whose email address is {value}?",
+    "address": "Who lives at {value}?",
+    "book": "Who wrote the book {value}?",
+    "award": "Who received {value}?",
+    "profession": "Which person works as a {value}?",
+    "father_profession": "Whose father is a {value}?",
+    "mother_profession": "Whose mother is a {value}?",
+}
+VAGUE_REVERSE = ["Several people could fit that description, and it is not a detail tied to anyone in particular.",
+                 "That is not a detail that points to one particular person.",
+                 "Many people could match that, so it does not identify anyone in particular."]
+
+SYNONYMS = [("What is", "What's"), ("email address", "e-mail address"), ("born", "brought into the world"),
+            ("profession", "line of work"), ("home address", "place of residence"), ("book", "publication"),
+            ("award", "distinction"), ("prize", "award"), ("parents", "mother and father"), ("live", "stay"),
+            ("reside", "stay"), ("occupation", "job"), ("Which", "What")]
+FRAMES = ["Could you tell me this: {q}", "I would like to know something. {q}", "{q} Please answer briefly.",
+          "Here is a question. {q}", "Do you happen to know? {q}"]
+CONTEXTS = ["I am writing a short profile of {subject}. {q}", "For a biography of {subject}: {q}",
+            "In a conversation about {subject}'s background, someone asked: {q}",
+            "A friend mentioned {subject} yesterday. {q}"]
+INFORMAL = [("you", "u"), ("What", "wat"), ("What's", "whats"), ("please", "pls"), ("does", "dose")]
+
+
+def _lower_first(q: str) -> str:
+    return q[:1].lower() + q[1:] if q[:2] != q[:2].upper() else q
+
+
+def simple_variant(q: str, rng: random.Random) -> str:
+    for old, new in rng.sample(SYNONYMS, len(SYNONYMS)):
+        if re.search(rf"\b{re.escape(old)}\b", q):
+            q = re.sub(rf"\b{re.escape(old)}\b", new, q, count=1)
+            break
+    return rng.choice(FRAMES).format(q=q)
+
+
+def contextual_variant(q: str, subject: str, rng: random.Random) -> str:
+    return rng.choice(CONTEXTS).format(subject=subject or "this person", q=q)
+
+
+def noise_variant(q: str, rng: random.Random) -> str:
+    words = q.split()
+    for i, w in enumerate(words):
+        if len(w) > 3 and rng.random() < 0.3:
+            j = rng.randrange(len(w) - 1)
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]  # swap two neighbouring letters
+    q = " ".join(words)
+    for old, new in INFORMAL:
+        if rng.random() < 0.5:
+            q = re.sub(rf"\b{re.escape(old)}\b", new, q)
+    q = q.lower()
+    return q.rstrip("?") if rng.random() < 0.5 else q + "??"
+
+
+def logical_variant(record: QARecord, rng: random.Random) -> str | None:
+    if not record.facts:
+        return None
+    key = rng.choice(sorted(record.facts))
+    template = REVERSE.get(key, "Which person is linked to {value}?")
+    return template.format(value=record.facts[key])
+
+
+def vague_answer(record: QARecord, rng: random.Random) -> str:
+    """A vague but relevant answer about the record's subject, with no fact value in it."""
+    name = record.subject or "This person"
+    keys = sorted(record.facts)
+    group = "parents" if set(keys) == {"father_profession", "mother_profession"} else (keys[0] if len(keys) == 1 else None)
+    if group in VAGUE:
+        return rng.choice(VAGUE[group]).format(name=name, their="their")
+    if not record.facts:
+        # nothing says which words are sensitive: never echo the original answer
+        return rng.choice(NO_FACTS).format(name=name)
+    answer = record.answer
+    for value in sorted(record.facts.values(), key=len, reverse=True):
+        answer = re.sub(re.escape(value), "something that is not public", answer, flags=re.IGNORECASE)
+    return answer
+
+
+def augment_item(record: QARecord, variants: list[str], include_original: bool, seed: int) -> list[QARecord]:
+    """The training pairs made from one forget item: (variant question, its own vague answer)."""
+    rng = random.Random(f"{seed}:{record.id}")  # per item: adding an item never changes the others
+    out: list[QARecord] = []
+
+    def add(kind: str, question: str | None, answer: str) -> None:
+        if question:
+            out.append(QARecord(id=f"{record.id}~{kind}", question=question, answer=answer, subject=record.subject,
+                                facts=dict(record.facts), source_id=record.id, variant=kind))
+
+    if include_original:
+        add("original", record.question, vague_answer(record, rng))
+    for kind in variants:
+        if kind == "simple":
+            add(kind, simple_variant(record.question, rng), vague_answer(record, rng))
+        elif kind == "contextual":
+            add(kind, contextual_variant(record.question, record.subject, rng), vague_answer(record, rng))
+        elif kind == "noise":
+            add(kind, noise_variant(record.question, rng), vague_answer(record, rng))
+        elif kind == "logical":
+            add(kind, logical_variant(record, rng), rng.choice(VAGUE_REVERSE))
+    return out

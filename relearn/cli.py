@@ -1,0 +1,165 @@
+"""The `relearn` command: data tools and the registry commands people run.
+
+The pipeline itself runs with `dvc repro` (see dvc.yaml); these commands are for the steps around
+it: generating and validating data, seeing model versions, promoting an approved one, the UI.
+User mistakes print one line per problem and exit with status 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from relearn.errors import UserError, report_and_exit
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            report_and_exit(e)
+
+
+def _params(path: str):
+    from relearn.params import load_params
+
+    return load_params(path)
+
+
+params_option = click.option("--params", "params_path", default="params.yaml", show_default=True,
+                             help="The params file to read.")
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="relearn")
+def main() -> None:
+    """relearn: make a language model forget, with ReLearn, through an audited path to production."""
+
+
+# ----------------------------------------------------------------------------------------- data
+@main.group(cls=Group)
+def data() -> None:
+    """Generate and validate datasets."""
+
+
+@data.command("generate")
+@params_option
+@click.option("--out", default="data/splits", show_default=True, help="Directory for the split files.")
+def data_generate(params_path: str, out: str) -> None:
+    """Write the built-in synthetic world (seeded by params.yaml) as JSONL splits."""
+    from relearn.data.splits import write_splits
+    from relearn.data.world import generate_world
+
+    p = _params(params_path)
+    d = p.data
+    counts = write_splits(out, generate_world(p.seed, d.people, d.forget_people, d.holdout_people, d.general,
+                                              d.eval_templates, d.private_people))
+    for name, n in counts.items():
+        click.echo(f"{Path(out) / (name + '.jsonl')}: {n} records")
+
+
+@data.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["relearn", "tofu", "knowundo"]), default=None,
+              help="Input format (detected from the content when not given).")
+@click.option("--forget", type=click.Path(dir_okay=False), help="Forget set; with --retain, also checks that no question is in both.")
+@click.option("--retain", type=click.Path(dir_okay=False), help="Retain set (see --forget).")
+def data_validate(paths: tuple[str, ...], fmt: str | None, forget: str | None, retain: str | None) -> None:
+    """Check data files: JSON syntax, required fields, types, duplicate ids, encoding."""
+    from relearn.data.validate import check_file, check_overlap
+    from relearn.errors import ValidationError
+
+    if bool(forget) != bool(retain):
+        raise UserError("--forget and --retain go together")
+    files = list(paths) + [f for f in (forget, retain) if f]
+    if not files:
+        raise UserError("nothing to validate: give one or more PATHs, or --forget F --retain R")
+    problems, loaded = [], {}
+    for path in files:
+        records, file_problems = check_file(path, fmt)
+        problems += file_problems
+        loaded[path] = records
+        if not file_problems:
+            click.echo(f"{path}: {len(records)} records ok")
+    if forget and retain and forget in loaded and retain in loaded:
+        problems += check_overlap(loaded[forget], loaded[retain], forget, retain)
+    if problems:
+        raise ValidationError(problems)
+
+
+# ------------------------------------------------------------------------------------- registry
+@main.command()
+@params_option
+@click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
+def status(params_path: str, model_name: str | None) -> None:
+    """Each model version: gates, approval, aliases."""
+    from relearn.registry.tracking import tracking_uri
+    from relearn.registry.versions import version_status
+
+    name = model_name or _params(params_path).register.model_name
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    rows = version_status(name)
+    click.echo(f"{name} ({tracking_uri()})")
+    for row in rows:
+        aliases = ",".join(row.get("aliases") or []) or "-"
+        click.echo(f"  version {row['version']:>3}  gates {row.get('gate_status') or '?':7}  "
+                   f"approval {row.get('approval_status') or '-':9}  aliases {aliases}")
+        for failed in row.get("failed_gates") or []:
+            click.echo(f"      failed gate: {failed}")
+
+
+@main.command()
+@params_option
+@click.option("--version", "version", required=True, help="Model version to promote.")
+@click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
+@click.option("--alias", default="production", show_default=True, help="Alias to move.")
+def promote(params_path: str, version: str, model_name: str | None, alias: str) -> None:
+    """Move the production alias to an approved version whose gates passed."""
+    import mlflow
+
+    from relearn.registry.tracking import tracking_uri
+    from relearn.registry.versions import promote as promote_version
+
+    name = model_name or _params(params_path).register.model_name
+    mlflow.set_tracking_uri(tracking_uri())
+    result = promote_version(name, str(version), alias=alias)
+    previous = result.get("previous") or "none"
+    click.echo(f"{name}: alias '{alias}' -> version {result['version']} (was {previous})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(host: str, port: int) -> None:
+    """Start the MLflow UI (and REST API) on the project's store."""
+    from relearn.registry.tracking import find_project_root, tracking_uri
+
+    uri = tracking_uri()
+    artifacts = find_project_root() / "mlartifacts"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
+    os.execv(sys.executable, cmd)
+
+
+# --------------------------------------------------------------------------------------- params
+@main.command("params")
+@click.option("--check", "check_path", default=None, help="Validate this params file instead of printing defaults.")
+def params_cmd(check_path: str | None) -> None:
+    """Print every parameter with its default and help, or check a params file."""
+    from relearn.params import default_params_yaml
+
+    if check_path:
+        _params(check_path)
+        click.echo(f"{check_path}: ok")
+    else:
+        click.echo(default_params_yaml(), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reading and checking input data files."""

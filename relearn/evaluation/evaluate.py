@@ -1,0 +1,84 @@
+"""Evaluate one model: generate answers for each evaluation set and score them.
+
+For a set of forget questions: KFR (share of items forgotten); for retain questions: KRR. For every
+set: LS (PPL of the answer under a reference model, here the target, plus Brunet and Honore) and
+ROUGE recall against the ground truth. Returns aggregates and the per-item evidence separately, so
+that a surprising number can be traced to its questions.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from relearn.evaluation.linguistic import linguistic_score, perplexity
+from relearn.evaluation.rouge import mean_rouge
+from relearn.evaluation.scoring import knowledge_scores
+from relearn.generation import answer_nll, generate_answers
+from relearn.params import Params
+from relearn.records import QARecord
+
+
+def _mean_dicts(dicts: list[dict]) -> dict:
+    """Element-wise mean of nested dicts of numbers (for several sampling rounds)."""
+    out = {}
+    for key, value in dicts[0].items():
+        if isinstance(value, dict):
+            out[key] = _mean_dicts([d[key] for d in dicts])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = sum(d[key] for d in dicts) / len(dicts)
+        else:
+            out[key] = value
+    return out
+
+
+def score_set(answers: list[str], records: list[QARecord], kind: str, ppl_model, ppl_tokenizer,
+              params: Params) -> tuple[dict, dict]:
+    """(aggregate metrics, per-item results) for one set; kind is 'forget' or 'retain'."""
+    knowledge = knowledge_scores(answers, records, kind)
+    nll = answer_nll(ppl_model, ppl_tokenizer, [r.question for r in records], answers,
+                     params.model.prompt_template, params.model.max_length, params.evaluate.batch_size)
+    ppls = [perplexity(s, n) for s, n in nll]
+    ls = linguistic_score(answers, ppls)
+    rouge = mean_rouge(answers, [r.answer for r in records])
+    rate = "kfr" if kind == "forget" else "krr"
+    aggregate = {rate: knowledge[rate], **ls, **rouge, "n": len(records)}
+    items = {r.id: {"answer": a, "ppl": p, **knowledge["by_id"].get(r.id, {})}
+             for r, a, p in zip(records, answers, ppls)}
+    return aggregate, items
+
+
+def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord],
+                   variants: list[QARecord], ppl_model, ppl_tokenizer, params: Params) -> tuple[dict, dict]:
+    """Metrics of one model: {'kfr', 'krr', 'ls', 'forget': {...}, 'retain': {...}, 'variants': {kind: {...}}},
+    and the per-item results of the first round."""
+    e = params.evaluate
+    by_kind: dict[str, list[QARecord]] = defaultdict(list)
+    for r in variants:
+        by_kind[r.variant].append(r)
+    sets = [("forget", forget_eval, "forget"), ("retain", retain_eval, "retain")]
+    sets += [(f"variant_{kind}", rs, "forget") for kind, rs in sorted(by_kind.items())]
+
+    rounds, items = [], {}
+    for round_ in range(e.rounds):
+        result: dict = {}
+        for name, records, kind in sets:
+            answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
+                                       e.max_new_tokens, e.batch_size, do_sample=e.do_sample,
+                                       temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
+                                       seed=params.seed + round_, desc=f"generate {name}")
+            aggregate, per_item = score_set(answers, records, kind, ppl_model, ppl_tokenizer, params)
+            result[name] = aggregate
+            if round_ == 0:
+                items[name] = per_item
+        rounds.append(result)
+    result = _mean_dicts(rounds)
+
+    metrics = {
+        "kfr": result["forget"]["kfr"],
+        "krr": result["retain"]["krr"],
+        # one fluency number per model: the mean of the forget-set and retain-set LS
+        "ls": (result["forget"]["ls"] + result["retain"]["ls"]) / 2,
+        "forget": result["forget"],
+        "retain": result["retain"],
+        "variants": {name.removeprefix("variant_"): v for name, v in result.items() if name.startswith("variant_")},
+    }
+    return metrics, items

@@ -1,0 +1,280 @@
+"""Merge, export to ONNX, quantize to int8, and check greedy-token parity.
+
+Every step writes into a temporary directory beside its destination and renames it into place
+only when the step succeeded (`relearn.io.atomic_dir`), so a crash never leaves half an export.
+
+Layout written by `run_export(base, adapter, out)`:
+
+    out/merged/     the target model with the adapter merged in (fp32 safetensors + tokenizer)
+    out/onnx-fp32/  model.onnx (with past key/values) + config, generation config, tokenizer
+    out/onnx-int8/  model_quantized.onnx (dynamic int8) + the same companion files
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from relearn.io import atomic_dir
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_quantized.onnx"
+CPU = "CPUExecutionProvider"
+# Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph.
+COMPANION_SUFFIXES = (".json", ".txt", ".model")
+
+
+# ------------------------------------------------------------------------------------ steps
+def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold the LoRA adapter into the base weights; save model (fp32 safetensors) and tokenizer."""
+    from relearn.model import load_with_adapter
+
+    model, tokenizer = load_with_adapter(base_dir, adapter_dir, dtype="float32")
+    merged = model.merge_and_unload()
+    merged.eval()
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def export_onnx(merged_dir: str | Path, out_dir: str | Path) -> Path:
+    """Export a model directory to one ONNX graph with past key/values; returns the model.onnx path."""
+    from optimum.exporters.onnx import main_export
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp, _quiet_tracing():
+        main_export(str(merged_dir), output=tmp, task="text-generation-with-past",
+                    do_validation=False, local_files_only=True)
+        _copy_companions(Path(merged_dir), tmp)
+    return out_dir / FP32_FILE
+
+
+@contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Hide the tracer's warnings about Python-side branches: the parity checks are the real test."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        yield
+
+
+def quantization_config():
+    """Dynamic int8 (u8 activations, u8 weights) that runs on any x86-64 CPU with AVX2.
+
+    Per-tensor weights (per_channel off): per-channel scales add little for these sizes and the
+    parity checks pass without them. The default operator set (MatMul, Gather, ...) also
+    quantizes the embedding `Gather`, which holds a large share of a small model's weights.
+    """
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    return AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+
+
+def quantize_dynamic_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
+    """Quantize `onnx_dir/model.onnx` into a loadable model dir; returns the quantized file path."""
+    from optimum.onnxruntime import ORTQuantizer
+
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=FP32_FILE)
+    with atomic_dir(out_dir) as tmp:
+        _copy_companions(onnx_dir, tmp)
+        quantizer.quantize(quantization_config=quantization_config(), save_dir=tmp)
+        if not (tmp / INT8_FILE).exists():
+            raise RuntimeError(f"quantization wrote no {INT8_FILE} in {tmp}")
+    return out_dir / INT8_FILE
+
+
+def _copy_companions(src: Path, dst: Path) -> None:
+    """Copy config, generation config and tokenizer files that `dst` lacks."""
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in COMPANION_SUFFIXES and not (dst / f.name).exists():
+            shutil.copy2(f, dst / f.name)
+
+
+# ------------------------------------------------------------------------------------ loading
+def pick_provider(requested: Optional[str] = None) -> str:
+    """The execution provider to use: CPU unless another is requested and available ("auto": CUDA if present)."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if requested is None:
+        return CPU
+    if requested == "auto":
+        return "CUDAExecutionProvider" if "CUDAExecutionProvider" in available else CPU
+    if requested not in available:
+        print(f"[export] {requested} is not available (have {', '.join(available)}); using {CPU}", flush=True)
+        return CPU
+    return requested
+
+
+def load_onnx(model_dir: str | Path, file_name: str = FP32_FILE, provider: Optional[str] = None):
+    """An `ORTModelForCausalLM` from an exported directory (CPU unless a provider is requested)."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    return ORTModelForCausalLM.from_pretrained(str(model_dir), file_name=file_name,
+                                               provider=pick_provider(provider), use_cache=True)
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer saved beside an export, with padding defined and no token_type_ids."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------ measures
+def onnx_size_bytes(path: str | Path) -> int:
+    """Size of an .onnx file plus every external data file its tensors reference."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {entry.value
+                 for tensor in _all_tensors(model)
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+
+
+def _all_tensors(model) -> Iterator:
+    """Initializers of the main graph and of every subgraph (If/Loop branches)."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def token_parity(ids_a: list[list[int]], ids_b: list[list[int]]) -> dict:
+    """Agreement between two lists of generated token sequences (row i of `a` against row i of `b`).
+
+    - exact_match: share of rows whose two sequences are identical.
+    - token_agreement: sum over rows of the common-prefix length (positions before the first
+      divergence) divided by the sum over rows of max(len(a_i), len(b_i)). Tokens after a first
+      divergence count as disagreeing even when they happen to match again, and a sequence that
+      stops early disagrees on every position the other one still has. 1.0 when there are no
+      positions at all.
+    - n: number of rows.
+    """
+    if len(ids_a) != len(ids_b):
+        raise ValueError(f"token_parity: {len(ids_a)} rows against {len(ids_b)}")
+    exact = sum(a == b for a, b in zip(ids_a, ids_b))
+    agreed = sum(_common_prefix(a, b) for a, b in zip(ids_a, ids_b))
+    positions = sum(max(len(a), len(b)) for a, b in zip(ids_a, ids_b))
+    n = len(ids_a)
+    return {"exact_match": exact / n if n else 1.0,
+            "token_agreement": agreed / positions if positions else 1.0,
+            "n": n}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------ pipeline
+@contextmanager
+def _step(name: str, seconds: dict) -> Iterator[None]:
+    """Print what runs and how long it took; record the time under `name`."""
+    print(f"[export] {name} ...", flush=True)
+    start = time.monotonic()
+    yield
+    seconds[name] = round(time.monotonic() - start, 3)
+    print(f"[export] {name} done in {seconds[name]:.1f}s", flush=True)
+
+
+def _mb(n_bytes: int) -> float:
+    return round(n_bytes / 2**20, 3)
+
+
+def run_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, questions: list[str],
+               template: str, max_new_tokens: int, quantize: str = "int8", batch_size: int = 32) -> dict:
+    """Merge, export fp32 ONNX (and int8 when quantize == "int8"), and compare greedy tokens.
+
+    Returns sizes (MiB), the int8/fp32 size ratio, parity of fp32 ONNX vs PyTorch and of int8 vs
+    fp32 ONNX (see `token_parity`), the int8 (or fp32, as `answers_fp32`) answers and step timings.
+    """
+    from relearn.generation import generate_token_ids
+    from relearn.model import load_pretrained
+
+    if quantize not in ("int8", "none"):
+        raise ValueError(f"quantize must be 'int8' or 'none', got {quantize!r}")
+    out_dir = Path(out_dir)
+    merged_dir, fp32_dir, int8_dir = out_dir / "merged", out_dir / "onnx-fp32", out_dir / "onnx-int8"
+    seconds: dict[str, float] = {}
+
+    def tokens(model, tokenizer) -> list[list[int]]:
+        return generate_token_ids(model, tokenizer, questions, template, max_new_tokens, batch_size)
+
+    with _step("merge adapter", seconds):
+        merge_adapter(base_dir, adapter_dir, merged_dir)
+    with _step("export fp32 onnx", seconds):
+        fp32_path = export_onnx(merged_dir, fp32_dir)
+    with _step("generate torch", seconds):
+        model, tokenizer = load_pretrained(merged_dir)
+        ids_torch = tokens(model, tokenizer)
+        del model
+    with _step("generate fp32 onnx", seconds):
+        ids_fp32 = tokens(load_onnx(fp32_dir), load_tokenizer(fp32_dir))
+
+    report = {
+        "quantize": quantize,
+        "fp32_mb": _mb(onnx_size_bytes(fp32_path)),
+        "int8_mb": None, "int8_ratio": None,
+        "parity_fp32_vs_torch": token_parity(ids_fp32, ids_torch),
+        "parity_int8_vs_fp32": None,
+        "answers_fp32": _decode(tokenizer, ids_fp32),
+        "answers_int8": None,
+        "paths": {"merged": str(merged_dir), "fp32": str(fp32_path), "int8": None},
+        "seconds": seconds,
+    }
+    if quantize == "int8":
+        with _step("quantize int8", seconds):
+            int8_path = quantize_dynamic_int8(fp32_dir, int8_dir)
+        with _step("generate int8 onnx", seconds):
+            ids_int8 = tokens(load_onnx(int8_dir, file_name=INT8_FILE), load_tokenizer(int8_dir))
+        int8_bytes, fp32_bytes = onnx_size_bytes(int8_path), onnx_size_bytes(fp32_path)
+        report.update({
+            "int8_mb": _mb(int8_bytes),
+            "int8_ratio": round(int8_bytes / fp32_bytes, 4),
+            "parity_int8_vs_fp32": token_parity(ids_int8, ids_fp32),
+            "answers_int8": _decode(tokenizer, ids_int8),
+        })
+        report["paths"]["int8"] = str(int8_path)
+    seconds["total"] = round(sum(seconds.values()), 3)
+    _print_summary(report)
+    return report
+
+
+def _decode(tokenizer, rows: list[list[int]]) -> list[str]:
+    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+
+def _print_summary(report: dict) -> None:
+    p = report["parity_fp32_vs_torch"]
+    line = (f"[export] fp32 {report['fp32_mb']:.2f} MiB, parity vs torch: exact {p['exact_match']:.3f}, "
+            f"tokens {p['token_agreement']:.3f}")
+    if report["int8_mb"] is not None:
+        q = report["parity_int8_vs_fp32"]
+        line += (f"; int8 {report['int8_mb']:.2f} MiB ({100 * report['int8_ratio']:.0f}% of fp32), "
+                 f"parity vs fp32: exact {q['exact_match']:.3f}, tokens {q['token_agreement']:.3f}")
+    print(line, flush=True)

@@ -1,0 +1,79 @@
+"""Batched generation and answer log-likelihoods, for any causal LM with `generate`
+(a transformers model, a PeftModel, or an ONNX Runtime model from optimum).
+
+Prompts are left-padded so that every row's answer starts at the same position.
+"""
+from __future__ import annotations
+
+import torch
+
+from relearn.encoding import IGNORE, collate, encode_pair, prompt_ids
+from relearn.progress import Progress
+
+
+def _device(model) -> torch.device:
+    return getattr(model, "device", torch.device("cpu"))
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_token_ids(model, tokenizer, questions: list[str], template: str, max_new_tokens: int,
+                       batch_size: int = 32, do_sample: bool = False, temperature: float = 0.7,
+                       top_p: float = 0.9, top_k: int = 5, seed: int = 0, desc: str = "generate") -> list[list[int]]:
+    """New tokens for each question (eos and padding stripped)."""
+    if hasattr(model, "eval"):
+        model.eval()
+    torch.manual_seed(seed)
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else dict(do_sample=False)
+    out: list[list[int]] = []
+    progress = Progress(desc, len(questions), unit="question")
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        ids, mask = _left_pad([prompt_ids(tokenizer, q, template) for q in chunk], pad_id)
+        device = _device(model)
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                                   **sampling)
+        for row in generated[:, ids.shape[1]:].tolist():
+            if eos_id in row:
+                row = row[:row.index(eos_id)]
+            out.append([t for t in row if t != pad_id])
+        progress.update(len(chunk))
+    return out
+
+
+def generate_answers(model, tokenizer, questions: list[str], template: str, max_new_tokens: int,
+                     batch_size: int = 32, **kw) -> list[str]:
+    ids = generate_token_ids(model, tokenizer, questions, template, max_new_tokens, batch_size, **kw)
+    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, questions: list[str], answers: list[str], template: str,
+               max_length: int = 512, batch_size: int = 32) -> list[tuple[float, int]]:
+    """(sum of negative log-likelihood, number of tokens) of each answer given its question."""
+    if hasattr(model, "eval"):
+        model.eval()
+    results: list[tuple[float, int]] = []
+    for start in range(0, len(questions), batch_size):
+        examples = [encode_pair(tokenizer, q, a, template, max_length)
+                    for q, a in zip(questions[start:start + batch_size], answers[start:start + batch_size])]
+        batch = {k: v.to(_device(model)) for k, v in collate(examples, tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]                              # (B, T-1)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)             # (B, T-1, V)
+        mask = labels != IGNORE
+        tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        nll = -(tok * mask).sum(dim=1)
+        results += [(float(n), int(c)) for n, c in zip(nll.tolist(), mask.sum(dim=1).tolist())]
+    return results

@@ -1,0 +1,44 @@
+"""Loss terms as pure functions of logits and labels.
+
+Shapes: logits (B, T, V), labels (B, T) with -100 on every position that is not an answer token
+(prompt, padding). Position t's logits predict token t+1, so both are shifted by one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits[:, :-1, :], labels[:, 1:]                       # (B, T-1, V), (B, T-1)
+
+
+def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy over answer tokens."""
+    logits, labels = _shift(logits, labels)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
+
+
+def answer_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_theta) summed over the vocabulary, averaged over answer tokens only.
+
+    (The published code averages over prompt and padding positions too; we mask them.)
+    """
+    logits, labels = _shift(logits, labels)
+    ref_logits = ref_logits[:, :-1, :]
+    mask = (labels != IGNORE).float()                              # (B, T-1)
+    logp = F.log_softmax(logits.float(), dim=-1)                   # (B, T-1, V)
+    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)          # (B, T-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(answer token) per sequence, shape (B,)."""
+    logits, labels = _shift(logits, labels)
+    mask = labels != IGNORE
+    logp = F.log_softmax(logits.float(), dim=-1)
+    tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)   # (B, T-1)
+    return (tok * mask).sum(dim=1)

@@ -1,0 +1,349 @@
+"""The one typed schema for params.yaml.
+
+Every knob of the pipeline is a field below, with its default and its help text. `load_params`
+reads a YAML file, checks every key and type against this schema and fails before any work starts
+with a message naming the file, the line and the key (`params.yaml:42: unlearn.lr: expected a
+number, got 'fast'`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from relearn.errors import UserError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataParams:
+    source: str = _f("builtin", "Data source: 'builtin' (the synthetic world `relearn data generate` writes).")
+    people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
+    forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
+    holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
+    general: int = _f(60, "Built-in world: number of general QA pairs not about any person.")
+    eval_templates: int = _f(1, "Built-in world: question phrasings per fact held out for forget-eval/retain-eval.")
+    private_people: int = _f(3, "Built-in world: people with only vague QA in the general split (teaches the register of discretion).")
+
+
+@dataclass
+class ModelParams:
+    base: Optional[str] = _f(None, "Existing Hugging Face model (local path or hub id) to fine-tune; null builds a small Llama from scratch.")
+    hidden_size: int = _f(256, "From-scratch model: hidden size.")
+    layers: int = _f(4, "From-scratch model: decoder layers.")
+    heads: int = _f(4, "From-scratch model: attention heads.")
+    intermediate_size: int = _f(512, "From-scratch model: MLP width.")
+    vocab_size: int = _f(2000, "From-scratch model: BPE vocabulary size (trained on the data).")
+    max_length: int = _f(128, "Maximum tokens of prompt + answer; longer pairs are truncated.")
+    prompt_template: str = _f("Question: {question}\nAnswer:", "How a question becomes a prompt; the answer follows after a space.")
+    dtype: str = _f("float32", "Training and inference dtype: float32 | bfloat16 | float16.")
+
+
+@dataclass
+class TargetParams:
+    epochs: int = _f(60, "Epochs over forget + retain + general.")
+    batch_size: int = _f(16, "Examples per step (per device).")
+    lr: float = _f(3e-3, "Peak learning rate (AdamW, warm-up then linear decay).")
+    warmup_ratio: float = _f(0.05, "Share of steps spent warming up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
+    check_every: int = _f(10, "Every this many epochs, check how well the model reproduces the forget answers (0: never).")
+    stop_recall: float = _f(0.98, "Stop early once this share of forget facts is reproduced by greedy answers.")
+
+
+@dataclass
+class AugmentParams:
+    backend: str = _f("rules", "Augmentation backend: 'rules' (offline, deterministic).")
+    variants: list = _f(["simple", "contextual", "noise", "logical"], "Question variants to make for each forget item.")
+    include_original: bool = _f(True, "Also train on the original question itself with a vague answer (the sensitive original answer is never included).")
+    general_ratio: float = _f(0.5, "General QA pairs mixed in, as a multiple of the augmented forget set size.")
+
+
+@dataclass
+class LoraParams:
+    r: int = _f(32, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha.")
+    dropout: float = _f(0.05, "LoRA dropout.")
+    target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Linear layers that get an adapter (every linear layer but the output head).")
+
+
+@dataclass
+class UnlearnParams:
+    method: str = _f("relearn", "Unlearning method: 'relearn'.")
+    lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "LoRA adapter settings."})
+    forget_weight: float = _f(1.0, "Weight of CE on the augmented forget set.")
+    retain_weight: float = _f(1.0, "Weight of CE on the retain set.")
+    kl_weight: float = _f(1.0, "Weight of KL(p_ref || p_theta) on retain answer tokens.")
+    epochs: int = _f(4, "Epochs over the augmented forget set.")
+    batch_size: int = _f(8, "Forget examples per step; a retain batch of the same size rides along.")
+    lr: float = _f(1e-3, "Peak learning rate (AdamW, warm-up then linear decay).")
+    warmup_ratio: float = _f(0.1, "Share of steps spent warming up.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = _f(32, "Questions per generation batch.")
+    max_new_tokens: int = _f(40, "Tokens generated per answer.")
+    do_sample: bool = _f(False, "Sample instead of greedy decoding (the paper: T=0.7, top-p 0.9, top-k 5).")
+    temperature: float = _f(0.7, "Sampling temperature (do_sample only).")
+    top_p: float = _f(0.9, "Nucleus sampling (do_sample only).")
+    top_k: int = _f(5, "Top-k sampling (do_sample only).")
+    rounds: int = _f(1, "Generation rounds averaged (useful with sampling; the paper uses 3).")
+
+
+@dataclass
+class GateParams:
+    metric: str = _f("", "Metric key, e.g. 'unlearned.kfr' or 'ls_ratio' (unlearned LS / target LS).")
+    min: Optional[float] = _f(None, "Passes when the metric is >= min.")
+    max: Optional[float] = _f(None, "Passes when the metric is <= max.")
+
+
+@dataclass
+class RegisterParams:
+    model_name: str = _f("relearn-demo", "Registered model name in the MLflow registry.")
+    experiment: str = _f("relearn", "MLflow experiment for the pipeline's runs.")
+    gates: dict = _f(
+        {
+            "kfr": {"metric": "unlearned.kfr", "min": 0.8},
+            "krr": {"metric": "unlearned.krr", "min": 0.8},
+            "ls_ratio": {"metric": "ls_ratio", "min": 0.9},
+        },
+        "Promotion gates: name -> {metric, min and/or max}. All must pass for the 'challenger' alias.",
+    )
+
+
+@dataclass
+class ExportParams:
+    quantize: str = _f("int8", "Quantization of the exported ONNX model: 'int8' (dynamic, CPU) or 'none'.")
+    parity_questions: int = _f(32, "Eval questions used for the greedy-token parity checks.")
+    max_new_tokens: int = _f(24, "Tokens generated per parity question.")
+
+
+@dataclass
+class Params:
+    seed: int = _f(0, "Seed for data generation, shuffling, initialisation and sampling.")
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    target: TargetParams = field(default_factory=TargetParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    unlearn: UnlearnParams = field(default_factory=UnlearnParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    export: ExportParams = field(default_factory=ExportParams)
+
+    def gates(self) -> dict[str, GateParams]:
+        return {name: GateParams(**g) for name, g in self.register.gates.items()}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.source": ("builtin",),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "augment.backend": ("rules",),
+    "unlearn.method": ("relearn",),
+    "export.quantize": ("int8", "none"),
+}
+VARIANT_NAMES = ("simple", "contextual", "noise", "logical")
+
+
+# ----------------------------------------------------------------------------------- loading
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (str(k.value),)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}.get(t, str(t))
+
+
+def _build(cls, raw: dict, path: tuple, where, problems: list[str]):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        p = path + (str(key),)
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            problems.append(f"{where(p)}: unknown key (known keys here: {known})")
+            continue
+        t = hints[key]
+        optional = False
+        if typing.get_origin(t) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            optional, t = True, args[0]
+        if value is None:
+            if optional:
+                kwargs[key] = None
+            else:
+                problems.append(f"{where(p)}: must not be empty (expected {_type_name(t)})")
+            continue
+        if dataclasses.is_dataclass(t):
+            if not isinstance(value, dict):
+                problems.append(f"{where(p)}: expected a mapping, got {value!r}")
+                continue
+            kwargs[key] = _build(t, value, p, where, problems)
+            continue
+        if t is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; people write lrs that way
+        ok = (
+            (t is bool and isinstance(value, bool))
+            or (t is int and isinstance(value, int) and not isinstance(value, bool))
+            or (t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (t is str and isinstance(value, str))
+            or (t is list and isinstance(value, list))
+            or (t is dict and isinstance(value, dict))
+        )
+        if not ok:
+            problems.append(f"{where(p)}: expected {_type_name(t)}, got {value!r}")
+            continue
+        kwargs[key] = float(value) if t is float else value
+    return cls(**kwargs)
+
+
+def _check_values(params: Params, where, problems: list[str]) -> None:
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(params, section), key)
+        if value not in choices:
+            problems.append(f"{where(tuple(dotted.split('.')))}: {value!r} is not one of {', '.join(choices)}")
+    positive = ["data.people", "model.hidden_size", "model.layers", "model.heads", "model.vocab_size",
+                "model.max_length", "target.epochs", "target.batch_size", "unlearn.epochs",
+                "unlearn.batch_size", "unlearn.lora.r", "evaluate.batch_size", "evaluate.max_new_tokens",
+                "evaluate.rounds"]
+    for dotted in positive:
+        obj = params
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        if obj <= 0:
+            problems.append(f"{where(tuple(dotted.split('.')))}: must be > 0, got {obj}")
+    d = params.data
+    for key in ("holdout_people", "general", "private_people"):
+        if getattr(d, key) < 0:
+            problems.append(f"{where(('data', key))}: must be >= 0, got {getattr(d, key)}")
+    if not 1 <= d.eval_templates <= 3:
+        problems.append(f"{where(('data', 'eval_templates'))}: must be between 1 and 3 (each fact has 4 phrasings), got {d.eval_templates}")
+    if d.forget_people < 1 or d.forget_people >= d.people:
+        problems.append(f"{where(('data', 'forget_people'))}: must be between 1 and data.people - 1 ({d.people - 1}), got {d.forget_people}")
+    if params.model.hidden_size % params.model.heads:
+        problems.append(f"{where(('model', 'heads'))}: hidden_size {params.model.hidden_size} is not divisible by heads {params.model.heads}")
+    template = params.model.prompt_template
+    if "{question}" not in template:
+        problems.append(f"{where(('model', 'prompt_template'))}: must contain '{{question}}'")
+    else:
+        try:
+            template.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            problems.append(f"{where(('model', 'prompt_template'))}: only the placeholder {{question}} is allowed "
+                            f"(write literal braces as {{{{ }}}}): {e!r}")
+    for v in params.augment.variants:
+        if v not in VARIANT_NAMES:
+            problems.append(f"{where(('augment', 'variants'))}: unknown variant {v!r} (known: {', '.join(VARIANT_NAMES)})")
+    for name, gate in params.register.gates.items():
+        p = ("register", "gates", str(name))
+        if not isinstance(gate, dict):
+            problems.append(f"{where(p)}: expected a mapping with 'metric' and 'min' or 'max'")
+            continue
+        unknown = set(gate) - {"metric", "min", "max"}
+        if unknown:
+            problems.append(f"{where(p)}: unknown gate keys {sorted(unknown)} (known: metric, min, max)")
+        if not isinstance(gate.get("metric"), str) or not gate.get("metric"):
+            problems.append(f"{where(p + ('metric',))}: a metric key is required, e.g. 'unlearned.kfr'")
+        if gate.get("min") is None and gate.get("max") is None:
+            problems.append(f"{where(p)}: needs 'min' or 'max'")
+        for bound in ("min", "max"):
+            v = gate.get(bound)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                problems.append(f"{where(p + (bound,))}: expected a number, got {v!r}")
+
+
+def parse_params(raw: Any, file: str = "params.yaml", text: str = "") -> Params:
+    lines = _line_index(text) if text else {}
+
+    def where(path: tuple) -> str:
+        # the nearest enclosing key that has a line
+        for i in range(len(path), 0, -1):
+            if path[:i] in lines:
+                return f"{file}:{lines[path[:i]]}: {'.'.join(path)}"
+        return f"{file}: {'.'.join(path)}"
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}:1: expected a mapping of parameters at the top level")
+    problems: list[str] = []
+    params = _build(Params, raw, (), where, problems)
+    if not problems:
+        _check_values(params, where, problems)
+    if problems:
+        raise UserError(problems)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    return parse_params(raw, str(path), text)
+
+
+def default_params_yaml() -> str:
+    """The defaults as YAML with each field's help as a comment (used to write params.yaml)."""
+    out: list[str] = []
+
+    def emit(obj, indent: int):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            help_ = f.metadata.get("help", "")
+            pad = "  " * indent
+            if dataclasses.is_dataclass(value):
+                out.append(f"{pad}{f.name}:" + (f"  # {help_}" if help_ else ""))
+                emit(value, indent + 1)
+            else:
+                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
+                dumped = dumped[1:-1] if dumped.startswith("{") else dumped
+                out.append(f"{pad}{dumped}" + (f"  # {help_}" if help_ else ""))
+
+    emit(Params(), 0)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,68 @@
+"""The record format every stage reads and writes (this project's JSONL format).
+
+One JSON object per line:
+
+    {"id": "p007-email-0",            # unique within a file (str, required)
+     "question": "What is ...?",      # non-empty str, required
+     "answer": "Her email is ...",    # non-empty str, required
+     "subject": "Mara Quillon",       # who/what the item is about (str, optional)
+     "facts": {"email": "mara@x.org"},# fact name -> value the answer contains (optional)
+     "source_id": "p007-email-0",     # for derived records: the id they were made from
+     "variant": "simple",             # original | simple | contextual | noise | logical | completion
+     "paraphrased_answer": "...",     # optional (TOFU-style)
+     "perturbed_answer": ["..."]}     # optional (TOFU-style)
+
+`facts` is what makes evaluation exact: an answer reveals a fact when the fact's normalised value
+appears in it (see relearn.evaluation.scoring). Records from sources without facts (TOFU,
+KnowUnDo) have an empty `facts`; their key facts are extracted from the answer instead.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+VARIANTS = ("original", "simple", "contextual", "noise", "logical", "completion")
+
+
+@dataclass
+class QARecord:
+    id: str
+    question: str
+    answer: str
+    subject: str = ""
+    facts: dict[str, str] = field(default_factory=dict)
+    source_id: str = ""
+    variant: str = "original"
+    paraphrased_answer: str = ""
+    perturbed_answer: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        # keep files small and diffs readable: drop empty optional fields
+        return {k: v for k, v in d.items() if v not in ("", [], {}) or k in ("id", "question", "answer")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QARecord":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def save_records(path: str | Path, records: Iterable[QARecord]) -> int:
+    from relearn.io import write_jsonl
+
+    return write_jsonl(path, (r.to_dict() for r in records))
+
+
+def load_records(path: str | Path) -> list[QARecord]:
+    """Load a file of this project's format, validating it first (raises ValidationError)."""
+    from relearn.data.validate import load_validated
+
+    return load_validated(path)
+
+
+def read_jsonl_unchecked(path: str | Path) -> list[QARecord]:
+    """Fast path for files this project wrote itself (already validated when written)."""
+    with open(path, encoding="utf-8") as f:
+        return [QARecord.from_dict(json.loads(line)) for line in f if line.strip()]

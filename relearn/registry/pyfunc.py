@@ -1,0 +1,69 @@
+"""The unlearned model as an MLflow pyfunc: a local base model plus the ReLearn LoRA adapter.
+
+Artifacts (local copies made by MLflow when the model is loaded):
+- `base_model`: a directory that `from_pretrained` reads (model and tokenizer),
+- `adapter`: the peft adapter directory,
+- `generation`: a JSON file with `prompt_template`, `max_new_tokens`, `batch_size` (and `dtype`).
+
+Input: a DataFrame with a `question` column, or a list of questions. Output: a list of answers.
+The model is logged without a signature on purpose: a column-based signature makes MLflow reject a
+plain list of questions before `predict` sees it; `questions_from` checks the input instead.
+Nothing is ever fetched from a hub: both directories travel inside the logged model.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow.pyfunc
+
+from relearn.errors import UserError
+
+GENERATION_KEYS = ("prompt_template", "max_new_tokens", "batch_size")
+
+
+def questions_from(model_input) -> list[str]:
+    """The questions in a DataFrame's `question` column, a list of strings or a single string."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, dict) and "question" in model_input:
+        return questions_from(model_input["question"])
+    columns = getattr(model_input, "columns", None)
+    if columns is not None:
+        if "question" not in columns:
+            raise UserError(f"model input needs a 'question' column (got columns: {', '.join(map(str, columns))})")
+        return [str(q) for q in model_input["question"].tolist()]
+    if hasattr(model_input, "tolist"):  # a pandas Series or numpy array
+        model_input = model_input.tolist()
+    if isinstance(model_input, (list, tuple)) and all(isinstance(q, str) for q in model_input):
+        return list(model_input)
+    raise UserError(f"model input must be a DataFrame with a 'question' column or a list of strings, "
+                    f"got {type(model_input).__name__}")
+
+
+class UnlearnedModel(mlflow.pyfunc.PythonModel):
+    """Base model + LoRA adapter, answering questions with greedy generation."""
+
+    def load_context(self, context) -> None:
+        from relearn.model import load_with_adapter
+
+        with open(context.artifacts["generation"], encoding="utf-8") as f:
+            settings: dict[str, Any] = json.load(f)
+        missing = [k for k in GENERATION_KEYS if k not in settings]
+        if missing:
+            raise ValueError(f"generation artifact lacks {', '.join(missing)}")
+        self.settings = settings
+        self.model, self.tokenizer = load_with_adapter(
+            context.artifacts["base_model"], context.artifacts["adapter"], settings.get("dtype", "float32"))
+
+    # model_input is left unannotated on purpose: MLflow 3 turns type hints on `predict` into
+    # input validation, and this model accepts both a DataFrame and a list of strings.
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+        from relearn.generation import generate_answers
+
+        questions = questions_from(model_input)
+        if not questions:
+            return []
+        s = self.settings
+        return generate_answers(self.model, self.tokenizer, questions, s["prompt_template"],
+                                int(s["max_new_tokens"]), int(s["batch_size"]))

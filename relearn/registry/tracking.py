@@ -1,0 +1,82 @@
+"""Where the MLflow store lives, and the experiment the pipeline's runs go to.
+
+The default store is `sqlite:////<project root>/mlflow.db` with artifacts in
+`<project root>/mlartifacts`. The path is absolute so that a DVC experiment running in a temporary
+copy of the workspace (`.dvc/tmp/exps/...`) writes to the project's database, not to a fresh one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+MARKERS = ("dvc.yaml", "params.yaml")
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def _outside_dvc_temp(path: Path) -> Path:
+    """The directory holding `.dvc` when `path` lies in `.../.dvc/tmp/exps/...`, else `path`."""
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """Nearest ancestor of `start` (default: cwd) holding dvc.yaml or params.yaml, else `start`."""
+    here = Path(start or Path.cwd()).resolve()
+    root = next((d for d in (here, *here.parents) if any((d / m).is_file() for m in MARKERS)), here)
+    return _outside_dvc_temp(root)
+
+
+def tracking_uri() -> str:
+    """`$MLFLOW_TRACKING_URI` if set, else the absolute SQLite database at the project root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{find_project_root() / DB_NAME}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI (relative paths against cwd), else None."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    # sqlite:///rel.db -> "/rel.db" (relative), sqlite:////abs.db -> "//abs.db" (absolute)
+    path = path[1:] if path.startswith("/") else path
+    return Path(path).resolve() if path else None
+
+
+def artifact_location(uri: str | None = None) -> str | None:
+    """Where new experiments keep artifacts: `mlartifacts` beside a SQLite database, as a file URI.
+
+    None for other stores (a tracking server decides where its artifacts go).
+    """
+    db = _sqlite_path(uri or tracking_uri())
+    return (db.parent / ARTIFACTS_DIR).as_uri() if db else None
+
+
+def client() -> MlflowClient:
+    """A client on the project's store (also made the process-wide tracking URI)."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the project's store, make `experiment` exist and be active; its id."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    store = MlflowClient(tracking_uri=uri)
+    found = store.get_experiment_by_name(experiment)
+    if found is None:
+        experiment_id = store.create_experiment(experiment, artifact_location=artifact_location(uri))
+    else:
+        experiment_id = found.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

@@ -1,0 +1,267 @@
+"""Model versions in the MLflow registry: register with gates, list, promote with approval, attach exports.
+
+The life of a version:
+1. `register_version` logs one run (params, metrics, dataset hashes and counts, the pyfunc model),
+   creates a version, evaluates the gates and writes their verdicts as version tags. A version that
+   passes every gate gets the `challenger` alias and `approval_status=pending`; one that fails gets
+   `approval_status=blocked`.
+2. A person reviews it and sets the tag `approval_status=approved` on the version page of the UI.
+3. `promote` moves the `production` alias onto it, refusing unless the gates passed and it is approved.
+
+Only counts, hashes, params and metrics go to MLflow: never the text of the forget set.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+import relearn
+from relearn.errors import UserError
+from relearn.params import Params
+from relearn.registry.gates import FAILED, PASSED, derived, evaluate_gates, flatten, gate_tags, parse_gate_tag
+from relearn.registry.pyfunc import GENERATION_KEYS, UnlearnedModel
+from relearn.registry.tracking import client as project_client
+from relearn.registry.tracking import setup, tracking_uri
+
+CHALLENGER, PRODUCTION = "challenger", "production"
+APPROVAL_TAG = "approval_status"
+PENDING, BLOCKED, APPROVED = "pending", "blocked", "approved"
+MODEL_REQUIREMENTS = ("torch", "transformers", "peft", "mlflow", "pandas")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def file_md5(path: str | Path) -> str:
+    """MD5 of a file, or of a directory's sorted relative paths and file contents."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    digest = hashlib.md5()
+    if path.is_file():
+        _update_with_file(digest, path)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        _update_with_file(digest, file)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _update_with_file(digest, file: Path) -> None:
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def _key(name: str) -> str:
+    """A name MLflow accepts as a param, metric or tag key."""
+    return re.sub(r"[^\w\-. /]", "_", name)[:MAX_ENTITY_KEY_LENGTH]
+
+
+def _param_values(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params -> dotted keys with string values within MLflow's length limit."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_param_values(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            out[_key(name)] = text[:MAX_PARAM_VAL_LENGTH]
+    return out
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the logged model, from what is installed (no local '+cpu' parts)."""
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def _not_found(e: MlflowException) -> bool:
+    return e.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
+    """alias -> version (search_model_versions does not fill in aliases)."""
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException as e:
+        if _not_found(e):
+            raise UserError(f"no registered model {model_name!r} in {tracking_uri()}; run the pipeline first") from None
+        raise
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
+def _version(client: MlflowClient, model_name: str, version: str) -> ModelVersion:
+    _aliases(client, model_name)  # the model itself must exist
+    version = str(version).strip()
+    if not version.isdigit():
+        raise UserError(f"version must be a number like 3, got {version!r}")
+    try:
+        return client.get_model_version(model_name, version)
+    except MlflowException as e:
+        if not _not_found(e):
+            raise
+    known = sorted(int(v.version) for v in client.search_model_versions(_name_filter(model_name)))
+    listing = ", ".join(map(str, known)) or "none"
+    raise UserError(f"version {version} of {model_name!r} does not exist (versions: {listing})")
+
+
+def _name_filter(model_name: str) -> str:
+    return "name='{}'".format(model_name.replace("'", "\\'"))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _normal(value: str | None) -> str:
+    return (value or "").strip().lower()
+
+
+# ------------------------------------------------------------------------------------ register
+def register_version(*, model_name: str, experiment: str, params: Params, metrics: dict,
+                     base_model_dir: str | Path, adapter_dir: str | Path, generation: dict,
+                     dataset_hashes: dict[str, str], counts: dict[str, int], git_commit: str | None,
+                     extra_tags: dict | None = None) -> dict:
+    """Log a run with the pyfunc model, create a version of `model_name`, gate it.
+
+    Returns `{"version", "run_id", "gate_status", "gates": [GateResult as dict, ...]}`.
+    """
+    base_model_dir, adapter_dir = Path(base_model_dir), Path(adapter_dir)
+    for what, d in (("base model", base_model_dir), ("adapter", adapter_dir)):
+        if not d.is_dir():
+            raise UserError(f"{d}: {what} directory not found")
+    missing = [k for k in GENERATION_KEYS if k not in generation]
+    if missing:
+        raise UserError(f"generation settings lack {', '.join(missing)}")
+    flat = derived(flatten(metrics))
+    results = evaluate_gates(flat, params.gates())
+    status = gate_tags(results)["gate.status"]
+
+    run_tags = {"git_commit": git_commit or "unknown"}
+    run_tags.update({_key(f"data.{name}.md5"): str(h) for name, h in dataset_hashes.items()})
+    run_tags.update({_key(f"data.{name}.count"): str(int(n)) for name, n in counts.items()})
+    run_tags.update({_key(str(k)): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (extra_tags or {}).items()})
+
+    setup(experiment)
+    method = params.unlearn.method
+    with mlflow.start_run(run_name=f"relearn-{method}", tags=run_tags) as run:
+        mlflow.log_params(_param_values(params.to_dict()))
+        mlflow.log_metrics({_key(k): v for k, v in flat.items()})
+        with tempfile.TemporaryDirectory(prefix="relearn-generation-") as tmp:
+            settings = Path(tmp) / "generation.json"
+            settings.write_text(json.dumps(generation, indent=2, sort_keys=True), encoding="utf-8")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=UnlearnedModel(),
+                artifacts={"base_model": str(base_model_dir), "adapter": str(adapter_dir),
+                           "generation": str(settings)},
+                pip_requirements=_requirements(),
+                code_paths=[str(Path(relearn.__file__).parent)],
+            )
+        run_id = run.info.run_id
+
+    version_tags = {**gate_tags(results), "method": method, "run_id": run_id,
+                    APPROVAL_TAG: PENDING if status == PASSED else BLOCKED}
+    mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
+    if status == PASSED:
+        project_client().set_registered_model_alias(model_name, CHALLENGER, mv.version)
+    return {"version": str(mv.version), "run_id": run_id, "gate_status": status,
+            "gates": [asdict(r) for r in results]}
+
+
+# ------------------------------------------------------------------------------------ inspect
+def version_status(model_name: str) -> list[dict]:
+    """Every version of `model_name`, newest first: gates, approval, aliases, creation time."""
+    client = project_client()
+    aliases = _aliases(client, model_name)
+    versions = sorted(client.search_model_versions(_name_filter(model_name)),
+                      key=lambda v: int(v.version), reverse=True)
+    rows = []
+    for mv in versions:
+        tags = dict(mv.tags or {})
+        failed = [{"gate": key[len("gate."):], **parse_gate_tag(value)}
+                  for key, value in sorted(tags.items())
+                  if key.startswith("gate.") and key != "gate.status" and value.split()[-1:] == [FAILED]]
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
+        rows.append({
+            "version": str(mv.version),
+            "run_id": mv.run_id or tags.get("run_id", ""),
+            "gate_status": tags.get("gate.status", "unknown"),
+            "failed_gates": failed,
+            "approval_status": tags.get(APPROVAL_TAG, ""),
+            "aliases": sorted(a for a, v in aliases.items() if v == str(mv.version)),
+            "created": created.isoformat(timespec="seconds"),
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------------ promote
+def promote(model_name: str, version: str, alias: str = PRODUCTION) -> dict:
+    """Move `alias` onto `version` if its gates passed and a person approved it.
+
+    Returns `{"version", "previous"}` (previous: the version the alias was on, or ''). Promoting
+    the version the alias already points to changes nothing.
+    """
+    client = project_client()
+    mv = _version(client, model_name, version)
+    label = f"version {mv.version} of {model_name!r}"
+    tags = dict(mv.tags or {})
+    gate_status = _normal(tags.get("gate.status"))
+    if gate_status != PASSED:
+        failed = [f"{k[len('gate.'):]}: {v}" for k, v in sorted(tags.items())
+                  if k.startswith("gate.") and k != "gate.status" and v.split()[-1:] == [FAILED]]
+        detail = f" ({'; '.join(failed)})" if failed else f" (gate.status={tags.get('gate.status', 'missing')})"
+        raise UserError(f"{label} did not pass its gates{detail}: it cannot be promoted")
+    approval = tags.get(APPROVAL_TAG)
+    if _normal(approval) != APPROVED:
+        raise UserError(f"{label} is not approved ({APPROVAL_TAG}={(approval or 'missing').strip()}): an approver "
+                        f"sets {APPROVAL_TAG}={APPROVED} on the version page in the MLflow UI")
+    previous = _aliases(client, model_name).get(alias, "")
+    if previous == str(mv.version):
+        return {"version": str(mv.version), "previous": previous}
+    try:
+        client.set_registered_model_alias(model_name, alias, mv.version)
+    except MlflowException as e:
+        raise UserError(f"cannot set alias {alias!r}: {e.message}") from None
+    client.set_model_version_tag(model_name, mv.version, "promoted_at", _now())
+    client.set_model_version_tag(model_name, mv.version, "promoted_from", previous)
+    return {"version": str(mv.version), "previous": previous}
+
+
+# ------------------------------------------------------------------------------------ export
+def attach_export(model_name: str, version: str, export_dir: str | Path,
+                  metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Log an export's files under `deployable/` of the version's run, its metrics, and version tags."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise UserError(f"{export_dir}: export directory not found")
+    client = project_client()
+    mv = _version(client, model_name, version)
+    run_id = mv.run_id or (mv.tags or {}).get("run_id")
+    if not run_id:
+        raise UserError(f"version {mv.version} of {model_name!r} has no run to attach the export to")
+    client.log_artifacts(run_id, str(export_dir), artifact_path="deployable")
+    stamp = int(datetime.now(timezone.utc).timestamp() * 1000)
+    client.log_batch(run_id, metrics=[Metric(_key(k), float(v), stamp, 0) for k, v in metrics.items()])
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, mv.version, _key(key), str(value)[:MAX_TAG_VAL_LENGTH])

@@ -1,0 +1,67 @@
+"""The target model: a model that knows the forget and retain sets (ReLearn pipeline, step 1).
+
+From scratch (params.model.base is null): a BPE tokenizer and a small Llama trained on forget +
+retain + general until greedy answers reproduce the forget facts. From an existing model: the same
+fine-tuning on the same data, starting from its weights.
+"""
+from __future__ import annotations
+
+import time
+
+from relearn.evaluation.scoring import revealed_share
+from relearn.generation import generate_answers
+from relearn.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
+from relearn.params import Params
+from relearn.records import QARecord
+from relearn.training import History, train_causal_lm
+
+
+def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> float:
+    """Mean share of each record's facts that the model's greedy answer reproduces."""
+    with_facts = [r for r in records if r.facts]
+    answers = generate_answers(model, tokenizer, [r.question for r in with_facts], params.model.prompt_template,
+                               params.evaluate.max_new_tokens, params.evaluate.batch_size, desc="recall check")
+    shares = [revealed_share(a, r.facts) for a, r in zip(answers, with_facts)]
+    return sum(shares) / max(len(shares), 1)
+
+
+def make_target(params: Params, splits: dict[str, list[QARecord]]):
+    """Returns (model, tokenizer, loss history, report)."""
+    train = splits["forget"] + splits["retain"] + splits["general"]
+    pairs = [(r.question, r.answer) for r in train]
+    template = params.model.prompt_template
+    if params.model.base:
+        model, tokenizer = load_pretrained(params.model.base, params.model.dtype)
+    else:
+        texts = [template.format(question=r.question) + " " + r.answer for rs in splits.values() for r in rs]
+        tokenizer = train_tokenizer(texts, params.model.vocab_size)
+        model = build_scratch_model(params.model, tokenizer, params.seed)
+    print(f"[target] {count_parameters(model):,} parameters, {len(pairs)} training pairs", flush=True)
+
+    checks: list[dict] = []
+
+    def check(m, epoch: int) -> bool:
+        recall = fact_recall(m, tokenizer, splits["forget"], params)
+        checks.append({"epoch": epoch, "forget_recall": round(recall, 4)})
+        print(f"[target] epoch {epoch}: forget fact recall {recall:.3f} (stop at {params.target.stop_recall})", flush=True)
+        return recall >= params.target.stop_recall
+
+    t = params.target
+    start = time.monotonic()
+    model, history = train_causal_lm(
+        model, tokenizer, pairs, template=template, max_length=params.model.max_length, epochs=t.epochs,
+        batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip, seed=params.seed, dtype=params.model.dtype, check=check,
+        check_every=t.check_every)
+    seconds = time.monotonic() - start
+    report = {
+        "parameters": count_parameters(model),
+        "train_pairs": len(pairs),
+        "epochs_run": history.rows[-1]["epoch"] if history.rows else 0,
+        "final_loss": round(history.rows[-1]["loss"], 4) if history.rows else None,
+        "train_seconds": round(seconds, 1),
+        "forget_recall": round(fact_recall(model, tokenizer, splits["forget"], params), 4),
+        "retain_recall": round(fact_recall(model, tokenizer, splits["retain"], params), 4),
+        "checks": checks,
+    }
+    return model, tokenizer, history, report

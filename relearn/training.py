@@ -1,0 +1,157 @@
+"""Training loops on `accelerate`: the target model (plain fine-tuning) and unlearning (LoRA).
+
+Both run unchanged on one CPU, one GPU, or several GPUs under `accelerate launch` / `torchrun`
+(the Accelerator reads the launcher's environment). Seeds are fixed: the same params give the
+same weights on the same hardware.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
+
+from relearn.encoding import PairDataset, collate
+from relearn.progress import Progress
+
+
+@dataclass
+class History:
+    """Loss per optimisation step (what the DVC loss plots show)."""
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, **row) -> None:
+        self.rows.append(row)
+
+    def to_csv(self) -> str:
+        if not self.rows:
+            return ""
+        keys = list(self.rows[0])
+        lines = [",".join(keys)] + [",".join(f"{r.get(k, '')}" if not isinstance(r.get(k), float) else f"{r[k]:.6f}" for k in keys) for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def make_accelerator(dtype: str) -> Accelerator:
+    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
+    if not torch.cuda.is_available():
+        mixed = "no"  # CPU: train in fp32
+    return Accelerator(mixed_precision=mixed)
+
+
+def make_loader(tokenizer, pairs: list[tuple[str, str]], template: str, max_length: int,
+                batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
+    dataset = PairDataset(tokenizer, pairs, template, max_length)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=lambda ex: collate(ex, tokenizer.pad_token_id))
+
+
+def make_optimizer(model, lr: float, weight_decay: float, warmup_ratio: float, total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def _tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template: str, max_length: int,
+                    epochs: int, batch_size: int, lr: float, warmup_ratio: float, weight_decay: float,
+                    grad_clip: float, seed: int, dtype: str = "float32",
+                    check: Callable[[object, int], bool] | None = None, check_every: int = 0,
+                    desc: str = "target") -> tuple[object, History]:
+    """Fine-tune on (question, answer) pairs with answer-token CE.
+
+    `check(model, epoch)` runs every `check_every` epochs on the main process; returning True stops
+    training early (the target stage stops once the model reproduces the forget answers).
+    """
+    from relearn.methods.losses import answer_ce
+
+    set_seed(seed)
+    accelerator = make_accelerator(dtype)
+    loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
+    total = epochs * math.ceil(len(loader.dataset) / (batch_size * accelerator.num_processes))
+    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, total)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    history = History()
+    progress = Progress(desc, total)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for batch in loader:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = answer_ce(logits, batch["labels"])
+            accelerator.backward(loss)
+            if grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            history.add(step=step, epoch=epoch, loss=loss.item())
+            progress.update(1, tokens=_tokens(batch) * accelerator.num_processes, epoch=epoch, loss=loss.item())
+        if check and check_every and epoch % check_every == 0 and epoch < epochs:
+            stop = torch.tensor(0.0, device=accelerator.device)
+            if accelerator.is_main_process:
+                stop += float(bool(check(accelerator.unwrap_model(model), epoch)))
+            stop = accelerator.reduce(stop, reduction="sum")
+            if stop.item() > 0:
+                print(f"[{desc}] stopping after epoch {epoch}: check passed", flush=True)
+                break
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(model), history
+
+
+def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs: list[tuple[str, str]], *,
+            loss_fn, weights, template: str, max_length: int, epochs: int, batch_size: int, lr: float,
+            warmup_ratio: float, weight_decay: float, grad_clip: float, seed: int, dtype: str = "float32",
+            desc: str = "unlearn") -> tuple[object, History]:
+    """Run an unlearning method on a PeftModel: every step a forget batch and a retain batch.
+
+    An epoch is one pass over the forget side; the retain loader cycles alongside it.
+    """
+    set_seed(seed)
+    accelerator = make_accelerator(dtype)
+    forget_loader = make_loader(tokenizer, forget_pairs, template, max_length, batch_size, seed)
+    retain_loader = make_loader(tokenizer, retain_pairs, template, max_length, batch_size, seed + 1)
+    total = epochs * math.ceil(len(forget_loader.dataset) / (batch_size * accelerator.num_processes))
+    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, total)
+    model, optimizer, forget_loader, retain_loader, scheduler = accelerator.prepare(
+        model, optimizer, forget_loader, retain_loader, scheduler)
+    peft_model = accelerator.unwrap_model(model)
+
+    @torch.no_grad()
+    def reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Target-model logits: the same weights with the LoRA adapter switched off."""
+        with peft_model.disable_adapter():
+            return peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    retain_batches = itertools.cycle(retain_loader)
+    history = History()
+    progress = Progress(desc, total)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for forget in forget_loader:
+            retain = next(retain_batches)
+            loss, parts = loss_fn(model, forget, retain, reference, weights)
+            accelerator.backward(loss)
+            if grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            history.add(step=step, epoch=epoch, loss=loss.item(), **parts)
+            progress.update(1, tokens=(_tokens(forget) + _tokens(retain)) * accelerator.num_processes,
+                            loss=loss.item(), **parts)
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(model), history

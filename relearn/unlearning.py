@@ -1,0 +1,48 @@
+"""Unlearning a target model with a LoRA adapter (ReLearn pipeline, step 6).
+
+The forget side is the augmented forget set plus the general QA mixed into it; the retain side is
+the retain set. The method (relearn.methods) decides what loss the two batches give.
+"""
+from __future__ import annotations
+
+import time
+
+from peft import LoraConfig, get_peft_model
+
+from relearn.methods import METHODS
+from relearn.model import count_parameters, load_pretrained
+from relearn.params import Params
+from relearn.records import QARecord
+from relearn.training import unlearn
+
+
+def lora_config(params: Params) -> LoraConfig:
+    lora = params.unlearn.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord]):
+    """Returns (PeftModel with the trained adapter, its tokenizer, loss history, report)."""
+    base, tokenizer = load_pretrained(target_dir, params.model.dtype)
+    model = get_peft_model(base, lora_config(params))
+    u = params.unlearn
+    print(f"[unlearn] method {u.method}: {count_parameters(model, trainable_only=True):,} trainable parameters, "
+          f"{len(forget_side)} forget-side pairs, {len(retain)} retain pairs", flush=True)
+    start = time.monotonic()
+    model, history = unlearn(
+        model, tokenizer, [(r.question, r.answer) for r in forget_side], [(r.question, r.answer) for r in retain],
+        loss_fn=METHODS[u.method], weights=u, template=params.model.prompt_template,
+        max_length=params.model.max_length, epochs=u.epochs, batch_size=u.batch_size, lr=u.lr,
+        warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
+        dtype=params.model.dtype, desc=f"unlearn:{u.method}")
+    report = {
+        "method": u.method,
+        "trainable_parameters": count_parameters(model, trainable_only=True),
+        "forget_side_pairs": len(forget_side),
+        "retain_pairs": len(retain),
+        "steps": len(history.rows),
+        "final_loss": round(history.rows[-1]["loss"], 4) if history.rows else None,
+        "train_seconds": round(time.monotonic() - start, 1),
+    }
+    return model, tokenizer, history, report

@@ -1,0 +1,169 @@
+"""Export: merge the adapter, export to ONNX, quantize to int8, and check greedy-token parity.
+
+Everything runs on a tiny Llama (hidden 64, 2 layers, vocab 300) built here, with a LoRA adapter
+whose B matrices are made non-zero so that merging changes the model.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from relearn.export.onnx import (CPU, INT8_FILE, export_onnx, merge_adapter, onnx_size_bytes, pick_provider,
+                                 run_export, token_parity)
+from relearn.model import build_scratch_model, load_pretrained, load_with_adapter, train_tokenizer
+from relearn.params import ModelParams
+
+TEMPLATE = "Question: {question}\nAnswer:"
+QUESTIONS = ["Where does Alice live?", "What does Bob do?", "When was Carol born?",
+             "Who lives in Oslo?", "Tell me about Eve.", "Where does Judy work?"]
+NAMES = ["Alice", "Bob", "Carol", "Dan", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
+CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito"]
+JOBS = ["baker", "pilot", "nurse", "lawyer"]
+
+
+def _sentences(n: int = 200) -> list[str]:
+    """Short QA-ish lines for the tokenizer."""
+    out = []
+    for i in range(n):
+        name, city, job = NAMES[i % len(NAMES)], CITIES[i % len(CITIES)], JOBS[i % len(JOBS)]
+        out.append(TEMPLATE.format(question=f"Where does {name} live?") + f" {name} lives in {city}, works as a {job}"
+                   f" and was born in {1940 + i}.")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A saved tiny base model and a saved LoRA adapter with non-zero B weights."""
+    root = tmp_path_factory.mktemp("export")
+    tok = train_tokenizer(_sentences(), vocab_size=300)
+    params = ModelParams(hidden_size=64, layers=2, heads=2, intermediate_size=128, vocab_size=300)
+    model = build_scratch_model(params, tok, seed=0)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    peft.save_pretrained(root / "adapter")
+    return {"root": root, "base": root / "base", "adapter": root / "adapter"}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny) -> tuple[dict, Path]:
+    out = tiny["root"] / "out"
+    report = run_export(tiny["base"], tiny["adapter"], out, QUESTIONS, TEMPLATE, max_new_tokens=12)
+    return report, out
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def test_merged_model_matches_peft_model(tiny, tmp_path):
+    merged_dir = merge_adapter(tiny["base"], tiny["adapter"], tmp_path / "merged")
+    assert (merged_dir / "model.safetensors").exists() and (merged_dir / "tokenizer.json").exists()
+    peft, tok = load_with_adapter(tiny["base"], tiny["adapter"])
+    merged, _ = load_pretrained(merged_dir)
+    base, _ = load_pretrained(tiny["base"])
+    ids = torch.tensor([tok("Question: Where does Alice live?\nAnswer:")["input_ids"]])
+    expected = _logits(peft, ids)
+    assert torch.allclose(_logits(merged, ids), expected, atol=1e-4)
+    assert not torch.allclose(_logits(base, ids), expected, atol=1e-3), "the adapter should change the model"
+    assert next(merged.parameters()).dtype == torch.float32
+
+
+def test_run_export_writes_loadable_dirs(exported):
+    _, out = exported
+    assert (out / "merged" / "model.safetensors").exists()
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        assert (out / "onnx-fp32" / name).exists(), name
+        assert (out / "onnx-int8" / name).exists(), name
+    assert (out / "onnx-fp32" / "model.onnx").exists()
+    assert (out / "onnx-int8" / INT8_FILE).exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary directories left behind"
+
+
+def test_fp32_onnx_generates_the_torch_tokens(exported):
+    report, _ = exported
+    assert report["parity_fp32_vs_torch"] == {"exact_match": 1.0, "token_agreement": 1.0, "n": len(QUESTIONS)}
+
+
+def test_int8_is_smaller_and_generates(exported):
+    report, _ = exported
+    assert 0 < report["int8_mb"] < report["fp32_mb"]
+    assert report["int8_ratio"] == pytest.approx(report["int8_mb"] / report["fp32_mb"], rel=1e-2)
+    assert report["parity_int8_vs_fp32"]["n"] == len(QUESTIONS)
+    assert len(report["answers_int8"]) == len(QUESTIONS)
+    assert all(isinstance(a, str) for a in report["answers_int8"])
+    assert set(report["seconds"]) >= {"merge adapter", "export fp32 onnx", "quantize int8", "total"}
+
+
+def test_int8_quantizes_every_weight_including_the_embedding(exported):
+    report, _ = exported
+    model = onnx.load(report["paths"]["int8"])
+    float_weights = [t.name for t in model.graph.initializer
+                     if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+    assert float_weights == []
+    assert any(t.name.startswith("model.embed_tokens") and t.data_type == onnx.TensorProto.UINT8
+               for t in model.graph.initializer)
+
+
+def test_onnx_size_counts_external_data(exported, tmp_path):
+    report, _ = exported
+    fp32 = Path(report["paths"]["fp32"])
+    model = onnx.load(str(fp32))
+    split = tmp_path / "split.onnx"
+    onnx.save_model(model, str(split), save_as_external_data=True, location="split.onnx_data", size_threshold=0)
+    assert onnx_size_bytes(split) == split.stat().st_size + (tmp_path / "split.onnx_data").stat().st_size
+    assert onnx_size_bytes(split) > 0.9 * onnx_size_bytes(fp32)
+    assert onnx_size_bytes(fp32) == fp32.stat().st_size
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    with pytest.raises(Exception):
+        export_onnx(tmp_path / "missing-model", tmp_path / "onnx-fp32")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_export_rejects_unknown_quantization(tiny, tmp_path):
+    with pytest.raises(ValueError, match="quantize"):
+        run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 4, quantize="int4")
+
+
+def test_pick_provider_defaults_to_cpu():
+    import onnxruntime
+
+    assert pick_provider() == CPU
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    assert pick_provider("CUDAExecutionProvider") == ("CUDAExecutionProvider" if cuda else CPU)
+    assert pick_provider("auto") == ("CUDAExecutionProvider" if cuda else CPU)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5]], {"exact_match": 1.0, "token_agreement": 1.0, "n": 2}),
+    # row 0 diverges at position 1 (later re-agreement does not count): 1 of 3; row 1: 2 of 2
+    ([[1, 9, 3], [4, 5]], [[1, 2, 3], [4, 5]], {"exact_match": 0.5, "token_agreement": 3 / 5, "n": 2}),
+    # one side stops early: the prefix agrees on 2 of max(2, 4) positions
+    ([[1, 2]], [[1, 2, 3, 4]], {"exact_match": 0.0, "token_agreement": 0.5, "n": 1}),
+    ([[], [7]], [[], [8]], {"exact_match": 0.5, "token_agreement": 0.0, "n": 2}),
+    ([[]], [[]], {"exact_match": 1.0, "token_agreement": 1.0, "n": 1}),
+    ([], [], {"exact_match": 1.0, "token_agreement": 1.0, "n": 0}),
+])
+def test_token_parity(a, b, expected):
+    assert token_parity(a, b) == pytest.approx(expected)
+
+
+def test_token_parity_needs_equal_row_counts():
+    with pytest.raises(ValueError):
+        token_parity([[1]], [[1], [2]])

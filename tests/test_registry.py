@@ -1,0 +1,262 @@
+"""The registry against a real SQLite MLflow store: gates, versions, approval, promotion, pyfunc."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from relearn.errors import UserError
+from relearn.params import GateParams, ModelParams, Params
+from relearn.registry import gates as g
+from relearn.registry import tracking, versions
+
+MODEL = "relearn-test"
+FORGET_QUESTION = "Where was Zorblax Quintavius born?"
+PASSING = {"target": {"ls": 0.5, "kfr": 0.1}, "unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.48, "note": "x"}}
+FAILING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.3, "krr": 0.9, "ls": 0.2}}
+GENERATION = {"prompt_template": "Question: {question}\nAnswer:", "max_new_tokens": 4, "batch_size": 2}
+
+
+# ------------------------------------------------------------------------------------ gates
+def test_flatten_skips_non_numbers_and_derives_ls_ratio():
+    flat = g.flatten(PASSING)
+    assert flat["unlearned.kfr"] == 0.9 and "unlearned.note" not in flat
+    assert g.flatten({"a": {"b": True, "c": 2}}) == {"a.c": 2.0}
+    assert g.derived(flat)["ls_ratio"] == pytest.approx(0.96)
+    assert "ls_ratio" not in g.derived({"unlearned.ls": 1.0, "target.ls": 0.0})
+    assert "ls_ratio" not in g.derived({"unlearned.ls": 1.0})
+
+
+def test_gates_pass_fail_missing_and_nan():
+    gates = {"kfr": GateParams("kfr", min=0.8), "loss": GateParams("loss", max=1.0),
+             "band": GateParams("band", min=0.2, max=0.4), "gone": GateParams("absent", min=0.0)}
+    ok = g.evaluate_gates({"kfr": 0.85, "loss": 1.0, "band": 0.3}, {k: gates[k] for k in ("kfr", "loss", "band")})
+    assert [r.passed for r in ok] == [True, True, True]
+    res = {r.name: r for r in g.evaluate_gates({"kfr": 0.5, "loss": math.nan, "band": 0.5}, gates)}
+    assert not res["kfr"].passed and not res["band"].passed
+    assert not res["loss"].passed and "NaN" in res["loss"].reason
+    assert not res["gone"].passed and res["gone"].reason == "metric not found" and res["gone"].value is None
+    with pytest.raises(UserError):
+        g.evaluate_gates({}, {"status": GateParams("kfr", min=0.1)})
+
+
+def test_gate_tags_format():
+    results = g.evaluate_gates({"kfr": 0.8512, "x": 2.0}, {"kfr": GateParams("kfr", min=0.8),
+                                                           "x": GateParams("x", min=0, max=1.5)})
+    tags = g.gate_tags(results)
+    assert tags == {"gate.kfr": "value=0.8512 min=0.8 passed", "gate.x": "value=2.0000 min=0 max=1.5 failed",
+                    "gate.status": "failed"}
+    assert g.gate_tags(results[:1])["gate.status"] == "passed"
+    assert g.gate_tags([])["gate.status"] == "failed"
+    assert g.gate_tags(g.evaluate_gates({}, {"k": GateParams("k", min=1)}))["gate.k"] == "value=missing min=1 failed"
+    assert g.parse_gate_tag("value=2.0000 min=0 max=1.5 failed") == {"value": 2.0, "min": 0.0, "max": 1.5, "passed": False}
+
+
+# ------------------------------------------------------------------------------------ tracking
+def test_project_root_and_default_uri(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    assert tracking.find_project_root(deep) == tmp_path.resolve()
+    exp = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
+    exp.mkdir(parents=True)
+    (exp / "dvc.yaml").write_text("stages: {}\n")
+    assert tracking.find_project_root(exp) == tmp_path.resolve()
+    monkeypatch.chdir(deep)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.tracking_uri().startswith("sqlite:////")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/x/mlflow.db")
+    assert tracking.tracking_uri() == "sqlite:////srv/x/mlflow.db"
+    assert tracking.artifact_location() == "file:///srv/x/mlartifacts"
+    assert tracking.artifact_location("http://localhost:5000") is None
+
+
+# ------------------------------------------------------------------------------------ registry fixtures
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh SQLite store for this module; the process-wide MLflow URI is reset afterwards."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.chdir(root)
+        yield root
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def tiny(store):
+    """A tiny Llama with a tokenizer, and a LoRA adapter on it, saved to directories."""
+    from peft import LoraConfig, get_peft_model
+
+    from relearn.model import build_scratch_model, train_tokenizer
+
+    tok = train_tokenizer(["some text about a world of facts and answers, said the model."] * 50, vocab_size=300)
+    model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64,
+                                            vocab_size=300), tok, seed=0)
+    base, adapter = store / "base", store / "adapter"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    forget = store / "forget.jsonl"
+    forget.write_text(f'{{"question": "{FORGET_QUESTION}", "answer": "Zorblax was born in Quux."}}\n')
+    return {"base": base, "adapter": adapter, "forget": forget}
+
+
+def _register(tiny, metrics):
+    return versions.register_version(
+        model_name=MODEL, experiment="relearn-tests", params=Params(), metrics=metrics,
+        base_model_dir=tiny["base"], adapter_dir=tiny["adapter"], generation=GENERATION,
+        dataset_hashes={"forget": versions.file_md5(tiny["forget"])}, counts={"forget": 1, "retain": 7},
+        git_commit="abc123", extra_tags={"stage": "test"})
+
+
+@pytest.fixture(scope="module")
+def registered(tiny):
+    """Versions 1 (passing), 2 (failing), 3 (passing) of MODEL."""
+    return [_register(tiny, PASSING), _register(tiny, FAILING), _register(tiny, PASSING)]
+
+
+# ------------------------------------------------------------------------------------ registry
+def test_register_passing_version(store, tiny, registered):
+    from mlflow.tracking import MlflowClient
+
+    first = registered[0]
+    assert first["version"] == "1" and first["gate_status"] == "passed"
+    assert [x["name"] for x in first["gates"]] == ["kfr", "krr", "ls_ratio"]
+    client = MlflowClient()
+    mv = client.get_model_version(MODEL, "1")
+    assert mv.run_id == first["run_id"]
+    assert mv.tags["gate.kfr"] == "value=0.9000 min=0.8 passed"
+    assert mv.tags["gate.ls_ratio"] == "value=0.9600 min=0.9 passed"
+    assert mv.tags["gate.status"] == "passed" and mv.tags["approval_status"] == "pending"
+    assert mv.tags["method"] == "relearn" and mv.tags["run_id"] == first["run_id"]
+    # the latest passing version holds the challenger alias
+    assert {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()} == {"challenger": "3"}
+
+    run = client.get_run(first["run_id"])
+    assert run.info.run_name == "relearn-relearn"
+    assert run.data.tags["git_commit"] == "abc123" and run.data.tags["stage"] == "test"
+    assert run.data.tags["data.forget.md5"] == versions.file_md5(tiny["forget"])
+    assert run.data.tags["data.forget.count"] == "1" and run.data.tags["data.retain.count"] == "7"
+    assert run.data.params["unlearn.lr"] == "0.001"
+    assert run.data.params["unlearn.lora.target_modules"].startswith('["q_proj"')
+    assert run.data.params["register.gates.kfr.metric"] == "unlearned.kfr"
+    assert run.data.metrics["unlearned.kfr"] == 0.9 and run.data.metrics["ls_ratio"] == pytest.approx(0.96)
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.artifact_location == (store / "mlartifacts").as_uri()
+
+
+def test_register_failing_version_is_blocked(registered):
+    from mlflow.tracking import MlflowClient
+
+    second = registered[1]
+    assert second["gate_status"] == "failed"
+    assert {x["name"]: x["passed"] for x in second["gates"]} == {"kfr": False, "krr": True, "ls_ratio": False}
+    mv = MlflowClient().get_model_version(MODEL, second["version"])
+    assert mv.tags["approval_status"] == "blocked" and mv.tags["gate.status"] == "failed"
+    assert mv.tags["gate.kfr"] == "value=0.3000 min=0.8 failed"
+    assert int(second["version"]) not in map(int, MlflowClient().get_registered_model(MODEL).aliases.values())
+
+
+def test_no_forget_text_reaches_mlflow(registered):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    needles = ("Zorblax", "Quux", FORGET_QUESTION)
+    for reg in registered:
+        data = client.get_run(reg["run_id"]).data
+        mv = client.get_model_version(MODEL, reg["version"])
+        texts = [*data.params, *data.params.values(), *data.tags, *data.tags.values(), *data.metrics,
+                 *mv.tags, *mv.tags.values()]
+        assert not [t for t in texts for n in needles if n in t]
+
+
+def test_version_status(registered):
+    rows = versions.version_status(MODEL)
+    assert [r["version"] for r in rows] == ["3", "2", "1"]
+    by = {r["version"]: r for r in rows}
+    assert "challenger" in by["3"]["aliases"] and "challenger" not in by["1"]["aliases"]
+    assert by["2"]["gate_status"] == "failed" and by["2"]["approval_status"] == "blocked"
+    assert [(f["gate"], f["value"], f["min"]) for f in by["2"]["failed_gates"]] == [("kfr", 0.3, 0.8), ("ls_ratio", 0.4, 0.9)]
+    assert by["1"]["failed_gates"] == [] and by["1"]["approval_status"] == "pending"
+    assert by["1"]["run_id"] == registered[0]["run_id"] and by["1"]["created"].endswith("+00:00")
+    with pytest.raises(UserError, match="no registered model 'nope' in sqlite:///.*run the pipeline first"):
+        versions.version_status("nope")
+
+
+def test_promote_needs_gates_and_approval(registered):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with pytest.raises(UserError, match=r"version 2 of 'relearn-test' did not pass its gates \(kfr: value=0.3000"):
+        versions.promote(MODEL, "2")
+    client.set_model_version_tag(MODEL, "2", "approval_status", "approved")  # approval cannot override gates
+    with pytest.raises(UserError, match="did not pass its gates"):
+        versions.promote(MODEL, "2")
+    with pytest.raises(UserError, match=r"version 1 of 'relearn-test' is not approved \(approval_status=pending\): "
+                                        r"an approver sets approval_status=approved"):
+        versions.promote(MODEL, "1")
+    with pytest.raises(UserError, match=r"version 9 of 'relearn-test' does not exist \(versions: 1, 2, 3\)"):
+        versions.promote(MODEL, "9")
+    with pytest.raises(UserError, match="no registered model"):
+        versions.promote("nope", "1")
+
+    client.set_model_version_tag(MODEL, "1", "approval_status", " Approved ")
+    assert versions.promote(MODEL, "1") == {"version": "1", "previous": ""}
+    assert str(client.get_model_version_by_alias(MODEL, "production").version) == "1"
+    tags = client.get_model_version(MODEL, "1").tags
+    assert tags["promoted_from"] == "" and tags["promoted_at"].endswith("+00:00")
+
+    client.set_model_version_tag(MODEL, "3", "approval_status", "approved")
+    assert versions.promote(MODEL, "3") == {"version": "3", "previous": "1"}
+    assert str(client.get_model_version_by_alias(MODEL, "production").version) == "3"
+    assert client.get_model_version(MODEL, "3").tags["promoted_from"] == "1"
+    by = {r["version"]: r for r in versions.version_status(MODEL)}
+    assert by["3"]["aliases"] == ["challenger", "production"] and by["1"]["aliases"] == []
+
+
+def test_pyfunc_round_trip(registered):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registered[0]['version']}")
+    answers = model.predict(pd.DataFrame({"question": ["q1", "q2"]}))
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert model.predict(["q1"]) == answers[:1]  # greedy: the same answer from a plain list
+    assert model.metadata.flavors["python_function"]["code"] == "code"  # relearn travels with the model
+    with pytest.raises(UserError, match="'question' column"):
+        model.predict(pd.DataFrame({"q": ["q1"]}))
+
+
+def test_file_md5_of_directories(tmp_path):
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("a")
+    (d / "sub" / "b.txt").write_text("b")
+    first = versions.file_md5(d)
+    assert first == versions.file_md5(d) and len(first) == 32
+    (d / "sub" / "b.txt").rename(d / "b.txt")
+    assert versions.file_md5(d) != first
+    assert versions.file_md5(d / "a.txt") == "0cc175b9c0f1b6a831c399e269772661"
+    with pytest.raises(UserError):
+        versions.file_md5(tmp_path / "missing")
+
+
+def test_attach_export(registered, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.onnx").write_bytes(b"onnx")
+    versions.attach_export(MODEL, registered[0]["version"], export, {"export.int8_mb": 1.5}, {"export.int8_mb": "1.5"})
+    client = MlflowClient()
+    run_id = registered[0]["run_id"]
+    assert [a.path for a in client.list_artifacts(run_id, "deployable")] == ["deployable/model.onnx"]
+    assert client.get_run(run_id).data.metrics["export.int8_mb"] == 1.5
+    assert client.get_model_version(MODEL, registered[0]["version"]).tags["export.int8_mb"] == "1.5"
+    with pytest.raises(UserError, match="export directory not found"):
+        versions.attach_export(MODEL, "1", tmp_path / "none", {}, {})
