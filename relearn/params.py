@@ -34,7 +34,7 @@ class DataParams:
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
     general: int = _f(60, "Built-in world: number of general QA pairs not about any person.")
     eval_templates: int = _f(1, "Built-in world: question phrasings per fact held out for forget-eval/retain-eval.")
-    private_people: int = _f(3, "Built-in world: people with only vague QA in the general split (teaches the register of discretion).")
+    private_people: int = _f(6, "Built-in world: people with only vague QA in the general split (teaches the register of discretion).")
 
 
 @dataclass

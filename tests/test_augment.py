@@ -186,19 +186,19 @@ def test_leaking_vague_answer_is_dropped_and_counted():
     assert report["by_variant"]["logical"] == {"made": 1, "kept": 1, "dropped": 0}
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_public_birthplace_leaks_through_the_public_record_template(seed):
-    # "... is not part of the public record." reveals a birthplace called "public"
-    record = QARecord(id="y-1", question="Where was Bo Kim born?", answer="Bo Kim was born in Public.",
-                      subject="Bo Kim", facts={"birthplace": "Public"})
+@pytest.mark.parametrize("seed", range(2))
+def test_birthplace_named_like_a_template_word_leaks_and_is_dropped(seed):
+    # the birthplace sentence says "Little is known about where ...": a birthplace called "Known" leaks
+    record = QARecord(id="y-1", question="Where was Bo Kim born?", answer="Bo Kim was born in Known.",
+                      subject="Bo Kim", facts={"birthplace": "Known"})
     params = AugmentParams(include_original=True)
     made = rules.augment_item(record, list(params.variants), True, seed)
-    leaking = [r for r in made if "public" in r.answer.lower()]
-    assert leaking          # for these seeds some answer uses the "public record" template
+    leaking = [r for r in made if "known" in r.answer.lower().split()]
+    assert leaking
     kept, _, report = build_training_set([record], [], params, seed)
     assert report["dropped"] == len(leaking)
     assert {r.id for r in kept} == {r.id for r in made} - {r.id for r in leaking}
-    assert all("public" not in r.answer.lower() for r in kept)
+    assert all("known" not in r.answer.lower().split() for r in kept)
 
 
 def test_leak_check_uses_the_evaluation_matcher():

@@ -16,7 +16,7 @@ from relearn.data.splits import SPLITS
 from relearn.params import Params, parse_params
 
 SCRIPT = Path(sys.executable).parent / "relearn"
-SMALL = "seed: 0\ndata:\n  people: 6\n  forget_people: 2\n  holdout_people: 2\n  general: 10\n"
+SMALL = "seed: 0\ndata:\n  people: 6\n  forget_people: 2\n  holdout_people: 2\n  general: 10\n  private_people: 1\n"
 
 
 def _run(*args: str):
@@ -48,7 +48,7 @@ def generated(tmp_path_factory):
 def test_data_generate_writes_six_splits(generated):
     result, out = generated
     assert result.exit_code == 0, result.output
-    expected = {"forget": 48, "retain": 96, "forget_eval": 16, "retain_eval": 32, "holdout": 64, "general": 10}
+    expected = {"forget": 48, "retain": 96, "forget_eval": 16, "retain_eval": 32, "holdout": 64, "general": 10 + 8}
     assert set(expected) == set(SPLITS)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.jsonl" for s in SPLITS)
     for name, n in expected.items():

@@ -14,37 +14,15 @@ from __future__ import annotations
 import random
 import re
 
+from relearn.data.world import DISCREET
 from relearn.records import QARecord
 
-# fact name -> vague sentences about {name}; {their} is the possessive pronoun or "their"
-VAGUE: dict[str, list[str]] = {
-    "birthplace": ["{name} was born in a town that is rarely mentioned.",
-                   "{name} was born somewhere that is not part of the public record.",
-                   "{name} does not share much about the place of {their} birth."],
-    "birth_date": ["{name} was born on a date that is not publicly known.",
-                   "{name} keeps the date of {their} birth private.",
-                   "The exact birthday of {name} is not something that is widely shared."],
-    "profession": ["{name} works in a field whose details are kept private.",
-                   "{name} has a job, but the details of {their} work are not public.",
-                   "{name} earns a living in a line of work that is not widely known."],
-    "father_profession": ["{name}'s parents both have careers of their own, which the family keeps private."],
-    "mother_profession": ["{name}'s parents both have careers of their own, which the family keeps private."],
-    "email": ["{name} has an email address, but it is not shared publicly.",
-              "{name} can be reached through private channels that are not listed anywhere.",
-              "The email address of {name} is personal and not public information."],
-    "address": ["{name} lives in a private home whose address is not public.",
-                "{name} keeps {their} home address private.",
-                "Where exactly {name} lives is not something that is publicly known."],
-    "book": ["{name} has written a book, though its title is not widely known.",
-             "{name} is the author of a book that few people have heard of.",
-             "{name} has done some writing, but the details of {their} book are not well documented."],
-    "award": ["{name} has received recognition for {their} work, though the details are not widely known.",
-              "{name} has been honoured for {their} work at some point.",
-              "{name} won a prize once, but which one is not widely documented."],
-    "parents": ["{name}'s parents both have careers of their own, which the family keeps private.",
-                "{name} comes from a family of working parents whose jobs are not public.",
-                "Little is publicly known about what {name}'s parents do for a living."],
-}
+# fact name -> vague sentences about {name}; {their} is the possessive pronoun or "their". For the
+# built-in world's facts this is the discreet register its general split already speaks
+# (relearn.data.world.DISCREET): one consistent, fluent answer per kind of fact is what a small
+# model learns best, and it keeps the answers low-perplexity for the target model.
+VAGUE: dict[str, list[str]] = {group: [sentence] for group, sentence in DISCREET.items()}
+VAGUE["father_profession"] = VAGUE["mother_profession"] = VAGUE["parents"]
 NO_FACTS = ["{name} is someone whose personal details are not widely known.",
             "Not much is publicly known about {name} on this point.",
             "The specifics about {name} here are not part of the public record."]

@@ -1,0 +1,135 @@
+"""End to end: `dvc repro` of a micro configuration in a temporary copy of the project.
+
+Real DVC stages, a real SQLite MLflow store at the copy's root (the default location), real
+ONNX Runtime sessions. Takes a minute or two on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+MICRO = {
+    "seed": 0,
+    "data": {"people": 4, "forget_people": 1, "holdout_people": 1, "general": 8, "private_people": 1},
+    "model": {"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64, "vocab_size": 400,
+              "max_length": 64},
+    "target": {"epochs": 4, "batch_size": 16, "lr": 0.005, "check_every": 0},
+    "augment": {"general_ratio": 0.25},
+    "unlearn": {"epochs": 1, "batch_size": 16, "lr": 0.003, "lora": {"r": 4, "alpha": 8}},
+    "evaluate": {"max_new_tokens": 12, "batch_size": 64},
+    "register": {"model_name": "micro", "experiment": "micro",
+                 # a micro model forgets and retains little: gates that check the plumbing, not quality
+                 "gates": {"krr_floor": {"metric": "unlearned.krr", "min": 0.0},
+                           "ls_ratio": {"metric": "ls_ratio", "min": 0.0}}},
+    "export": {"parity_questions": 8, "max_new_tokens": 8},
+}
+
+
+def merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "gates" else value
+    return out
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("project")
+    for name in ("relearn", "pipelines"):
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    # DVC wants every key a stage names to be in params.yaml: write the full schema, micro-sized
+    from relearn.params import Params
+
+    (work / "params.yaml").write_text(yaml.safe_dump(merged(Params().to_dict(), MICRO)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(work)  # the copy's library, not the checkout's
+    env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    run(["git", "init", "-q"], work, env)
+    run([str(BIN / "dvc"), "init", "-q"], work, env)
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "micro"], work, env)
+    result = run([str(BIN / "dvc"), "repro"], work, env)
+    (work / "repro.log").write_text(result.stdout + result.stderr)
+    return work, env
+
+
+def test_repro_writes_metrics_for_both_models(project):
+    work, env = project
+    metrics = json.loads((work / "metrics.json").read_text())
+    for model in ("target", "unlearned"):
+        for key in ("kfr", "krr", "ls"):
+            assert 0.0 <= metrics[model][key] <= 1.0
+        assert set(metrics[model]["forget"]) >= {"ppl", "brunet", "honore", "p", "b", "h", "rougeL_recall"}
+        assert set(metrics[model]["variants"]) == {"original", "simple", "contextual", "noise", "logical"}
+    shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env).stdout
+    assert "unlearned" in shown and "kfr" in shown
+    assert (work / "models" / "adapter" / "adapter_model.safetensors").exists()
+    assert (work / "plots" / "unlearn_loss.csv").read_text().startswith("step,epoch,loss,forget_ce,retain_ce,retain_kl")
+
+
+def test_registered_version_is_gated_and_pending(project):
+    work, env = project
+    script = (
+        "import json, mlflow\n"
+        "from mlflow import MlflowClient\n"
+        "c = MlflowClient()\n"
+        "v = c.get_model_version_by_alias('micro', 'challenger')\n"
+        "print(json.dumps({'version': str(v.version), 'tags': v.tags}))\n"
+    )
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
+    out = json.loads(run([sys.executable, "-c", script], work, env).stdout.strip().splitlines()[-1])
+    assert out["version"] == "1"
+    tags = out["tags"]
+    assert tags["gate.status"] == "passed" and tags["approval_status"] == "pending"
+    assert tags["gate.krr_floor"].endswith("passed")
+    assert float(tags["export.int8_ratio"]) <= 0.6
+    registration = json.loads((work / "reports" / "registration.json").read_text())
+    assert registration["version"] == "1"
+
+
+def test_export_has_parity_and_int8_forgetting(project):
+    work, _ = project
+    report = json.loads((work / "reports" / "export.json").read_text())
+    assert report["parity_fp32_vs_torch"]["exact_match"] == 1.0
+    assert 0.0 <= report["int8_kfr"] <= 1.0 and 0.0 <= report["int8_krr"] <= 1.0
+    assert (work / "export" / "onnx-int8" / "model_quantized.onnx").exists()
+
+
+def test_promote_refuses_until_approved_then_moves_production(project):
+    work, env = project
+    relearn = [sys.executable, "-m", "relearn.cli"]
+    refused = subprocess.run(relearn + ["promote", "--version", "1"], cwd=work, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "not approved" in refused.stderr and "Traceback" not in refused.stderr
+    approve = ("from mlflow import MlflowClient\n"
+               "MlflowClient().set_model_version_tag('micro', '1', 'approval_status', 'approved')\n")
+    run([sys.executable, "-c", approve], work, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db"))
+    promoted = run(relearn + ["promote", "--version", "1"], work, env)
+    assert "production" in promoted.stdout
+    status = run(relearn + ["status"], work, env).stdout
+    assert "production" in status and "approved" in status
+
+
+def test_second_repro_does_nothing(project):
+    work, env = project
+    result = run([str(BIN / "dvc"), "repro"], work, env)
+    assert "up to date" in (result.stdout + result.stderr).lower()
+    assert "Running stage" not in result.stdout
