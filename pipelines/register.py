@@ -31,7 +31,7 @@ def main() -> None:
                  "general_mix": "data/augmented/general_mix.jsonl"}
     result = register_version(
         model_name=p.register.model_name, experiment=p.register.experiment, params=p,
-        metrics=read_json("metrics.json"), base_model_dir="models/target", adapter_dir="models/adapter",
+        metrics=read_json("reports/evaluation.json"), base_model_dir="models/target", adapter_dir="models/adapter",
         generation={"prompt_template": p.model.prompt_template, "max_new_tokens": p.evaluate.max_new_tokens,
                     "batch_size": p.evaluate.batch_size},
         dataset_hashes={name: file_md5(path) for name, path in datasets.items()},

@@ -110,7 +110,8 @@ def status(params_path: str, model_name: str | None) -> None:
         click.echo(f"  version {row['version']:>3}  gates {row.get('gate_status') or '?':7}  "
                    f"approval {row.get('approval_status') or '-':9}  aliases {aliases}")
         for failed in row.get("failed_gates") or []:
-            click.echo(f"      failed gate: {failed}")
+            bounds = ", ".join(f"{k} {failed[k]}" for k in ("min", "max") if failed.get(k) is not None)
+            click.echo(f"      failed gate {failed.get('gate')}: value {failed.get('value')} ({bounds})")
 
 
 @main.command()

@@ -74,10 +74,12 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_repro_writes_metrics_for_both_models(project):
     work, env = project
-    metrics = json.loads((work / "metrics.json").read_text())
+    headline = json.loads((work / "metrics.json").read_text())
+    assert {name: set(m) for name, m in headline.items()} == {"target": {"kfr", "krr", "ls"}, "unlearned": {"kfr", "krr", "ls"}}
+    metrics = json.loads((work / "reports" / "evaluation.json").read_text())
     for model in ("target", "unlearned"):
         for key in ("kfr", "krr", "ls"):
-            assert 0.0 <= metrics[model][key] <= 1.0
+            assert 0.0 <= metrics[model][key] <= 1.0 and metrics[model][key] == headline[model][key]
         assert set(metrics[model]["forget"]) >= {"ppl", "brunet", "honore", "p", "b", "h", "rougeL_recall"}
         assert set(metrics[model]["variants"]) == {"original", "simple", "contextual", "noise", "logical"}
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env).stdout
