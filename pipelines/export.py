@@ -4,11 +4,11 @@ The deployable (the int8 ONNX model with its tokenizer) is attached to the regis
 """
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
-from relearn.evaluation.scoring import knowledge_scores
-from relearn.export.onnx import load_onnx, run_export
-from relearn.generation import generate_answers
+from relearn.evaluation.evaluate import knowledge_rates
+from relearn.export.onnx import INT8_FILE, load_onnx, load_tokenizer, run_export
 from relearn.io import read_json, write_json
 from relearn.params import load_params
+from relearn.registry.gates import flatten
 from relearn.registry.versions import attach_export
 
 
@@ -21,27 +21,17 @@ def main() -> None:
                         p.export.max_new_tokens, p.export.quantize)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports
         report.pop(key, None)
+    deployable = "export/onnx-fp32"
     if p.export.quantize == "int8":
         # forgetting must survive quantization: KFR/KRR of the int8 model on the full eval sets
-        model = load_onnx("export/onnx-int8", file_name="model_quantized.onnx")
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained("export/onnx-int8")
-        for kind, split in (("forget", "forget_eval"), ("retain", "retain_eval")):
-            records = splits[split]
-            answers = generate_answers(model, tokenizer, [r.question for r in records], p.model.prompt_template,
-                                       p.evaluate.max_new_tokens, p.evaluate.batch_size, desc=f"int8 {split}")
-            rate = "kfr" if kind == "forget" else "krr"
-            report[f"int8_{rate}"] = knowledge_scores(answers, records, kind)[rate]
+        deployable = "export/onnx-int8"
+        rates = knowledge_rates(load_onnx(deployable, file_name=INT8_FILE), load_tokenizer(deployable),
+                                splits["forget_eval"], splits["retain_eval"], p, label="int8")
+        report |= {f"int8_{k}": v for k, v in rates.items()}
     write_json("reports/export.json", report)
-    registration = read_json("reports/registration.json")
-    flat = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for name in ("parity_fp32_vs_torch", "parity_int8_vs_fp32"):
-        for k, v in report.get(name, {}).items():
-            if isinstance(v, (int, float)):
-                flat[f"{name}.{k}"] = float(v)
-    attach_export(p.register.model_name, registration["version"],
-                  "export/onnx-int8" if p.export.quantize == "int8" else "export/onnx-fp32",
-                  {f"export.{k}": v for k, v in flat.items()},
+    flat = {k: v for k, v in flatten(report).items() if not k.startswith("seconds.")}
+    version = read_json("reports/registration.json")["version"]
+    attach_export(p.register.model_name, version, deployable, {f"export.{k}": v for k, v in flat.items()},
                   {f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
     print("[export] " + ", ".join(f"{k} {v:.4g}" for k, v in flat.items()), flush=True)
 

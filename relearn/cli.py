@@ -100,9 +100,6 @@ def status(params_path: str, model_name: str | None) -> None:
     from relearn.registry.versions import version_status
 
     name = model_name or _params(params_path).register.model_name
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
     rows = version_status(name)
     click.echo(f"{name} ({tracking_uri()})")
     for row in rows:
@@ -121,13 +118,9 @@ def status(params_path: str, model_name: str | None) -> None:
 @click.option("--alias", default="production", show_default=True, help="Alias to move.")
 def promote(params_path: str, version: str, model_name: str | None, alias: str) -> None:
     """Move the production alias to an approved version whose gates passed."""
-    import mlflow
-
-    from relearn.registry.tracking import tracking_uri
     from relearn.registry.versions import promote as promote_version
 
     name = model_name or _params(params_path).register.model_name
-    mlflow.set_tracking_uri(tracking_uri())
     result = promote_version(name, str(version), alias=alias)
     previous = result.get("previous") or "none"
     click.echo(f"{name}: alias '{alias}' -> version {result['version']} (was {previous})")
@@ -138,12 +131,13 @@ def promote(params_path: str, version: str, model_name: str | None, alias: str) 
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(host: str, port: int) -> None:
     """Start the MLflow UI (and REST API) on the project's store."""
-    from relearn.registry.tracking import find_project_root, tracking_uri
+    from relearn.registry.tracking import artifact_location, tracking_uri
 
     uri = tracking_uri()
-    artifacts = find_project_root() / "mlartifacts"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    artifacts = artifact_location(uri)
+    if artifacts:  # experiments made in the UI keep artifacts where the pipeline's do
+        cmd += ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
     click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
     os.execv(sys.executable, cmd)
 

@@ -18,10 +18,11 @@ KnowUnDo) have an empty `facts`; their key facts are extracted from the answer i
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from relearn.io import write_jsonl
 
 VARIANTS = ("original", "simple", "contextual", "noise", "logical", "completion")
 
@@ -50,19 +51,4 @@ class QARecord:
 
 
 def save_records(path: str | Path, records: Iterable[QARecord]) -> int:
-    from relearn.io import write_jsonl
-
     return write_jsonl(path, (r.to_dict() for r in records))
-
-
-def load_records(path: str | Path) -> list[QARecord]:
-    """Load a file of this project's format, validating it first (raises ValidationError)."""
-    from relearn.data.validate import load_validated
-
-    return load_validated(path)
-
-
-def read_jsonl_unchecked(path: str | Path) -> list[QARecord]:
-    """Fast path for files this project wrote itself (already validated when written)."""
-    with open(path, encoding="utf-8") as f:
-        return [QARecord.from_dict(json.loads(line)) for line in f if line.strip()]

@@ -33,8 +33,8 @@ class History:
         if not self.rows:
             return ""
         keys = list(self.rows[0])
-        lines = [",".join(keys)] + [",".join(f"{r.get(k, '')}" if not isinstance(r.get(k), float) else f"{r[k]:.6f}" for k in keys) for r in self.rows]
-        return "\n".join(lines) + "\n"
+        cell = lambda v: f"{v:.6f}" if isinstance(v, float) else str(v)  # noqa: E731
+        return "\n".join([",".join(keys)] + [",".join(cell(r[k]) for k in keys) for r in self.rows]) + "\n"
 
 
 def make_accelerator(dtype: str) -> Accelerator:
@@ -57,6 +57,16 @@ def make_optimizer(model, lr: float, weight_decay: float, warmup_ratio: float, t
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
+
+
+def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss: torch.Tensor, grad_clip: float) -> None:
+    """Backward, optional gradient clipping, one optimiser and scheduler step."""
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
 
 
 def _tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -89,12 +99,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
         for batch in loader:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = answer_ce(logits, batch["labels"])
-            accelerator.backward(loss)
-            if grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
             step += 1
             history.add(step=step, epoch=epoch, loss=loss.item())
             progress.update(1, tokens=_tokens(batch) * accelerator.num_processes, epoch=epoch, loss=loss.item())
@@ -143,12 +148,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
         for forget in forget_loader:
             retain = next(retain_batches)
             loss, parts = loss_fn(model, forget, retain, reference, weights)
-            accelerator.backward(loss)
-            if grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
             step += 1
             history.add(step=step, epoch=epoch, loss=loss.item(), **parts)
             progress.update(1, tokens=(_tokens(forget) + _tokens(retain)) * accelerator.num_processes,

@@ -46,6 +46,18 @@ def score_set(answers: list[str], records: list[QARecord], kind: str, ppl_model,
     return aggregate, items
 
 
+def knowledge_rates(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord], params: Params,
+                    label: str = "") -> dict[str, float]:
+    """KFR and KRR alone (no LS): for models that only generate, such as an exported ONNX model."""
+    e = params.evaluate
+    rates = {}
+    for records, kind, rate in ((forget_eval, "forget", "kfr"), (retain_eval, "retain", "krr")):
+        answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
+                                   e.max_new_tokens, e.batch_size, desc=f"{label} {kind}".strip())
+        rates[rate] = knowledge_scores(answers, records, kind)[rate]
+    return rates
+
+
 def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord],
                    variants: list[QARecord], ppl_model, ppl_tokenizer, params: Params) -> tuple[dict, dict]:
     """Metrics of one model: {'kfr', 'krr', 'ls', 'forget': {...}, 'retain': {...}, 'variants': {kind: {...}}},

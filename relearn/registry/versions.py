@@ -129,6 +129,12 @@ def _name_filter(model_name: str) -> str:
     return "name='{}'".format(model_name.replace("'", "\\'"))
 
 
+def _failed_gate_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """gate name -> tag value, for the `gate.<name>` tags whose verdict is failed."""
+    return {key[len("gate."):]: value for key, value in sorted(tags.items())
+            if key.startswith("gate.") and key != "gate.status" and value.split()[-1:] == [FAILED]}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -199,9 +205,7 @@ def version_status(model_name: str) -> list[dict]:
     rows = []
     for mv in versions:
         tags = dict(mv.tags or {})
-        failed = [{"gate": key[len("gate."):], **parse_gate_tag(value)}
-                  for key, value in sorted(tags.items())
-                  if key.startswith("gate.") and key != "gate.status" and value.split()[-1:] == [FAILED]]
+        failed = [{"gate": name, **parse_gate_tag(value)} for name, value in _failed_gate_tags(tags).items()]
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
         rows.append({
             "version": str(mv.version),
@@ -228,8 +232,7 @@ def promote(model_name: str, version: str, alias: str = PRODUCTION) -> dict:
     tags = dict(mv.tags or {})
     gate_status = _normal(tags.get("gate.status"))
     if gate_status != PASSED:
-        failed = [f"{k[len('gate.'):]}: {v}" for k, v in sorted(tags.items())
-                  if k.startswith("gate.") and k != "gate.status" and v.split()[-1:] == [FAILED]]
+        failed = [f"{name}: {value}" for name, value in _failed_gate_tags(tags).items()]
         detail = f" ({'; '.join(failed)})" if failed else f" (gate.status={tags.get('gate.status', 'missing')})"
         raise UserError(f"{label} did not pass its gates{detail}: it cannot be promoted")
     approval = tags.get(APPROVAL_TAG)
