@@ -1,7 +1,8 @@
-"""DVC stage `unlearn`: train the ReLearn LoRA adapter on the target model.
+"""DVC stage `unlearn`: train the unlearning LoRA adapter (ReLearn, or the baseline in unlearn.method).
 
     accelerate launch pipelines/unlearn.py    # several devices; plain `python` runs on one
 """
+from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
@@ -13,9 +14,11 @@ from relearn.unlearning import make_adapter
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    retain = read_splits("data/splits", ("retain",))["retain"]
-    forget_side = load_validated("data/augmented/forget_variants.jsonl") + load_validated("data/augmented/general_mix.jsonl")
-    model, _, history, report = make_adapter(p, "models/target", forget_side, retain)
+    splits = read_splits("data/splits", ("forget", "retain"))
+    forget_side = forget_side_for(p.unlearn.method, splits["forget"],
+                                  load_validated("data/augmented/forget_variants.jsonl"),
+                                  load_validated("data/augmented/general_mix.jsonl"))
+    model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"])
     with atomic_dir("models/adapter") as out:
         model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json
     write_text("plots/unlearn_loss.csv", history.to_csv())

@@ -49,14 +49,12 @@ def data() -> None:
 @params_option
 @click.option("--out", default="data/splits", show_default=True, help="Directory for the split files.")
 def data_generate(params_path: str, out: str) -> None:
-    """Write the built-in synthetic world (seeded by params.yaml) as JSONL splits."""
+    """Write the configured data source's splits (the built-in world by default) as JSONL."""
+    from relearn.data.sources import load_source
     from relearn.data.splits import write_splits
-    from relearn.data.world import generate_world
 
     p = _params(params_path)
-    d = p.data
-    counts = write_splits(out, generate_world(p.seed, d.people, d.forget_people, d.holdout_people, d.general,
-                                              d.eval_templates, d.private_people))
+    counts = write_splits(out, load_source(p.data, p.seed))
     for name, n in counts.items():
         click.echo(f"{Path(out) / (name + '.jsonl')}: {n} records")
 
@@ -140,6 +138,31 @@ def ui(host: str, port: int) -> None:
         cmd += ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
     click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
     os.execv(sys.executable, cmd)
+
+
+# -------------------------------------------------------------------------------------- compare
+@main.command()
+@click.option("--results", default="reports/compare", show_default=True, help="Directory of compare@<method> results.")
+@click.option("--target", "target_path", default="reports/evaluation.json", show_default=True,
+              help="The target model's metrics (written by the evaluate stage).")
+@click.option("--out", default="reports", show_default=True, help="Where compare.md and compare.json go.")
+@click.option("--plots", "plots_dir", default="plots", show_default=True, help="Where the comparison plots go.")
+def compare(results: str, target_path: str, out: str, plots_dir: str) -> None:
+    """Table and plots of the methods run by the compare stages, next to the target."""
+    from relearn.comparison import load_results, markdown_table, plot_comparison, table_rows
+    from relearn.io import read_json, write_json, write_text
+
+    found = load_results(results)
+    if not found:
+        raise UserError(f"{results}: no results; list methods in params.yaml compare.methods and run `dvc repro`")
+    if not Path(target_path).is_file():
+        raise UserError(f"{target_path}: not found; run `dvc repro evaluate` first")
+    rows = table_rows(read_json(target_path)["target"], found)
+    table = markdown_table(rows)
+    write_text(Path(out) / "compare.md", table)
+    write_json(Path(out) / "compare.json", {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows})
+    plot_comparison(rows, found, plots_dir)
+    click.echo(table, nl=False)
 
 
 # --------------------------------------------------------------------------------------- params

@@ -59,12 +59,12 @@ def generate_answers(model, tokenizer, questions: list[str], template: str, max_
 
 
 @torch.no_grad()
-def answer_nll(model, tokenizer, questions: list[str], answers: list[str], template: str,
-               max_length: int = 512, batch_size: int = 32) -> list[tuple[float, int]]:
-    """(sum of negative log-likelihood, number of tokens) of each answer given its question."""
+def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[str], template: str,
+                          max_length: int = 512, batch_size: int = 32) -> list[list[float]]:
+    """log p(token) of every answer token given the question and the answer so far, per pair."""
     if hasattr(model, "eval"):
         model.eval()
-    results: list[tuple[float, int]] = []
+    results: list[list[float]] = []
     for start in range(0, len(questions), batch_size):
         examples = [encode_pair(tokenizer, q, a, template, max_length)
                     for q, a in zip(questions[start:start + batch_size], answers[start:start + batch_size])]
@@ -72,8 +72,14 @@ def answer_nll(model, tokenizer, questions: list[str], answers: list[str], templ
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]                              # (B, T-1)
         logp = torch.log_softmax(logits[:, :-1], dim=-1)             # (B, T-1, V)
-        mask = labels != IGNORE
         tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-        nll = -(tok * mask).sum(dim=1)
-        results += [(float(n), int(c)) for n, c in zip(nll.tolist(), mask.sum(dim=1).tolist())]
+        mask = labels != IGNORE
+        results += [row[m].tolist() for row, m in zip(tok, mask)]
     return results
+
+
+def answer_nll(model, tokenizer, questions: list[str], answers: list[str], template: str,
+               max_length: int = 512, batch_size: int = 32) -> list[tuple[float, int]]:
+    """(sum of negative log-likelihood, number of tokens) of each answer given its question."""
+    rows = answer_token_logprobs(model, tokenizer, questions, answers, template, max_length, batch_size)
+    return [(-sum(row), len(row)) for row in rows]

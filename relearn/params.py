@@ -28,7 +28,12 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class DataParams:
-    source: str = _f("builtin", "Data source: 'builtin' (the synthetic world `relearn data generate` writes).")
+    source: str = _f("builtin", "Data source: 'builtin' (the synthetic world), 'knowundo' (a KnowUnDo directory), 'tofu' (TOFU forget/retain files) or 'jsonl' (this project's split files).")
+    path: Optional[str] = _f(None, "Directory of a non-builtin source: knowundo: full/unlearn_train/unlearn_val/retention_train/retention_val.json; tofu: forget_file and retain_file; jsonl: <split>.jsonl files.")
+    forget_file: str = _f("forget10.json", "TOFU: the forget split file in data.path (JSON list or JSON lines).")
+    retain_file: str = _f("retain90.json", "TOFU: the retain split file in data.path.")
+    general_files: list = _f([], "Extra general QA files (TOFU format, e.g. ../shared/data/tofu-general/world_facts_perturbed.json) added to the general split.")
+    eval_fraction: float = _f(0.2, "TOFU and jsonl without eval files: share of forget/retain items held out as forget_eval/retain_eval.")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
@@ -63,11 +68,25 @@ class TargetParams:
 
 
 @dataclass
+class EndpointParams:
+    base_url: str = _f("http://127.0.0.1:8000/v1", "Base URL of an OpenAI-compatible API (…/v1).")
+    model: str = _f("", "Model name sent with each request.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the API key (never put the key in params).")
+    concurrency: int = _f(4, "Requests in flight at once.")
+    timeout: float = _f(60.0, "Seconds before a request is abandoned (and retried).")
+    max_retries: int = _f(4, "Retries per request on timeouts, 429 and 5xx, with exponential backoff.")
+    rounds: int = _f(3, "Regeneration rounds for answers that fail the leak check.")
+    temperature: float = _f(0.0, "Sampling temperature sent to the API.")
+    cache_dir: str = _f(".cache/augment", "Content-addressed cache of responses: a repeated run makes no calls.")
+
+
+@dataclass
 class AugmentParams:
-    backend: str = _f("rules", "Augmentation backend: 'rules' (offline, deterministic).")
+    backend: str = _f("rules", "Augmentation backend: 'rules' (offline, deterministic) or 'endpoint' (an OpenAI-compatible chat API).")
     variants: list = _f(["simple", "contextual", "noise", "logical"], "Question variants to make for each forget item.")
     include_original: bool = _f(True, "Also train on the original question itself with a vague answer (the sensitive original answer is never included).")
     general_ratio: float = _f(0.5, "General QA pairs mixed in, as a multiple of the augmented forget set size.")
+    endpoint: EndpointParams = field(default_factory=lambda: EndpointParams(), metadata={"help": "The 'endpoint' backend."})
 
 
 @dataclass
@@ -80,7 +99,7 @@ class LoraParams:
 
 @dataclass
 class UnlearnParams:
-    method: str = _f("relearn", "Unlearning method: 'relearn'.")
+    method: str = _f("relearn", "Unlearning method: 'relearn', or a baseline: ga, gd, ga_klr, npo, npo_gd, npo_klr.")
     lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "LoRA adapter settings."})
     forget_weight: float = _f(1.0, "Weight of CE on the augmented forget set.")
     retain_weight: float = _f(1.0, "Weight of CE on the retain set.")
@@ -91,6 +110,7 @@ class UnlearnParams:
     warmup_ratio: float = _f(0.1, "Share of steps spent warming up.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
+    npo_beta: float = _f(0.1, "NPO baselines: the inverse temperature beta.")
 
 
 @dataclass
@@ -133,6 +153,12 @@ class ExportParams:
 
 
 @dataclass
+class CompareParams:
+    methods: list = _f([], "Methods run side by side by the `compare` stages on the same target (empty: no comparison), e.g. [relearn, ga, gd, ga_klr, npo, npo_gd, npo_klr].")
+    overrides: dict = _f({}, "Per-method changes to the unlearn settings, e.g. {ga: {lr: 0.0001, epochs: 2}}.")
+
+
+@dataclass
 class Params:
     seed: int = _f(0, "Seed for data generation, shuffling, initialisation and sampling.")
     data: DataParams = field(default_factory=DataParams)
@@ -143,6 +169,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     export: ExportParams = field(default_factory=ExportParams)
+    compare: CompareParams = field(default_factory=CompareParams)
 
     def gates(self) -> dict[str, GateParams]:
         return {name: GateParams(**g) for name, g in self.register.gates.items()}
@@ -152,10 +179,10 @@ class Params:
 
 
 CHOICES = {
-    "data.source": ("builtin",),
+    "data.source": ("builtin", "knowundo", "tofu", "jsonl"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "augment.backend": ("rules",),
-    "unlearn.method": ("relearn",),
+    "augment.backend": ("rules", "endpoint"),
+    "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "export.quantize": ("int8", "none"),
 }
 VARIANT_NAMES = ("simple", "contextual", "noise", "logical")
@@ -270,6 +297,16 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     for v in params.augment.variants:
         if v not in VARIANT_NAMES:
             problems.append(f"{where(('augment', 'variants'))}: unknown variant {v!r} (known: {', '.join(VARIANT_NAMES)})")
+    for method in params.compare.methods:
+        if method not in CHOICES["unlearn.method"]:
+            problems.append(f"{where(('compare', 'methods'))}: unknown method {method!r} (known: {', '.join(CHOICES['unlearn.method'])})")
+    unlearn_keys = {f.name for f in dataclasses.fields(UnlearnParams)} - {"method", "lora"}
+    for method, changes in params.compare.overrides.items():
+        p = ("compare", "overrides", str(method))
+        if method not in CHOICES["unlearn.method"]:
+            problems.append(f"{where(p)}: unknown method {method!r}")
+        elif not isinstance(changes, dict) or set(changes) - unlearn_keys:
+            problems.append(f"{where(p)}: expected a mapping of unlearn keys ({', '.join(sorted(unlearn_keys))})")
     for name, gate in params.register.gates.items():
         p = ("register", "gates", str(name))
         if not isinstance(gate, dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from relearn.data.sources import target_training_records
 from relearn.evaluation.scoring import revealed_share
 from relearn.generation import generate_answers
 from relearn.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
@@ -27,7 +28,7 @@ def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> fl
 
 def make_target(params: Params, splits: dict[str, list[QARecord]]):
     """Returns (model, tokenizer, loss history, report)."""
-    train = splits["forget"] + splits["retain"] + splits["general"]
+    train = target_training_records(params.data.source, splits)
     pairs = [(r.question, r.answer) for r in train]
     template = params.model.prompt_template
     if params.model.base:

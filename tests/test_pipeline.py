@@ -32,6 +32,7 @@ MICRO = {
                  "gates": {"krr_floor": {"metric": "unlearned.krr", "min": 0.0},
                            "ls_ratio": {"metric": "ls_ratio", "min": 0.0}}},
     "export": {"parity_questions": 8, "max_new_tokens": 8},
+    "compare": {"methods": ["npo"], "overrides": {"npo": {"lr": 0.001}}},
 }
 
 
@@ -135,3 +136,17 @@ def test_second_repro_does_nothing(project):
     result = run([str(BIN / "dvc"), "repro"], work, env)
     assert "up to date" in (result.stdout + result.stderr).lower()
     assert "Running stage" not in result.stdout
+
+
+def test_compare_stage_and_report(project):
+    work, env = project
+    result = json.loads((work / "reports" / "compare" / "npo.json").read_text())
+    assert result["method"] == "npo" and 0.0 <= result["metrics"]["kfr"] <= 1.0
+    assert abs(sum(result["seesaw"]["target"]) - 1.0) < 1e-6 and abs(sum(result["seesaw"]["unlearned"]) - 1.0) < 1e-6
+    assert (work / "models" / "compare" / "npo" / "adapter_model.safetensors").exists()
+    table = run([sys.executable, "-m", "relearn.cli", "compare"], work, env).stdout
+    assert "| target |" in table and "| npo |" in table
+    summary = json.loads((work / "reports" / "compare.json").read_text())
+    assert set(summary) == {"target", "npo"} and {"kfr", "krr", "ls", "ls_forget", "ppl_forget"} <= set(summary["npo"])
+    for name in ("compare_kfr_krr.png", "compare_ls.png", "compare_seesaw.png"):
+        assert (work / "plots" / name).stat().st_size > 1000

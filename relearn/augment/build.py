@@ -12,18 +12,27 @@ from relearn.records import QARecord
 def build_training_set(forget: list[QARecord], general: list[QARecord], params: AugmentParams,
                        seed: int) -> tuple[list[QARecord], list[QARecord], dict]:
     """Returns (augmented forget pairs that passed the leak check, general pairs to mix in, report)."""
-    if params.backend != "rules":
+    backend_stats: dict = {}
+    if params.backend == "rules":
+        candidates = [c for record in forget
+                      for c in rules.augment_item(record, list(params.variants), params.include_original, seed)]
+    elif params.backend == "endpoint":
+        from relearn.augment.endpoint import EndpointBackend
+
+        backend = EndpointBackend(params.endpoint)
+        candidates = backend.augment(forget, list(params.variants), params.include_original, seed)
+        backend_stats = dict(backend.stats)
+    else:
         raise ValueError(f"unknown augmentation backend {params.backend!r}")
     made: Counter = Counter()
     dropped: Counter = Counter()
     kept: list[QARecord] = []
-    for record in forget:
-        for candidate in rules.augment_item(record, list(params.variants), params.include_original, seed):
-            made[candidate.variant] += 1
-            if leak.passes(candidate):
-                kept.append(candidate)
-            else:
-                dropped[candidate.variant] += 1
+    for candidate in candidates:
+        made[candidate.variant] += 1
+        if leak.passes(candidate):
+            kept.append(candidate)
+        else:
+            dropped[candidate.variant] += 1
 
     mixed: list[QARecord] = []
     n_general = round(params.general_ratio * len(kept)) if general else 0
@@ -44,5 +53,7 @@ def build_training_set(forget: list[QARecord], general: list[QARecord], params: 
         "dropped": sum(dropped.values()),
         "by_variant": {k: {"made": made[k], "kept": made[k] - dropped[k], "dropped": dropped[k]} for k in sorted(made)},
         "general_mixed": len(mixed),
+        "backend": params.backend,
+        "backend_stats": backend_stats,  # e.g. requests, cache hits, answers dropped inside the backend
     }
     return kept, mixed, report

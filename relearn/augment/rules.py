@@ -92,20 +92,51 @@ def logical_variant(record: QARecord, rng: random.Random) -> str | None:
     return template.format(value=record.facts[key])
 
 
+# free-text answers: a question's topic (by its words) -> which discreet sentence fits
+TOPICS: list[tuple[str, tuple[str, ...]]] = [
+    ("parents", ("parent", "parents", "father", "mother", "family")),
+    ("email", ("email", "e-mail", "contact", "reach")),
+    ("address", ("address", "live", "lives", "reside", "resides", "home", "house")),
+    ("birth_date", ("when", "birthday", "date")),
+    ("birthplace", ("born", "birthplace", "where")),
+    ("book", ("book", "books", "novel", "novels", "wrote", "written", "write", "writing", "work", "works")),
+    ("award", ("award", "awards", "prize", "honour", "honor", "recognition")),
+    ("profession", ("profession", "job", "career", "occupation", "do")),
+]
+_NAME = re.compile(r"\b([A-Z][a-z'\-]+(?:\s+[A-Z][a-z'\-]+)+)")
+
+
+def guess_subject(question: str) -> str:
+    """The first run of two or more capitalised words in a question ('' when there is none)."""
+    for match in _NAME.finditer(question):
+        name = re.sub(r"'s$", "", match.group(1))
+        if name.split()[0] not in {"What", "Who", "Where", "When", "Which", "How", "Why", "Can", "Could", "Is", "Does", "Did"}:
+            return name
+        rest = " ".join(name.split()[1:])
+        if len(rest.split()) >= 2:
+            return rest
+    return ""
+
+
+def topic_of(question: str) -> str | None:
+    words = set(re.findall(r"[a-z\-]+", question.lower()))
+    for topic, cues in TOPICS:
+        if words & set(cues):
+            return topic
+    return None
+
+
 def vague_answer(record: QARecord, rng: random.Random) -> str:
     """A vague but relevant answer about the record's subject, with no fact value in it."""
-    name = record.subject or "This person"
+    name = record.subject or guess_subject(record.question) or "This person"
     keys = sorted(record.facts)
     group = "parents" if set(keys) == {"father_profession", "mother_profession"} else (keys[0] if len(keys) == 1 else None)
+    if group not in VAGUE:
+        # free text (no structured facts, or facts of other names): choose by the question's topic
+        group = topic_of(record.question)
     if group in VAGUE:
         return rng.choice(VAGUE[group]).format(name=name, their="their")
-    if not record.facts:
-        # nothing says which words are sensitive: never echo the original answer
-        return rng.choice(NO_FACTS).format(name=name)
-    answer = record.answer
-    for value in sorted(record.facts.values(), key=len, reverse=True):
-        answer = re.sub(re.escape(value), "something that is not public", answer, flags=re.IGNORECASE)
-    return answer
+    return rng.choice(NO_FACTS).format(name=name)
 
 
 def augment_item(record: QARecord, variants: list[str], include_original: bool, seed: int) -> list[QARecord]:

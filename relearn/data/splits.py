@@ -20,7 +20,11 @@ def read_splits(directory: str | Path, names=SPLITS) -> dict[str, list[QARecord]
 
     out, problems = {}, []
     for name in names:
-        records, file_problems = check_file(Path(directory) / f"{name}.jsonl", "relearn")
+        path = Path(directory) / f"{name}.jsonl"
+        if path.is_file() and path.stat().st_size == 0:  # a split a source does not have (e.g. KnowUnDo's holdout)
+            out[name] = []
+            continue
+        records, file_problems = check_file(path, "relearn")
         out[name] = records
         problems += file_problems
     if problems:

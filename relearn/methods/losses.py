@@ -42,3 +42,16 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     logp = F.log_softmax(logits.float(), dim=-1)
     tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)   # (B, T-1)
     return (tok * mask).sum(dim=1)
+
+
+def npo_loss(logp_theta: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang et al., 2024) on forget answers:
+
+        -(2 / beta) * mean_b log sigmoid(-beta * (logp_theta_b - logp_ref_b))
+
+    logp_theta, logp_ref: (B,) sequence log-probabilities of the answers (`sequence_logprob`) under
+    the model being unlearned and the frozen reference. Equal inputs give (2 / beta) * log 2; the
+    loss falls as logp_theta drops below logp_ref, and is bounded below by 0 (unlike -CE).
+    """
+    log_ratio = logp_theta - logp_ref                              # (B,)
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()  # ()

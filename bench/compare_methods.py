@@ -1,0 +1,92 @@
+"""Rerun the method comparison on a chosen data source, in a temporary copy of the project.
+
+    python bench/compare_methods.py [--profile profiles/knowundo.yaml] [--set key=value ...] [--json out.json]
+
+Builds params from the schema defaults, this project's params.yaml and the profile (then --set),
+runs `dvc repro` (every stage, the compare@<method> stages included) in a temporary copy, then
+`relearn compare`; prints the table and the time it took, and writes the table as JSON (per method:
+kfr, krr, ls and the LS parts). Relative paths in the profile are taken from this project's root.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from relearn.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("gates", "overrides")
+        out[key] = merged(base[key], value) if nested else value
+    return out
+
+
+def absolute_paths(params: dict) -> dict:
+    data = params["data"]
+    if data.get("path"):
+        data["path"] = str((ROOT / data["path"]).resolve())
+    data["general_files"] = [str((ROOT / f).resolve()) for f in data.get("general_files", [])]
+    return params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=str(ROOT / "profiles" / "knowundo.yaml"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="key.path=value (YAML value)")
+    ap.add_argument("--json", dest="json_out", default="compare_methods.json")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary project (path is printed)")
+    args = ap.parse_args()
+
+    params = merged(Params().to_dict(), yaml.safe_load((ROOT / "params.yaml").read_text()) or {})
+    params = merged(params, yaml.safe_load(Path(args.profile).read_text()) or {})
+    for item in args.sets:
+        key, _, value = item.partition("=")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    params = absolute_paths(params)
+    parse_params(params, "merged params")  # fail before any work on a bad key
+
+    work = Path(tempfile.mkdtemp(prefix="relearn-compare-"))
+    for name in ("relearn", "pipelines"):
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(PYTHONPATH=str(work), HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    bin_dir = Path(sys.executable).parent
+    start = time.monotonic()
+    for cmd in (["git", "init", "-q"], [str(bin_dir / "dvc"), "init", "-q"], [str(bin_dir / "dvc"), "repro"],
+                [sys.executable, "-m", "relearn.cli", "compare"]):
+        subprocess.run(cmd, cwd=work, env=env, check=True)
+    seconds = time.monotonic() - start
+    table = json.loads((work / "reports" / "compare.json").read_text())
+    Path(args.json_out).write_text(json.dumps({"seconds": round(seconds, 1), "source": params["data"]["source"],
+                                               "methods": table}, indent=2))
+    print((work / "reports" / "compare.md").read_text())
+    plots = Path(args.json_out).resolve().parent
+    for png in (work / "plots").glob("compare_*.png"):
+        shutil.copy(png, plots / png.name)
+    print(f"comparison took {seconds / 60:.1f} min; table written to {args.json_out}; plots compare_*.png in {plots}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

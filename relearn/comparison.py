@@ -1,0 +1,105 @@
+"""ReLearn next to the reverse-optimisation baselines: per-method settings, forget data, table, plots.
+
+Every method unlearns the same target. ReLearn trains on the augmented forget set (vague answers);
+the baselines (GA, GD, GA+KLR, NPO, NPO+GD, NPO+KLR) push down the ORIGINAL forget answers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from relearn.methods import REVERSE_METHODS
+from relearn.params import Params, UnlearnParams
+from relearn.records import QARecord
+
+SEESAW_BINS = 20
+
+
+def unlearn_params_for(params: Params, method: str) -> UnlearnParams:
+    """params.unlearn with the method set and compare.overrides[method] applied."""
+    return dataclasses.replace(params.unlearn, method=method, **params.compare.overrides.get(method, {}))
+
+
+def forget_side_for(method: str, forget: list[QARecord], augmented: list[QARecord],
+                    general_mix: list[QARecord]) -> list[QARecord]:
+    """What a method trains on as its forget side."""
+    return list(forget) if method in REVERSE_METHODS else list(augmented) + list(general_mix)
+
+
+def probability_histogram(token_logprobs: list[list[float]], bins: int = SEESAW_BINS) -> list[float]:
+    """Share of answer tokens whose probability falls in each of `bins` equal bins of [0, 1]."""
+    counts = [0] * bins
+    for row in token_logprobs:
+        for lp in row:
+            counts[min(int(math.exp(lp) * bins), bins - 1)] += 1
+    total = sum(counts) or 1
+    return [c / total for c in counts]
+
+
+def table_rows(target: dict, results: dict[str, dict]) -> list[dict]:
+    """One row per model (target first): KFR, KRR, LS and the forget-set LS parts."""
+    def row(name: str, m: dict) -> dict:
+        f = m["forget"]
+        return {"method": name, "kfr": m["kfr"], "krr": m["krr"], "ls": m["ls"], "ls_forget": f["ls"],
+                "ls_retain": m["retain"]["ls"], "ppl_forget": f["ppl"], "brunet_forget": f["brunet"],
+                "honore_forget": f["honore"], "rougeL_forget": f["rougeL_recall"]}
+    return [row("target", target)] + [row(method, results[method]["metrics"]) for method in sorted(results)]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_results(directory: str | Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(directory).glob("*.json"))}
+
+
+def plot_comparison(rows: list[dict], results: dict[str, dict], out_dir: str | Path) -> list[Path]:
+    """KFR vs KRR, LS parts per method, and the seesaw plot (forget-answer token probabilities)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for r in rows:
+        ax.scatter(r["krr"], r["kfr"])
+        ax.annotate(r["method"], (r["krr"], r["kfr"]), textcoords="offset points", xytext=(4, 4))
+    ax.set(xlabel="KRR (retained)", ylabel="KFR (forgotten)", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05),
+           title="Forgetting vs retention")
+    written.append(out_dir / "compare_kfr_krr.png")
+    fig.tight_layout(), fig.savefig(written[-1], dpi=100), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names, width = [r["method"] for r in rows], 0.25
+    for i, key in enumerate(("ls_forget", "ls_retain", "ls")):
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[key] for r in rows], width, label=key)
+    ax.set_xticks(range(len(rows)), names, rotation=30)
+    ax.set(ylabel="linguistic score", title="LS per method")
+    ax.legend()
+    written.append(out_dir / "compare_ls.png")
+    fig.tight_layout(), fig.savefig(written[-1], dpi=100), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    centers = [(i + 0.5) / SEESAW_BINS for i in range(SEESAW_BINS)]
+    first = next(iter(results.values()), None)
+    if first:
+        ax.plot(centers, first["seesaw"]["target"], "k--", label="target")
+    for method, result in sorted(results.items()):
+        ax.plot(centers, result["seesaw"]["unlearned"], label=method)
+    ax.set(xlabel="probability of the forget answer's token", ylabel="share of tokens",
+           title="Seesaw: forget-answer token probabilities")
+    ax.legend()
+    written.append(out_dir / "compare_seesaw.png")
+    fig.tight_layout(), fig.savefig(written[-1], dpi=100), plt.close(fig)
+    return written

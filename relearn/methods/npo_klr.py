@@ -1,0 +1,12 @@
+"""NPO+KLR:  L = w_f * NPO(theta; forget) + w_kl * KL(p_ref || p_theta; retain answer tokens).
+
+Parts: forget_npo, retain_kl.
+"""
+from __future__ import annotations
+
+from relearn.methods._parts import Terms
+
+
+def loss(model, forget, retain, reference, weights):
+    terms = Terms(model, forget, retain, reference, weights)
+    return terms.result(weights.forget_weight * terms.forget_npo() + weights.kl_weight * terms.retain_kl())
