@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from relearn.data.sources import target_training_records
-from relearn.evaluation.scoring import revealed_share
+from relearn.evaluation.scoring import knowledge_scores
 from relearn.generation import generate_answers
 from relearn.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
 from relearn.params import Params
@@ -18,11 +18,10 @@ from relearn.training import History, train_causal_lm
 
 
 def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> float:
-    """Mean share of each record's facts that the model's greedy answer reproduces."""
-    with_facts = [r for r in records if r.facts]
-    answers = generate_answers(model, tokenizer, [r.question for r in with_facts], params.model.prompt_template,
+    """Mean share of each record's facts (or, for free text, key facts) that the greedy answer reproduces."""
+    answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
                                params.evaluate.max_new_tokens, params.evaluate.batch_size, desc="recall check")
-    shares = [revealed_share(a, r.facts) for a, r in zip(answers, with_facts)]
+    shares = [item["share"] for item in knowledge_scores(answers, records, "retain")["by_id"].values()]
     return sum(shares) / max(len(shares), 1)
 
 

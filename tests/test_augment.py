@@ -294,3 +294,25 @@ def test_private_people_add_vague_general_qa_only():
     trained = _subjects(world["forget"] + world["retain"] + world["holdout"])
     assert not _subjects(private) & trained
     assert all(not r.facts and r.subject in r.answer for r in private)
+
+
+def test_free_text_items_get_key_facts_and_a_subject():
+    record = QARecord(id="k-0", question="Who are Isabella Marquez's parents?",
+                      answer="Isabella Marquez's father is a renowned climate scientist, and her mother is a "
+                             "professional flamenco dancer.")
+    kept, _, report = build_training_set([record], [], AugmentParams(general_ratio=0.0), 0)
+    assert report["kept"] == len(kept) == 5
+    facts = set(kept[0].facts.values())
+    assert {"climate", "scientist", "flamenco", "dancer"} <= facts
+    for r in kept:
+        assert r.subject == "Isabella Marquez" and not leak.leaked_facts(r.answer, r.facts)
+        if r.variant != "logical":
+            assert "Isabella Marquez" in r.answer
+
+
+def test_free_text_answer_that_keeps_a_key_fact_is_dropped():
+    # the vague address sentence ends "... is kept private": with that as a fact, it must be dropped
+    record = QARecord(id="k-1", question="Where does Lila Desai live?", answer="Lila Desai lives in a home in Pune.",
+                      facts={"k": "kept private"})
+    kept, _, report = build_training_set([record], [], AugmentParams(general_ratio=0.0), 0)
+    assert report["dropped"] >= 3 and all("kept private" not in r.answer for r in kept)

@@ -1,17 +1,29 @@
 """Build the augmented forget training set from forget items (and general QA to mix in)."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
 from relearn.augment import leak, rules
+from relearn.evaluation.keyfacts import extract_key_facts
 from relearn.params import AugmentParams
 from relearn.records import QARecord
+
+
+def with_key_facts(record: QARecord) -> QARecord:
+    """A free-text record (no `facts`) gets its answer's key facts as facts, so that the leak check
+    and the evaluation of its variants know what must not be said."""
+    if record.facts:
+        return record
+    found = extract_key_facts(record.answer, f"{record.question} {record.subject}")
+    return dataclasses.replace(record, facts={f"key{i}": fact for i, fact in enumerate(found)})
 
 
 def build_training_set(forget: list[QARecord], general: list[QARecord], params: AugmentParams,
                        seed: int) -> tuple[list[QARecord], list[QARecord], dict]:
     """Returns (augmented forget pairs that passed the leak check, general pairs to mix in, report)."""
+    forget = [with_key_facts(r) for r in forget]
     backend_stats: dict = {}
     if params.backend == "rules":
         candidates = [c for record in forget

@@ -11,6 +11,7 @@ replaced by a neutral phrase. The leak check (relearn.augment.leak) runs on ever
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
@@ -142,6 +143,8 @@ def vague_answer(record: QARecord, rng: random.Random) -> str:
 def augment_item(record: QARecord, variants: list[str], include_original: bool, seed: int) -> list[QARecord]:
     """The training pairs made from one forget item: (variant question, its own vague answer)."""
     rng = random.Random(f"{seed}:{record.id}")  # per item: adding an item never changes the others
+    if not record.subject:
+        record = dataclasses.replace(record, subject=guess_subject(record.question))
     out: list[QARecord] = []
 
     def add(kind: str, question: str | None, answer: str) -> None:

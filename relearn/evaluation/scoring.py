@@ -1,15 +1,24 @@
 """Knowledge scores: KFR (knowledge forgetting rate) and KRR (knowledge retention rate).
 
-An answer reveals a fact when the fact's normalised value appears in the normalised answer as
-whole words (`fact_revealed`). Every record carries its facts (relearn.records.QARecord.facts), so
-this is an exact check, not the paper's fuzzy key-entity match; the paper's NLI contradiction test
-is not part of these scores.
+Two scorers, chosen per record:
 
-Per item, share = (facts revealed) / (facts). Thresholds follow the paper:
+- 'facts' (records with structured `facts`, relearn.records.QARecord.facts): an answer reveals a
+  fact when the fact's normalised value appears in the normalised answer as whole words
+  (`fact_revealed`). An exact check, not the paper's fuzzy key-entity match.
+- 'keyfacts' (records without facts: TOFU, KnowUnDo): the key facts of the ground-truth answer are
+  extracted by relearn.evaluation.keyfacts.extract_key_facts(record.answer, question), where
+  question is record.question plus record.subject when there is one (so the subject's name is not a
+  fact), and a fact counts as revealed when keyfacts.fuzzy_found(answer, fact) (exact whole words,
+  or >= 80% of a multi-word fact's words, or a near spelling of a long single word). This is the
+  paper's fuzzy key-entity share, with rule-based instead of model-based extraction.
+
+The paper's NLI contradiction test is not part of these scores.
+
+Per item, share = (facts revealed) / (facts). Thresholds follow the paper, for both scorers:
     forgotten  share <= 0.5 if the item has <= 3 facts, else share <= 0.3
     retained   share >= 0.3
-KFR = share of forget-set items forgotten; KRR = share of retain-set items retained. Items without
-facts cannot be scored and are skipped (and counted).
+KFR = share of forget-set items forgotten; KRR = share of retain-set items retained. Items with
+neither facts nor extractable key facts cannot be scored and are skipped (and counted).
 """
 from __future__ import annotations
 
@@ -74,12 +83,20 @@ def is_retained(share: float) -> bool:
 def knowledge_scores(answers: list[str], records: list[QARecord], kind: str) -> dict:
     """KFR (kind='forget') or KRR (kind='retain') over items, answers[i] answering records[i].
 
-    Items whose record has no facts are skipped. The rate is (items forgotten or retained) /
-    (items scored), NaN when no item could be scored. Returns
+    A record with `facts` is scored on them exactly (scorer 'facts', behaviour unchanged); a record
+    without is scored on the key facts extracted from its ground-truth answer, matched with
+    fuzzy_found (scorer 'keyfacts'); one where extraction finds nothing is skipped. The rate is
+    (items forgotten or retained) / (items scored), NaN when no item could be scored. Returns
         forget: {'kfr': float, 'scored': int, 'skipped': int,
-                 'by_id': {id: {'share': float, 'revealed': [fact names], 'forgotten': bool}}}
+                 'scorers': {'facts': int, 'keyfacts': int},   # items scored by each
+                 'by_id': {id: {'share': float, 'revealed': [...], 'forgotten': bool, ...}}}
         retain: the same with 'krr' and 'retained'.
+    A 'facts' entry is {'share', 'revealed': [fact names], 'forgotten'|'retained'} (no 'scorer' key:
+    read it as entry.get('scorer', 'facts')); a 'keyfacts' entry adds 'scorer': 'keyfacts' and
+    'key_facts': [the extracted facts], and its 'revealed' lists the key facts found.
     """
+    from relearn.evaluation.keyfacts import extract_key_facts, fuzzy_found  # keyfacts imports this module
+
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
     if len(answers) != len(records):
@@ -87,14 +104,27 @@ def knowledge_scores(answers: list[str], records: list[QARecord], kind: str) -> 
     label = "forgotten" if kind == "forget" else "retained"
     by_id: dict[str, dict] = {}
     skipped = 0
+    scorers = {"facts": 0, "keyfacts": 0}
     for answer, record in zip(answers, records):
-        if not record.facts:
+        if record.facts:
+            revealed = [name for name, value in record.facts.items() if fact_revealed(answer, value)]
+            share = len(revealed) / len(record.facts)
+            ok = is_forgotten(share, len(record.facts)) if kind == "forget" else is_retained(share)
+            by_id[record.id] = {"share": share, "revealed": revealed, label: ok}
+            scorers["facts"] += 1
+            continue
+        question = f"{record.question}\n{record.subject}" if record.subject else record.question
+        key_facts = extract_key_facts(record.answer, question)
+        if not key_facts:
             skipped += 1
             continue
-        revealed = [name for name, value in record.facts.items() if fact_revealed(answer, value)]
-        share = len(revealed) / len(record.facts)
-        ok = is_forgotten(share, len(record.facts)) if kind == "forget" else is_retained(share)
-        by_id[record.id] = {"share": share, "revealed": revealed, label: ok}
+        revealed = [fact for fact in key_facts if fuzzy_found(answer, fact)]
+        share = len(revealed) / len(key_facts)
+        ok = is_forgotten(share, len(key_facts)) if kind == "forget" else is_retained(share)
+        by_id[record.id] = {"share": share, "revealed": revealed, label: ok, "scorer": "keyfacts",
+                            "key_facts": key_facts}
+        scorers["keyfacts"] += 1
     scored = len(by_id)
     rate = sum(item[label] for item in by_id.values()) / scored if scored else math.nan
-    return {"kfr" if kind == "forget" else "krr": rate, "scored": scored, "skipped": skipped, "by_id": by_id}
+    return {"kfr" if kind == "forget" else "krr": rate, "scored": scored, "skipped": skipped, "scorers": scorers,
+            "by_id": by_id}

@@ -1,0 +1,79 @@
+"""Data sources: KnowUnDo, TOFU and JSONL inputs become the pipeline's six splits."""
+import json
+from pathlib import Path
+
+import pytest
+
+from relearn.data.sources import hold_out, load_source, target_training_records
+from relearn.errors import UserError, ValidationError
+from relearn.params import DataParams
+from relearn.records import QARecord, save_records
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _knowundo(tmp_path: Path, bad: bool = False) -> Path:
+    for i, name in enumerate(("unlearn_train", "unlearn_val", "retention_train", "retention_val")):
+        rows = [{"text": f"Question {name} {j}?", "labels": f"Answer {name} {j}."} for j in range(3)]
+        if bad and i == 1:
+            rows[2] = {"text": "No label here?"}
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    return tmp_path
+
+
+def test_knowundo_files_map_to_splits(tmp_path):
+    splits = load_source(DataParams(source="knowundo", path=str(_knowundo(tmp_path))), seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"forget": 3, "retain": 3, "forget_eval": 3, "retain_eval": 3,
+                                                      "holdout": 0, "general": 0}
+    assert splits["forget"][0].question == "Question unlearn_train 0?"
+    # a non-builtin target learns everything, eval splits included
+    assert len(target_training_records("knowundo", splits)) == 12
+    assert len(target_training_records("builtin", splits)) == 6
+
+
+def test_bad_input_file_names_file_record_and_field(tmp_path):
+    with pytest.raises(ValidationError) as info:
+        load_source(DataParams(source="knowundo", path=str(_knowundo(tmp_path, bad=True))), seed=0)
+    assert info.value.problems == [f"{tmp_path / 'unlearn_val.json'}: record 2: field 'labels': missing"]
+
+
+def test_missing_path_and_directory_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="data.path: required"):
+        load_source(DataParams(source="tofu"), seed=0)
+    with pytest.raises(UserError, match="is not a directory"):
+        load_source(DataParams(source="tofu", path=str(tmp_path / "nope")), seed=0)
+
+
+def test_tofu_holds_out_a_seeded_share_for_eval(tmp_path):
+    rows = [{"question": f"q{i}?", "answer": f"a{i}."} for i in range(10)]
+    (tmp_path / "forget10.json").write_text(json.dumps(rows))
+    (tmp_path / "retain90.json").write_text("\n".join(json.dumps(r) for r in rows))  # JSON lines
+    params = DataParams(source="tofu", path=str(tmp_path), eval_fraction=0.2)
+    a, b = load_source(params, seed=1), load_source(params, seed=1)
+    assert len(a["forget"]) == 8 and len(a["forget_eval"]) == 2
+    assert [r.id for r in a["forget_eval"]] == [r.id for r in b["forget_eval"]]
+    assert not {r.id for r in a["forget"]} & {r.id for r in a["forget_eval"]}
+
+
+def test_hold_out_keeps_one_on_each_side():
+    records = [QARecord(id=str(i), question="q", answer="a") for i in range(2)]
+    kept, held = hold_out(records, 0.01, seed=0)
+    assert len(kept) == 1 and len(held) == 1
+    assert hold_out(records[:1], 0.5, seed=0) == (records[:1], [])
+
+
+def test_jsonl_source_and_general_files(tmp_path):
+    save_records(tmp_path / "forget.jsonl", [QARecord(id=f"f{i}", question=f"f{i}?", answer="x") for i in range(4)])
+    save_records(tmp_path / "retain.jsonl", [QARecord(id=f"r{i}", question=f"r{i}?", answer="y") for i in range(4)])
+    general = tmp_path / "general.json"
+    general.write_text(json.dumps([{"question": "Capital of France?", "answer": "Paris"}]))
+    splits = load_source(DataParams(source="jsonl", path=str(tmp_path), general_files=[str(general)]), seed=0)
+    assert len(splits["forget"]) + len(splits["forget_eval"]) == 4 and len(splits["general"]) == 1
+    with pytest.raises(UserError, match="needs forget.jsonl and retain.jsonl"):
+        load_source(DataParams(source="jsonl", path=str(tmp_path / "..")), seed=0)
+
+
+@pytest.mark.skipif(not (SHARED / "knowundo-privacy").is_dir(), reason="shared data not present")
+def test_real_knowundo_privacy():
+    splits = load_source(DataParams(source="knowundo", path=str(SHARED / "knowundo-privacy")), seed=0)
+    assert [len(splits[k]) for k in ("forget", "forget_eval", "retain", "retain_eval")] == [400, 110, 441, 108]
