@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 
 from relearn.methods import METHODS
@@ -25,6 +26,7 @@ def lora_config(params: Params) -> LoraConfig:
 def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord]):
     """Returns (PeftModel with the trained adapter, its tokenizer, loss history, report)."""
     base, tokenizer = load_pretrained(target_dir, params.model.dtype)
+    set_seed(params.seed)  # LoRA A is initialised at random: seed it, or two runs of one config differ
     model = get_peft_model(base, lora_config(params))
     u = params.unlearn
     print(f"[unlearn] method {u.method}: {count_parameters(model, trainable_only=True):,} trainable parameters, "

@@ -1,0 +1,29 @@
+"""make_adapter is reproducible: the same params give the same adapter (LoRA init is seeded)."""
+import dataclasses
+
+import torch
+
+from relearn.model import build_scratch_model, train_tokenizer
+from relearn.params import LoraParams, ModelParams, Params
+from relearn.records import QARecord
+from relearn.unlearning import make_adapter
+
+
+def test_same_params_same_adapter(tmp_path):
+    torch.set_num_threads(1)
+    tok = train_tokenizer([f"Question: who is person {i}? Answer: person {i} is a baker." for i in range(50)], 200)
+    model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64), tok, seed=0)
+    model.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    p = Params()
+    p = dataclasses.replace(p, unlearn=dataclasses.replace(p.unlearn, epochs=1, batch_size=2,
+                                                           lora=LoraParams(r=4, alpha=4, target_modules=["q_proj", "v_proj"])))
+    forget = [QARecord(id=f"f{i}", question=f"who is person {i}?", answer="someone private.") for i in range(4)]
+    retain = [QARecord(id=f"r{i}", question=f"who is person {i}?", answer=f"person {i} is a baker.") for i in range(4, 8)]
+    states = []
+    for _ in range(2):
+        torch.manual_seed(torch.seed())  # a different global RNG state each time
+        adapter, *_ = make_adapter(p, tmp_path / "target", forget, retain)
+        states.append({k: v.clone() for k, v in adapter.state_dict().items() if "lora_" in k})
+    assert states[0].keys() == states[1].keys() and states[0]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
