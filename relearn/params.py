@@ -34,6 +34,7 @@ class DataParams:
     retain_file: str = _f("retain90.json", "TOFU: the retain split file in data.path.")
     general_files: list = _f([], "Extra general QA files (TOFU format, e.g. ../shared/data/tofu-general/world_facts_perturbed.json) added to the general split.")
     eval_fraction: float = _f(0.2, "TOFU and jsonl without eval files: share of forget/retain items held out as forget_eval/retain_eval.")
+    holdout_fraction: float = _f(0.1, "KnowUnDo, TOFU and jsonl without holdout.jsonl: share of retain items never trained on by any model (the membership-inference holdout).")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
@@ -81,12 +82,28 @@ class EndpointParams:
 
 
 @dataclass
+class LocalParams:
+    model_path: str = _f("", "Local directory of a Hugging Face instruct (chat) model; loaded with local_files_only, never downloaded.")
+    dtype: str = _f("auto", "auto (bfloat16 on a GPU that supports it, else float32) | float32 | bfloat16 | float16.")
+    device: str = _f("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N | mps.")
+    max_new_tokens: int = _f(256, "Tokens generated per reply (the variants reply is a JSON object with one question per variant).")
+    temperature: float = _f(0.0, "0: greedy decoding (deterministic; every reply is cached); > 0: sampling at this temperature.")
+    batch_size: int = _f(8, "Prompts generated together (also the number of forget items worked on at once).")
+    rounds: int = _f(3, "Regeneration rounds for answers that fail the leak check.")
+    cache_dir: str = _f(".cache/augment", "Content-addressed cache of replies (keyed by model path, a fingerprint of its files and the prompt): a repeated run generates nothing.")
+
+
+@dataclass
 class AugmentParams:
-    backend: str = _f("rules", "Augmentation backend: 'rules' (offline, deterministic) or 'endpoint' (an OpenAI-compatible chat API).")
+    backend: str = _f("rules", "Augmentation backend: 'rules' (offline, deterministic), 'endpoint' (an OpenAI-compatible chat API) or 'local' (a local Hugging Face instruct model).")
     variants: list = _f(["simple", "contextual", "noise", "logical"], "Question variants to make for each forget item.")
     include_original: bool = _f(True, "Also train on the original question itself with a vague answer (the sensitive original answer is never included).")
     general_ratio: float = _f(0.5, "General QA pairs mixed in, as a multiple of the augmented forget set size.")
+    completion: bool = _f(False, "Also add one sentence-completion pair per forget item (variant 'completion'): the first ~25% of the words of one of its vague answers as the prompt, the rest as the answer.")
+    chunk_chars: int = _f(0, "Answers longer than this many characters are split on sentence boundaries and each chunk is rewritten separately, then joined and leak-checked (0: never).")
+    fallback: str = _f("drop", "Pairs the endpoint or local backend could not make (failed calls, answers still leaking after the rounds): 'drop' them, or take the 'rules' backend's pair for that item and variant.")
     endpoint: EndpointParams = field(default_factory=lambda: EndpointParams(), metadata={"help": "The 'endpoint' backend."})
+    local: LocalParams = field(default_factory=lambda: LocalParams(), metadata={"help": "The 'local' backend."})
 
 
 @dataclass
@@ -122,6 +139,10 @@ class EvaluateParams:
     top_p: float = _f(0.9, "Nucleus sampling (do_sample only).")
     top_k: int = _f(5, "Top-k sampling (do_sample only).")
     rounds: int = _f(1, "Generation rounds averaged (useful with sampling; the paper uses 3).")
+    nli_model: Optional[str] = _f(None, "NLI classifier (local path of a sequence-classification model whose config.id2label names 'contradiction' and 'entailment', e.g. an MNLI model) added to KFR/KRR as in the paper: a forget answer that contradicts the ground truth counts as forgotten, a retain answer that contradicts it as not retained. null: key facts alone.")
+    embedding_model: Optional[str] = _f(None, "Sentence-embedding model (local path of an AutoModel, mean-pooled, e.g. all-MiniLM-L6-v2) for fuzzy key-fact matching: a fact the rules miss counts as revealed when a window of the answer has cosine >= embedding_threshold with it. null: rules alone.")
+    embedding_threshold: float = _f(0.8, "Cosine similarity at which the embedding model counts a fact as revealed (the paper: 0.8).")
+    ppl_aggregate: str = _f("mean", "How LS aggregates per-answer PPL over a set: mean (the paper) | median | geomean (exp of mean log PPL); robust choices keep a few astronomical PPLs from zeroing p. The raw mean is reported as ppl_mean either way.")
 
 
 @dataclass
@@ -153,6 +174,18 @@ class ExportParams:
 
 
 @dataclass
+class RobustnessParams:
+    ladder: list = _f(["torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4"], "Precision ladder rungs at which KFR/KRR are measured (any of torch_fp32, torch_bf16, onnx_fp32, onnx_int8, onnx_int4).")
+    int4_block_size: int = _f(32, "ONNX int4 (MatMulNBits, weight-only): weights per quantization block.")
+    probes: list = _f(["paraphrased", "perturbed", "jailbreak"], "Question probes: paraphrased and perturbed (typos) questions, jailbreak prefixes.")
+    jailbreaks: Optional[str] = _f(None, "YAML file of jailbreak prefixes; null: the versioned set shipped in relearn/robustness/jailbreaks.yaml.")
+    relearn_steps: int = _f(10, "Relearning attack: fine-tuning steps on the attack part of the forget set (0 disables).")
+    relearn_lr: float = _f(0.0005, "Relearning attack: learning rate.")
+    relearn_fraction: float = _f(0.5, "Relearning attack: share of the forget set fine-tuned on; recovery is measured on the rest.")
+    mia_k: float = _f(0.2, "Min-K% membership inference: share of lowest-probability answer tokens averaged.")
+
+
+@dataclass
 class CompareParams:
     methods: list = _f([], "Methods run side by side by the `compare` stages on the same target (empty: no comparison), e.g. [relearn, ga, gd, ga_klr, npo, npo_gd, npo_klr].")
     overrides: dict = _f({}, "Per-method changes to the unlearn settings, e.g. {ga: {lr: 0.0001, epochs: 2}}.")
@@ -169,6 +202,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     export: ExportParams = field(default_factory=ExportParams)
+    robustness: RobustnessParams = field(default_factory=RobustnessParams)
     compare: CompareParams = field(default_factory=CompareParams)
 
     def gates(self) -> dict[str, GateParams]:
@@ -181,10 +215,14 @@ class Params:
 CHOICES = {
     "data.source": ("builtin", "knowundo", "tofu", "jsonl"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "augment.backend": ("rules", "endpoint"),
+    "augment.backend": ("rules", "endpoint", "local"),
+    "augment.fallback": ("drop", "rules"),
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "export.quantize": ("int8", "none"),
+    "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
 }
+LADDER_RUNGS = ("torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4")
+PROBES = ("paraphrased", "perturbed", "jailbreak")
 VARIANT_NAMES = ("simple", "contextual", "noise", "logical")
 
 
@@ -275,6 +313,12 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
             obj = getattr(obj, part)
         if obj <= 0:
             problems.append(f"{where(tuple(dotted.split('.')))}: must be > 0, got {obj}")
+    e = params.evaluate
+    if not -1 <= e.embedding_threshold <= 1:
+        problems.append(f"{where(('evaluate', 'embedding_threshold'))}: must be a cosine similarity between -1 and 1, got {e.embedding_threshold}")
+    for key in ("nli_model", "embedding_model"):
+        if getattr(e, key) is not None and not getattr(e, key).strip():
+            problems.append(f"{where(('evaluate', key))}: empty path (write null to turn it off)")
     d = params.data
     for key in ("holdout_people", "general", "private_people"):
         if getattr(d, key) < 0:
@@ -297,6 +341,34 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     for v in params.augment.variants:
         if v not in VARIANT_NAMES:
             problems.append(f"{where(('augment', 'variants'))}: unknown variant {v!r} (known: {', '.join(VARIANT_NAMES)})")
+    a = params.augment
+    if a.chunk_chars < 0:
+        problems.append(f"{where(('augment', 'chunk_chars'))}: must be >= 0 (0: never split), got {a.chunk_chars}")
+    if a.backend == "local" and not a.local.model_path.strip():
+        problems.append(f"{where(('augment', 'local', 'model_path'))}: required with augment.backend 'local' (a local model directory)")
+    if a.local.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        problems.append(f"{where(('augment', 'local', 'dtype'))}: {a.local.dtype!r} is not one of auto, float32, bfloat16, float16")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", a.local.device):
+        problems.append(f"{where(('augment', 'local', 'device'))}: expected auto, cpu, cuda, cuda:N or mps, got {a.local.device!r}")
+    for key in ("max_new_tokens", "batch_size", "rounds"):
+        if getattr(a.local, key) <= 0:
+            problems.append(f"{where(('augment', 'local', key))}: must be > 0, got {getattr(a.local, key)}")
+    if a.local.temperature < 0:
+        problems.append(f"{where(('augment', 'local', 'temperature'))}: must be >= 0 (0: greedy), got {a.local.temperature}")
+    rb = params.robustness
+    for key, known in (("ladder", LADDER_RUNGS), ("probes", PROBES)):
+        for v in getattr(rb, key):
+            if v not in known:
+                problems.append(f"{where(('robustness', key))}: unknown {key[:-1] if key == 'probes' else 'rung'} {v!r} (known: {', '.join(known)})")
+    if rb.int4_block_size < 16 or rb.int4_block_size & (rb.int4_block_size - 1):
+        problems.append(f"{where(('robustness', 'int4_block_size'))}: must be a power of two >= 16, got {rb.int4_block_size}")
+    if rb.relearn_steps < 0:
+        problems.append(f"{where(('robustness', 'relearn_steps'))}: must be >= 0, got {rb.relearn_steps}")
+    for key in ("relearn_fraction", "mia_k"):
+        if not 0 < getattr(rb, key) < 1:
+            problems.append(f"{where(('robustness', key))}: must be between 0 and 1 (exclusive), got {getattr(rb, key)}")
+    if not 0 <= d.holdout_fraction < 1:
+        problems.append(f"{where(('data', 'holdout_fraction'))}: must be in [0, 1), got {d.holdout_fraction}")
     for method in params.compare.methods:
         if method not in CHOICES["unlearn.method"]:
             problems.append(f"{where(('compare', 'methods'))}: unknown method {method!r} (known: {', '.join(CHOICES['unlearn.method'])})")

@@ -105,7 +105,7 @@ def test_unknown_nested_key_names_file_line_and_key(tmp_path):
 def test_unknown_top_level_key(tmp_path):
     path = _write(tmp_path, "seed: 1\nmodle:\n  layers: 2\n")
     assert _problems(path) == [f"{path}:2: modle: unknown key (known keys here: augment, compare, data, evaluate, export, "
-                               "model, register, seed, target, unlearn)"]
+                               "model, register, robustness, seed, target, unlearn)"]
 
 
 def test_wrong_type_names_line(tmp_path):
@@ -235,7 +235,7 @@ def test_several_problems_are_reported_together(tmp_path):
     problems = _problems(path)
     assert problems == [f"{path}:1: seed: expected an integer, got 'zero'",
                         f"{path}:3: data.peeple: unknown key (known keys here: eval_fraction, eval_templates, forget_file, "
-                        "forget_people, general, general_files, holdout_people, path, people, private_people, "
+                        "forget_people, general, general_files, holdout_fraction, holdout_people, path, people, private_people, "
                         "retain_file, source)",
                         f"{path}:5: unlearn.lr: expected a number, got 'fast'",
                         f"{path}:7: unlearn.lora.rank: unknown key (known keys here: alpha, dropout, r, target_modules)"]

@@ -20,6 +20,83 @@ def with_key_facts(record: QARecord) -> QARecord:
     return dataclasses.replace(record, facts={f"key{i}": fact for i, fact in enumerate(found)})
 
 
+def chat_backend(params: AugmentParams):
+    """The endpoint or local backend (both run the endpoint backend's item logic), set up from `params`."""
+    if params.backend == "local":
+        from relearn.augment.local import LocalBackend
+
+        return LocalBackend(params.local, chunk_chars=params.chunk_chars,
+                            tolerate_failures=params.fallback == "rules")
+    if params.chunk_chars > 0:
+        from relearn.augment.chunked import ChunkedEndpointBackend
+
+        return ChunkedEndpointBackend(params.endpoint, chunk_chars=params.chunk_chars)
+    from relearn.augment.endpoint import EndpointBackend
+
+    return EndpointBackend(params.endpoint)
+
+
+def fill_from_rules(forget: list[QARecord], candidates: list[QARecord], params: AugmentParams,
+                    seed: int) -> tuple[list[QARecord], int]:
+    """`candidates` with each (item, variant) pair a chat backend could not make taken from the rules
+    backend (same item, same variant, same seed); item by item, original first, then the variants.
+    Returns (pairs, how many came from the rules backend)."""
+    made: dict[str, dict[str, QARecord]] = {}
+    for c in candidates:
+        made.setdefault(c.source_id, {})[c.variant] = c
+    kinds = (["original"] if params.include_original else []) + list(dict.fromkeys(params.variants))
+    out: list[QARecord] = []
+    filled = 0
+    for record in forget:
+        have = made.get(record.id, {})
+        from_rules: dict[str, QARecord] | None = None
+        for kind in kinds:
+            if kind in have:
+                out.append(have[kind])
+                continue
+            if from_rules is None:
+                from_rules = {r.variant: r for r in rules.augment_item(record, list(params.variants),
+                                                                        params.include_original, seed,
+                                                                        params.chunk_chars)}
+            if kind in from_rules:
+                out.append(from_rules[kind])
+                filled += 1
+    return out, filled
+
+
+def completion_pair(record: QARecord, made: list[QARecord]) -> QARecord | None:
+    """The sentence-completion pair of a forget item (relearn-method.md, step 5): the first ~25% of the
+    words of one of its vague answers as the prompt, the rest as the answer. The answer is taken from
+    the item's pairs that pass the leak check: the original question's if there is one, else the first
+    other one (never a logical variant's, whose answer is not about the subject)."""
+    usable = sorted((c for c in made if c.variant not in ("logical", "completion") and leak.passes(c)),
+                    key=lambda c: c.variant != "original")
+    for c in usable:
+        split = rules.completion_split(c.answer, c.subject)
+        if split:
+            prompt, rest = split
+            return QARecord(id=f"{record.id}~completion", question=prompt, answer=rest, subject=c.subject,
+                            facts=dict(c.facts), source_id=record.id, variant="completion")
+    return None
+
+
+def with_completions(forget: list[QARecord], candidates: list[QARecord]) -> list[QARecord]:
+    """`candidates` with each item's sentence-completion pair after the item's other pairs."""
+    by_source: dict[str, list[QARecord]] = {}
+    for c in candidates:
+        by_source.setdefault(c.source_id, []).append(c)
+    out: list[QARecord] = []
+    for record in forget:
+        group = by_source.pop(record.id, [])
+        out += group
+        pair = completion_pair(record, group)
+        if pair is not None:
+            out.append(pair)
+    for rest in by_source.values():
+        out += rest
+    return out
+
+
 def build_training_set(forget: list[QARecord], general: list[QARecord], params: AugmentParams,
                        seed: int) -> tuple[list[QARecord], list[QARecord], dict]:
     """Returns (augmented forget pairs that passed the leak check, general pairs to mix in, report)."""
@@ -27,15 +104,18 @@ def build_training_set(forget: list[QARecord], general: list[QARecord], params: 
     backend_stats: dict = {}
     if params.backend == "rules":
         candidates = [c for record in forget
-                      for c in rules.augment_item(record, list(params.variants), params.include_original, seed)]
-    elif params.backend == "endpoint":
-        from relearn.augment.endpoint import EndpointBackend
-
-        backend = EndpointBackend(params.endpoint)
+                      for c in rules.augment_item(record, list(params.variants), params.include_original, seed,
+                                                  params.chunk_chars)]
+    elif params.backend in ("endpoint", "local"):
+        backend = chat_backend(params)
         candidates = backend.augment(forget, list(params.variants), params.include_original, seed)
         backend_stats = dict(backend.stats)
+        if params.fallback == "rules":
+            candidates, backend_stats["fallback"] = fill_from_rules(forget, candidates, params, seed)
     else:
         raise ValueError(f"unknown augmentation backend {params.backend!r}")
+    if params.completion:
+        candidates = with_completions(forget, candidates)
     made: Counter = Counter()
     dropped: Counter = Counter()
     kept: list[QARecord] = []

@@ -8,6 +8,7 @@ The replies asked for are single JSON objects:
     question_variants_messages  {"simple": "...", "contextual": "...", "noise": "...", "logical": "..."}
                                 (only the variants asked for)
     vague_answer_messages       {"answer": "..."}
+    vague_chunk_messages        {"answer": "..."}   (one chunk of a long answer, augment.chunk_chars)
     regenerate_messages         {"answer": "..."}
     leak_check_messages         {"leaks": true/false, "details": ["...", ...]}
 """
@@ -88,6 +89,25 @@ def vague_answer_messages(record: QARecord, question: str) -> list[dict]:
         f"Original question: {record.question}\n"
         f"Original answer (private details): {record.answer}\n"
         f"Question to answer: {question}\n\n"
+        'Reply with exactly this JSON object: {"answer": "..."}'
+    )
+    return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def vague_chunk_messages(record: QARecord, question: str, chunk: str, index: int, total: int) -> list[dict]:
+    """Ask for a vague rewrite of part `index` (1-based) of `total` of a long answer; the parts' rewrites
+    are joined in order into the answer to `question`."""
+    subject = _subject(record)
+    user = (
+        f"A long answer to the question below is rewritten part by part. Rewrite part {index} of {total} "
+        f"so that it stays on topic and reads naturally but is vague.\n"
+        f"- Use the name {subject} where the part is about them.\n"
+        f"- Leave out every specific detail: {SPECIFICS}.\n"
+        "- Do not refuse, do not mention the other parts, and do not state any other, made-up fact instead.\n"
+        "The part is shown only so that you know which details to hold back. Do not repeat them.\n\n"
+        f"Subject: {subject}\n"
+        f"Question: {question}\n"
+        f"Part {index} of {total} (private details): {chunk}\n\n"
         'Reply with exactly this JSON object: {"answer": "..."}'
     )
     return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]

@@ -8,6 +8,10 @@ For each forget item this backend writes four kinds of question (relearn-method.
 and for each question a vague answer (step 3): same subject, on topic, no fact value. Vague answers
 for the built-in world's facts come from per-fact templates; for other facts the fact values are
 replaced by a neutral phrase. The leak check (relearn.augment.leak) runs on every answer afterwards.
+
+Text helpers shared with the other backends: `split_sentences` and `chunk_text` (augment.chunk_chars:
+long answers are rewritten chunk by chunk) and `completion_split` (augment.completion: the
+sentence-completion pairs).
 """
 from __future__ import annotations
 
@@ -127,9 +131,23 @@ def topic_of(question: str) -> str | None:
     return None
 
 
-def vague_answer(record: QARecord, rng: random.Random) -> str:
-    """A vague but relevant answer about the record's subject, with no fact value in it."""
+def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0) -> str:
+    """A vague but relevant answer about the record's subject, with no fact value in it.
+
+    With `chunk_chars` > 0, an answer longer than that is split into chunks on sentence boundaries
+    (`chunk_text`) and each chunk gets the discreet sentence for its own topic; the distinct
+    sentences are joined in chunk order."""
     name = record.subject or guess_subject(record.question) or "This person"
+    chunks = chunk_text(record.answer, chunk_chars) if chunk_chars > 0 else []
+    if len(chunks) > 1:
+        sentences: list[str] = []
+        for chunk in chunks:
+            group = topic_of(chunk)
+            sentence = (rng.choice(VAGUE[group]).format(name=name, their="their") if group in VAGUE
+                        else rng.choice(NO_FACTS).format(name=name))
+            if sentence not in sentences:
+                sentences.append(sentence)
+        return " ".join(sentences)
     keys = sorted(record.facts)
     group = "parents" if set(keys) == {"father_profession", "mother_profession"} else (keys[0] if len(keys) == 1 else None)
     if group not in VAGUE:
@@ -140,8 +158,11 @@ def vague_answer(record: QARecord, rng: random.Random) -> str:
     return rng.choice(NO_FACTS).format(name=name)
 
 
-def augment_item(record: QARecord, variants: list[str], include_original: bool, seed: int) -> list[QARecord]:
-    """The training pairs made from one forget item: (variant question, its own vague answer)."""
+def augment_item(record: QARecord, variants: list[str], include_original: bool, seed: int,
+                 chunk_chars: int = 0) -> list[QARecord]:
+    """The training pairs made from one forget item: (variant question, its own vague answer).
+
+    `chunk_chars` > 0: answers longer than that are rewritten chunk by chunk (`vague_answer`)."""
     rng = random.Random(f"{seed}:{record.id}")  # per item: adding an item never changes the others
     if not record.subject:
         record = dataclasses.replace(record, subject=guess_subject(record.question))
@@ -153,14 +174,78 @@ def augment_item(record: QARecord, variants: list[str], include_original: bool, 
                                 facts=dict(record.facts), source_id=record.id, variant=kind))
 
     if include_original:
-        add("original", record.question, vague_answer(record, rng))
+        add("original", record.question, vague_answer(record, rng, chunk_chars))
     for kind in variants:
         if kind == "simple":
-            add(kind, simple_variant(record.question, rng), vague_answer(record, rng))
+            add(kind, simple_variant(record.question, rng), vague_answer(record, rng, chunk_chars))
         elif kind == "contextual":
-            add(kind, contextual_variant(record.question, record.subject, rng), vague_answer(record, rng))
+            add(kind, contextual_variant(record.question, record.subject, rng), vague_answer(record, rng, chunk_chars))
         elif kind == "noise":
-            add(kind, noise_variant(record.question, rng), vague_answer(record, rng))
+            add(kind, noise_variant(record.question, rng), vague_answer(record, rng, chunk_chars))
         elif kind == "logical":
             add(kind, logical_variant(record, rng), rng.choice(VAGUE_REVERSE))
     return out
+
+
+# ------------------------------------------------------------------------------ sentences, chunks, completions
+# words that end in a full stop without ending a sentence
+ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "mt", "ft",
+                 "inc", "ltd", "co", "corp", "dept", "univ", "approx", "fig", "vol", "ed", "rev", "gen", "col", "lt"}
+_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+")
+COMPLETION_SHARE = 0.25   # share of an answer's words that becomes the prompt of a sentence-completion pair
+
+
+def split_sentences(text: str) -> list[str]:
+    """`text` split after '.', '!' or '?' followed by space and a capital, digit or quote; abbreviations
+    (Dr., e.g.) and initials (J. K.) do not end a sentence. Whitespace is collapsed; joining the parts
+    with single spaces gives the collapsed text back."""
+    text = " ".join(text.split())
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        following = text[m.end():m.end() + 1]
+        if following and not (following.isupper() or following.isdigit() or following in "\"'\u201c\u2018("):
+            continue
+        word = re.search(r"[\w.]*$", text[start:m.start()]).group(0)
+        if text[m.start()] == "." and (word.lower() in ABBREVIATIONS or (len(word) == 1 and word.isupper())):
+            continue
+        out.append(text[start:m.end()].strip())
+        start = m.end()
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def chunk_text(text: str, max_chars: int) -> list[str]:
+    """`text` in chunks of whole sentences, each at most `max_chars` long where its sentences allow
+    (a longer sentence is a chunk of its own). One chunk when the text is no longer than `max_chars`."""
+    text = " ".join(text.split())
+    if max_chars <= 0 or len(text) <= max_chars:
+        return [text] if text else []
+    chunks: list[str] = []
+    current = ""
+    for sentence in split_sentences(text):
+        if current and len(current) + 1 + len(sentence) > max_chars:
+            chunks.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}" if current else sentence
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def completion_split(answer: str, subject: str = "") -> tuple[str, str] | None:
+    """A sentence-completion pair from an answer: (its first ~25% of words, the rest), or None when the
+    answer is too short (under 4 words). The prompt has at least 2 words and runs on to the end of the
+    subject's name where the answer names the subject (so that the prompt says who the sentence is
+    about); the completion keeps at least 2 words."""
+    words = answer.split()
+    n = len(words)
+    if n < 4:
+        return None
+    k = max(2, round(COMPLETION_SHARE * n))
+    at = answer.find(subject) if subject else -1
+    if at >= 0:
+        k = max(k, len(answer[:at + len(subject)].split()))  # words up to and including the name
+    k = min(k, n - 2)
+    return " ".join(words[:k]), " ".join(words[k:])

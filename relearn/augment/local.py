@@ -1,0 +1,392 @@
+"""Augmentation with a local Hugging Face instruct model (augment.backend: local).
+
+The same item logic as the endpoint backend (relearn.augment.endpoint): the same prompts
+(relearn.augment.prompts), one variants call per item, one vague answer per question, the leak check
+and up to `rounds` regenerations, chunked rewriting of long answers (relearn.augment.chunked). Only
+the chat call differs: instead of an HTTP request, the conversation is rendered with the tokenizer's
+chat template (or, without one, a plain "System: / User: / Assistant:" text) and the model generates
+the reply.
+
+Batching: `batch_size` forget items are worked on at once, one worker thread each; their prompts are
+collected and generated together, a batch starting when `batch_size` prompts wait or when every
+busy worker waits (no more prompts can come). Under greedy decoding a reply can still differ in the
+last bits with the batch it was padded into; the cache makes a repeated run reproduce the first.
+
+Cache: replies are stored in the same content-addressed cache as the endpoint's
+(relearn.augment.cache), keyed by the model directory's resolved path, a fingerprint of its files
+(names and sizes of every file, the contents of the config, generation-config, tokenizer-config
+and chat-template files), dtype, max_new_tokens, temperature and the messages: a changed model
+misses. Under greedy decoding (temperature 0) every reply is cached, usable or not, since the model
+would write the same again; a repeated run generates nothing and does not even load the model. When
+sampling, only usable replies are cached and an unusable one is sampled again (up to
+SAMPLING_ATTEMPTS in all).
+
+Failures: a reply that is not the requested JSON is `malformed`; a call without a usable reply fails
+like an endpoint call (its item or answer is dropped and counted). With augment.fallback 'drop', a
+run in which no call at all succeeds fails with a UserError (the model is not an instruct model, or
+max_new_tokens is too small); with 'rules', failed calls are counted as `unusable` and the build step
+takes the rules backend's pairs for whatever is missing. A missing model directory, a model that
+cannot be loaded, or running out of memory is a UserError.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from relearn.augment.cache import cache_key
+from relearn.augment.chunked import ChunkedAnswers
+from relearn.augment.endpoint import CallFailed, EndpointBackend, Malformed, _Aborted, _excerpt
+from relearn.errors import UserError
+from relearn.params import EndpointParams, LocalParams
+
+T = TypeVar("T")
+
+SAMPLING_ATTEMPTS = 3  # attempts per call when sampling (greedy decoding would only repeat itself)
+# files whose contents enter the model fingerprint (every other file: name and size)
+CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja", "chat_template.json")
+LOCAL_STAT_KEYS = ("batches", "malformed", "unusable")
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+# ----------------------------------------------------------------------------- model directory
+def check_model_dir(model_path: str) -> Path:
+    """The resolved model directory; a UserError when it is not set, missing, or not a model directory."""
+    if not model_path or not model_path.strip():
+        raise UserError("augment.local.model_path: not set; the 'local' backend needs the directory of a "
+                        "Hugging Face instruct model")
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        raise UserError(f"augment.local.model_path: {path} does not exist (the 'local' backend loads a model "
+                        "directory from disk and never downloads one)")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(f"augment.local.model_path: {path} is not a Hugging Face model directory (no config.json)")
+    return path.resolve()
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 over the names and sizes of the directory's files and the contents of its small config files."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir(), key=lambda p: p.name):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        h.update(f"{f.name}\0{f.stat().st_size}\n".encode("utf-8"))
+        if f.name in CONTENT_FILES:
+            h.update(hashlib.sha256(f.read_bytes()).hexdigest().encode("ascii"))
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- prompts
+def plain_chat_prompt(messages: list[dict]) -> str:
+    """A conversation as plain text for a tokenizer without a chat template; the model continues after 'Assistant:'."""
+    turns = [f"{ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages]
+    return "\n\n".join(turns) + "\n\nAssistant:"
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """The system message put in front of the first user message (for templates that refuse a system turn)."""
+    if len(messages) >= 2 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
+        first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+        return [first, *messages[2:]]
+    return list(messages)
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> tuple[str, bool]:
+    """(prompt text, whether it came from the tokenizer's chat template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return plain_chat_prompt(messages), False
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+    except Exception:  # noqa: BLE001 - e.g. a jinja2 TemplateError: many templates refuse a system turn
+        pass
+    try:
+        return tokenizer.apply_chat_template(fold_system(messages), tokenize=False, add_generation_prompt=True), True
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"augment.local: the model's chat template cannot render the prompts: "
+                        f"{type(e).__name__}: {_excerpt(str(e))}") from None
+
+
+def cut_plain_reply(text: str) -> str:
+    """A plain-format reply up to where the model starts writing the next turn itself."""
+    for marker in ("\nUser:", "\nSystem:", "\nAssistant:"):
+        at = text.find(marker)
+        if at >= 0:
+            text = text[:at]
+    return text.strip()
+
+
+# ----------------------------------------------------------------------------- generator
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"augment.local.device: {device!r} asked for, but no CUDA device is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("augment.local.device: 'mps' asked for, but it is not available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+class LocalGenerator:
+    """A local causal LM that turns conversations into replies, loaded on first use."""
+
+    def __init__(self, path: Path, params: LocalParams):
+        self.path = path
+        self.params = params
+        self.device = resolve_device(params.device)
+        self.dtype = resolve_dtype(params.dtype, self.device)
+        self.model = None
+        self.tokenizer = None
+        self._load_error: UserError | None = None
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        if self._load_error is not None:
+            raise self._load_error
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from relearn.model import DTYPES
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=DTYPES[self.dtype], local_files_only=True)
+            model.to(self.device)
+        except Exception as e:  # noqa: BLE001 - any loading problem is the user's to fix
+            self._load_error = UserError(f"augment.local.model_path: cannot load a causal language model from "
+                                         f"{self.path}: {type(e).__name__}: {_excerpt(str(e))}")
+            raise self._load_error from None
+        model.eval()
+        self.model, self.tokenizer = model, tokenizer
+
+    def _stop_ids(self) -> list[int]:
+        ids: list[int] = []
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for value in (configured if isinstance(configured, list) else [configured]) + [self.tokenizer.eos_token_id]:
+            if isinstance(value, int) and value not in ids:
+                ids.append(value)
+        return ids
+
+    def generate(self, conversations: list[list[dict]], seed: int = 0) -> list[str]:
+        """One reply per conversation, generated as one left-padded batch."""
+        import torch
+        from transformers import GenerationConfig
+
+        self.load()
+        tokenizer, model = self.tokenizer, self.model
+        rendered = [render_prompt(tokenizer, messages) for messages in conversations]
+        rows = [tokenizer(text, add_special_tokens=not templated)["input_ids"] for text, templated in rendered]
+        stop = self._stop_ids()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        # the model's own generation settings (e.g. its top_p when sampling), with ours on top
+        temperature = float(self.params.temperature)
+        config = copy.deepcopy(model.generation_config) if getattr(model, "generation_config", None) else GenerationConfig()
+        config.update(max_new_tokens=int(self.params.max_new_tokens), max_length=None, pad_token_id=pad_id,
+                      eos_token_id=stop or None, num_return_sequences=1, num_beams=1)
+        if temperature > 0:
+            config.update(do_sample=True, temperature=temperature)
+        else:
+            config.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
+        if temperature > 0:
+            torch.manual_seed(seed)
+        try:
+            with torch.no_grad():
+                out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                     generation_config=config)
+        except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):
+            raise UserError(f"augment.local: out of memory generating {len(rows)} replies on {self.device}; "
+                            "lower augment.local.batch_size or augment.local.max_new_tokens") from None
+        replies = []
+        for row, (_, templated) in zip(out[:, width:].tolist(), rendered):
+            cut = [t for t in row if t != pad_id]
+            for i, t in enumerate(cut):
+                if t in stop:
+                    cut = cut[:i]
+                    break
+            text = tokenizer.decode(cut, skip_special_tokens=True)
+            replies.append(text.strip() if templated else cut_plain_reply(text))
+        return replies
+
+
+# ----------------------------------------------------------------------------- batching
+class _Request:
+    __slots__ = ("messages", "done", "result", "error")
+
+    def __init__(self, messages):
+        self.messages, self.done, self.result, self.error = messages, False, None, None
+
+
+class Batcher:
+    """Collects the prompts of concurrent worker threads into batches for `run(list of messages) -> replies`.
+
+    A batch starts when `max_batch` prompts wait, or when every registered worker (`worker()`) is
+    waiting, so no more prompts can come; one batch runs at a time, in whichever waiting thread
+    finds it ready. A thread that is not a registered worker gets its prompt run at once."""
+
+    def __init__(self, run: Callable[[list[list[dict]]], list[str]], max_batch: int):
+        self._run = run
+        self._max = max(1, int(max_batch))
+        self._cv = threading.Condition()
+        self._pending: list[_Request] = []
+        self._active = 0
+        self._busy = False
+
+    @contextmanager
+    def worker(self):
+        with self._cv:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._active -= 1
+                self._cv.notify_all()
+
+    def _ready(self) -> bool:
+        return not self._busy and bool(self._pending) and \
+            len(self._pending) >= min(self._max, max(1, self._active))
+
+    def submit(self, messages: list[dict]) -> str:
+        request = _Request(messages)
+        with self._cv:
+            self._pending.append(request)
+            self._cv.notify_all()
+            while not request.done:
+                if not self._ready():
+                    self._cv.wait()
+                    continue
+                batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+                self._busy = True
+                self._cv.release()
+                results, error = None, None
+                try:
+                    results = self._run([r.messages for r in batch])
+                except BaseException as e:  # noqa: BLE001 - handed to every request of the batch
+                    error = e
+                finally:
+                    self._cv.acquire()
+                self._busy = False
+                for i, r in enumerate(batch):
+                    r.done, r.error = True, error
+                    r.result = results[i] if error is None else None
+                self._cv.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+
+# ----------------------------------------------------------------------------- backend
+class LocalBackend(ChunkedAnswers, EndpointBackend):
+    """Question variants and vague answers from a local instruct model (see the module doc).
+
+    `stats` as the endpoint's, with `requests` = prompts generated, plus `batches` (generate calls),
+    `malformed` (replies that were not the requested JSON) and `unusable` (calls without a usable
+    reply, left to the rules fallback; counted as `failures` without it)."""
+
+    def __init__(self, params: LocalParams, *, chunk_chars: int = 0, tolerate_failures: bool = False,
+                 generator: LocalGenerator | None = None):
+        path = check_model_dir(params.model_path)
+        # the endpoint machinery runs on these settings: one worker per item in a batch, no HTTP retries
+        shim = EndpointParams(base_url="http://127.0.0.1/local-model", model="local", api_key_env="",
+                              concurrency=int(params.batch_size), timeout=1.0, max_retries=0,
+                              rounds=int(params.rounds), temperature=float(params.temperature),
+                              cache_dir=params.cache_dir)
+        super().__init__(shim, sleep=lambda _seconds: None)
+        self.local = params
+        self.path = path
+        self.chunk_chars = int(chunk_chars)
+        self.tolerate_failures = tolerate_failures
+        self.generator = generator or LocalGenerator(path, params)
+        self._url = f"the local model {path}"
+        self._key_base = f"local:{path}"
+        self._key_model = (f"{model_fingerprint(path)}|dtype={self.generator.dtype}"
+                           f"|max_new_tokens={int(params.max_new_tokens)}")
+        self._greedy = float(params.temperature) <= 0
+        self._batcher = Batcher(self._generate_batch, params.batch_size)
+        self._seed = 0
+
+    def augment(self, records, variants, include_original, seed):
+        self._seed = int(seed)
+        out = super().augment(records, variants, include_original, seed)
+        for k in LOCAL_STAT_KEYS:
+            self.stats.setdefault(k, 0)
+        return out
+
+    def _run_item(self, *args):
+        with self._batcher.worker():
+            return super()._run_item(*args)
+
+    def _generate_batch(self, conversations: list[list[dict]]) -> list[str]:
+        self._count("batches")
+        self._count("requests", len(conversations))
+        return self.generator.generate(conversations, seed=self._seed + self.stats.get("batches", 0))
+
+    def _call(self, messages: list[dict], parse: Callable[[str], T], seed: int) -> T:
+        """The parsed reply to `messages`: from the cache, or generated (in a batch)."""
+        key = cache_key(self._key_base, self._key_model, messages, self.local.temperature)
+        attempts = 1 if self._greedy else SAMPLING_ATTEMPTS
+        last: Malformed | None = None
+        for attempt in range(attempts):
+            if self._abort.is_set():
+                raise _Aborted()
+            content = self._cache.get(key) if attempt == 0 else None
+            generated = content is None
+            if generated:
+                if attempt:
+                    self._count("retries")
+                content = self._batcher.submit(messages)
+                if self._greedy:
+                    self._cache.put(key, content)  # deterministic: usable or not, the model would write it again
+            else:
+                self._count("cache_hits")
+            try:
+                value = parse(content)
+            except Malformed as e:
+                self._count("malformed")
+                last = e
+                continue
+            if generated and not self._greedy:
+                self._cache.put(key, content)
+            self._succeeded()
+            return value
+        self._failed(str(last))
+        raise CallFailed(str(last))
+
+    def _post(self, messages: list[dict]) -> str:  # pragma: no cover - the local backend never sends HTTP
+        raise AssertionError("the local backend generates; it does not post")
+
+    def _failed(self, error: str) -> None:
+        if not self.tolerate_failures:
+            super()._failed(error)
+            return
+        with self._lock:
+            self.stats["unusable"] = self.stats.get("unusable", 0) + 1
+            self._last_error = error
+
+    def _all_failed(self) -> UserError:
+        return UserError(f"augment.local: {self._url} gave no usable reply ({self.stats['failures']} call(s), "
+                         f"{self.stats.get('requests', 0)} generated, {self.stats.get('cache_hits', 0)} from the cache); "
+                         f"last error: {self._last_error}. Is it an instruct (chat) model, and is "
+                         "augment.local.max_new_tokens large enough? augment.fallback: rules uses the rules "
+                         "backend's pairs for what the model cannot write.")
