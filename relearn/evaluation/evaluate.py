@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from relearn.evaluation.linguistic import linguistic_score, perplexity
 from relearn.evaluation.rouge import mean_rouge
-from relearn.evaluation.scoring import knowledge_scores
+from relearn.evaluation.scoring import KnowledgeScorer
 from relearn.generation import answer_nll, generate_answers
 from relearn.params import Params
 from relearn.records import QARecord
@@ -33,14 +33,14 @@ def _mean_dicts(dicts: list[dict]) -> dict:
 def score_set(answers: list[str], records: list[QARecord], kind: str, ppl_model, ppl_tokenizer,
               params: Params) -> tuple[dict, dict]:
     """(aggregate metrics, per-item results) for one set; kind is 'forget' or 'retain'."""
-    knowledge = knowledge_scores(answers, records, kind)
+    knowledge = KnowledgeScorer.from_params(params.evaluate).score(answers, records, kind)
     nll = answer_nll(ppl_model, ppl_tokenizer, [r.question for r in records], answers,
                      params.model.prompt_template, params.model.max_length, params.evaluate.batch_size)
     ppls = [perplexity(s, n) for s, n in nll]
-    ls = linguistic_score(answers, ppls)
+    ls = linguistic_score(answers, ppls, ppl_aggregate=params.evaluate.ppl_aggregate)
     rouge = mean_rouge(answers, [r.answer for r in records])
     rate = "kfr" if kind == "forget" else "krr"
-    aggregate = {rate: knowledge[rate], **ls, **rouge, "n": len(records)}
+    aggregate = {rate: knowledge[rate], **knowledge.get("components", {}), **ls, **rouge, "n": len(records)}
     items = {r.id: {"answer": a, "ppl": p, **knowledge["by_id"].get(r.id, {})}
              for r, a, p in zip(records, answers, ppls)}
     return aggregate, items
@@ -54,7 +54,7 @@ def knowledge_rates(model, tokenizer, forget_eval: list[QARecord], retain_eval: 
     for records, kind, rate in ((forget_eval, "forget", "kfr"), (retain_eval, "retain", "krr")):
         answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
                                    e.max_new_tokens, e.batch_size, desc=f"{label} {kind}".strip())
-        rates[rate] = knowledge_scores(answers, records, kind)[rate]
+        rates[rate] = KnowledgeScorer.from_params(e).score(answers, records, kind)[rate]
     return rates
 
 
