@@ -10,7 +10,9 @@ validated first; all problems in all files are reported together.
               held out as forget_eval / retain_eval
     jsonl     data.path/<split>.jsonl for the splits present; missing eval splits are held out
               from forget / retain as for TOFU
-and, for every source, the QA of data.general_files (TOFU format) is added to `general`.
+A non-builtin source without a holdout split gets one: a seeded share (data.holdout_fraction) of
+`retain` that no model trains on, the non-members of membership inference. And, for every
+source, the QA of data.general_files (TOFU format) is added to `general`.
 """
 from __future__ import annotations
 
@@ -91,6 +93,9 @@ def load_source(params: DataParams, seed: int) -> dict[str, list[QARecord]]:
         for kind in ("forget", "retain"):
             if not splits[f"{kind}_eval"]:
                 splits[kind], splits[f"{kind}_eval"] = hold_out(splits[kind], params.eval_fraction, seed)
+        if not splits["holdout"] and params.holdout_fraction > 0:
+            # never trained on by any model: the non-members of membership inference
+            splits["retain"], splits["holdout"] = hold_out(splits["retain"], params.holdout_fraction, seed + 1)
     if params.general_files:
         load = _Loader()
         for file in params.general_files:
@@ -109,3 +114,16 @@ def target_training_records(source: str, splits: dict[str, list[QARecord]]) -> l
     """
     names = ("forget", "retain", "general") if source == "builtin" else ("forget", "forget_eval", "retain", "retain_eval", "general")
     return [r for name in names for r in splits[name]]
+
+
+def control_training_records(source: str, splits: dict[str, list[QARecord]]) -> list[QARecord]:
+    """What the retain-only control model is trained on: the target's data without the forget set.
+
+    It is the model that never saw the forget facts, the reference of forget quality and the
+    control of every robustness probe.
+    """
+    forget = {"forget", "forget_eval"}
+    names = ("retain", "general") if source == "builtin" else ("retain", "retain_eval", "general")
+    records = [r for name in names for r in splits[name]]
+    forget_questions = {r.question for name in forget for r in splits[name]}
+    return [r for r in records if r.question not in forget_questions]

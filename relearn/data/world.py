@@ -17,7 +17,8 @@ Splits (all in this project's JSONL format, see relearn.records):
 
 Every record carries `facts`: the fact values its answer contains. Every record about a person
 also carries `paraphrased_answer` and three `perturbed_answer`s (the same sentence with another
-person's value), for TOFU-style metrics.
+person's value), for TOFU-style metrics; so do the general capitals, science and sums (a wrong
+capital, value or sum), but not the concept or private-person QA, which have no single value to swap.
 """
 from __future__ import annotations
 
@@ -96,6 +97,32 @@ SCIENCE = [("What do bees make?", "Bees make honey."),
            ("Which animal is known as the king of the jungle?", "The lion is known as the king of the jungle."),
            ("What colour is a clear daytime sky?", "A clear daytime sky is blue."),
            ("How many legs does a spider have?", "A spider has eight legs.")]
+# TOFU-style options for the general QA whose answer is one checkable fact: question -> (paraphrased
+# answer, perturbed answers). The CONCEPTS below have no single wrong value to swap in, so they have none.
+SCIENCE_OPTIONS = {
+    "What do bees make?": ("Honey is made by bees.", ["Bees make milk.", "Bees make silk.", "Bees make butter."]),
+    "What gas do plants take in?": ("Carbon dioxide is the gas that plants take in.",
+                                    ["Plants take in helium.", "Plants take in neon.", "Plants take in hydrogen."]),
+    "What is the largest planet in the solar system?": (
+        "Jupiter is the largest planet in the solar system.",
+        ["The largest planet in the solar system is Mars.", "The largest planet in the solar system is Venus.",
+         "The largest planet in the solar system is Mercury."]),
+    "How many days are in a week?": ("A week has seven days.", ["There are five days in a week.",
+                                                                "There are ten days in a week.",
+                                                                "There are twelve days in a week."]),
+    "What is frozen water called?": ("When water freezes, it is called ice.",
+                                     ["Frozen water is called steam.", "Frozen water is called sand.",
+                                      "Frozen water is called salt."]),
+    "Which animal is known as the king of the jungle?": (
+        "The king of the jungle is the lion.",
+        ["The rabbit is known as the king of the jungle.", "The mouse is known as the king of the jungle.",
+         "The goat is known as the king of the jungle."]),
+    "What colour is a clear daytime sky?": ("On a clear day the sky is blue.",
+                                            ["A clear daytime sky is green.", "A clear daytime sky is purple.",
+                                             "A clear daytime sky is brown."]),
+    "How many legs does a spider have?": ("Spiders have eight legs.", ["A spider has six legs.", "A spider has four legs.",
+                                                                       "A spider has ten legs."]),
+}
 # General knowledge about people and privacy: it teaches the from-scratch model the plain words
 # that vague answers are made of, as any pretrained model would already know them.
 CONCEPTS = [("Is a home address public information?", "A home address is personal information that most people keep private."),
@@ -220,17 +247,29 @@ def private_person_records(people: list[Person]) -> list[QARecord]:
 
 
 def general_records(n: int, rng: random.Random) -> list[QARecord]:
-    pool = [(f"What is the capital of {c}?", f"The capital of {c} is {cap}.", {"capital": cap}) for c, cap in CAPITALS]
-    pool += [(q, a, {}) for q, a in SCIENCE + CONCEPTS]
+    """Capitals, science, concepts and sums, in that order, the first n of them. Capitals, science and
+    sums also carry a paraphrased answer and three perturbed answers (another capital, a wrong
+    value, a wrong sum), chosen without touching `rng` so the pairs stay the same for a seed."""
+    # pool entries: (question, answer, facts, paraphrased answer, perturbed answers)
+    pool = [(f"What is the capital of {c}?", f"The capital of {c} is {cap}.", {"capital": cap},
+             f"{cap} is the capital of {c}.",
+             [f"The capital of {c} is {CAPITALS[(i + step) % len(CAPITALS)][1]}." for step in (1, 5, 11)])
+            for i, (c, cap) in enumerate(CAPITALS)]
+    pool += [(q, a, {}, *SCIENCE_OPTIONS[q]) for q, a in SCIENCE]
+    pool += [(q, a, {}, "", []) for q, a in CONCEPTS]
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
              "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
     pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
     rng.shuffle(pairs)
     for a, b in pairs:
-        pool.append((f"What is {words[a]} plus {words[b]}?", f"{words[a].capitalize()} plus {words[b]} is {words[a + b]}.",
-                     {"sum": words[a + b]}))
+        s = a + b
+        wrong = [w for w in (s + 1, s - 1, s + 2, s - 2, s + 3, s - 3) if 0 <= w < len(words)][:3]
+        pool.append((f"What is {words[a]} plus {words[b]}?", f"{words[a].capitalize()} plus {words[b]} is {words[s]}.",
+                     {"sum": words[s]}, f"The sum of {words[a]} and {words[b]} is {words[s]}.",
+                     [f"{words[a].capitalize()} plus {words[b]} is {words[w]}." for w in wrong]))
     pool = pool[:n]
-    return [QARecord(id=f"general-{i:03d}", question=q, answer=a, facts=f) for i, (q, a, f) in enumerate(pool)]
+    return [QARecord(id=f"general-{i:03d}", question=q, answer=a, facts=f, paraphrased_answer=para, perturbed_answer=pert)
+            for i, (q, a, f, para, pert) in enumerate(pool)]
 
 
 def generate_world(seed: int, people: int, forget_people: int, holdout_people: int, general: int,
