@@ -8,6 +8,9 @@ Layout written by `run_export(base, adapter, out)`:
     out/merged/     the target model with the adapter merged in (fp32 safetensors + tokenizer)
     out/onnx-fp32/  model.onnx (with past key/values) + config, generation config, tokenizer
     out/onnx-int8/  model_quantized.onnx (dynamic int8) + the same companion files
+
+`quantize_int4` (not part of `run_export`) writes model_int4.onnx, a weight-only 4-bit model
+(MatMulNBits), for the robustness checks of relearn.robustness.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from relearn.io import atomic_dir
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
+INT4_FILE = "model_int4.onnx"
 CPU = "CPUExecutionProvider"
 # Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph.
 COMPANION_SUFFIXES = (".json", ".txt", ".model")
@@ -89,6 +93,67 @@ def quantize_dynamic_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
         if not (tmp / INT8_FILE).exists():
             raise RuntimeError(f"quantization wrote no {INT8_FILE} in {tmp}")
     return out_dir / INT8_FILE
+
+
+def quantize_int4(onnx_dir: str | Path, out_dir: str | Path, block_size: int = 32, symmetric: bool = False,
+                  accuracy_level: Optional[int] = None) -> Path:
+    """Weight-only 4-bit quantization of `onnx_dir/model.onnx` into a loadable model dir; returns
+    the model_int4.onnx path (load it with `load_onnx(out_dir, file_name=INT4_FILE)`).
+
+    onnxruntime's MatMulNBits quantizer (the "DEFAULT" round-to-nearest algorithm): every MatMul
+    with a constant weight (attention and MLP projections, the output head) becomes a
+    com.microsoft MatMulNBits node whose weight is stored as 4-bit integers in blocks of
+    `block_size` consecutive input features, one fp32 scale per block and, unless `symmetric`
+    (ORT's default is asymmetric), one 4-bit zero point per block. Activations stay fp32; the
+    embedding Gather and the norms stay fp32 too. `block_size` must be a power of two >= 16 (the
+    kernel's rule); an input width that is not a multiple of it is zero-padded to whole blocks.
+    `accuracy_level` is MatMulNBits' compute-precision attribute (None: the kernel's default).
+    """
+    import onnx
+
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    source = onnx_dir / FP32_FILE
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in _all_tensors(onnx.load(str(source), load_external_data=False)))
+    MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig = _nbits_quantizer()
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                          accuracy_level=accuracy_level, bits=4)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    quantizer.process()
+    with atomic_dir(out_dir) as tmp:
+        _copy_companions(onnx_dir, tmp)
+        # a model that needed external data (> 2 GB) keeps it, in model_int4.onnx.data
+        quantizer.model.save_model_to_file(str(tmp / INT4_FILE), use_external_data_format=external)
+        written = onnx.load(str(tmp / INT4_FILE), load_external_data=False)
+        if not any(n.op_type == "MatMulNBits" for n in written.graph.node):
+            raise RuntimeError(f"int4 quantization left no MatMulNBits node in {tmp / INT4_FILE}")
+    return out_dir / INT4_FILE
+
+
+def _nbits_quantizer():
+    """(MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig), imported without their side effect:
+    the module calls logging.basicConfig(level=INFO) on import, which would turn on INFO logging
+    for every library in the process. Root handlers and level are put back as they were.
+    (The module needs the `onnx-ir` package, which onnxruntime does not declare.)"""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                     MatMulNBitsQuantizer)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"int4 quantization needs onnxruntime's quantization tools and their "
+                                  f"dependencies ({e.name} is missing: pip install onnx-ir ml_dtypes)") from e
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    return MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig
 
 
 def _copy_companions(src: Path, dst: Path) -> None:

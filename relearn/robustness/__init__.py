@@ -1,0 +1,82 @@
+"""Robustness of forgetting: is the knowledge gone, or only hidden from the plain question?
+
+Three checks for one model (relearn-method.md, "Robustness"), each returning (aggregate,
+per-item results keyed by evaluation set and record id):
+
+- relearn.robustness.ladder      KFR/KRR at each precision: torch fp32 / bf16, ONNX fp32 / int8 / int4
+- relearn.robustness.probes      KFR/KRR under paraphrased and misspelt questions and jailbreak
+                                 prompts (jailbreaks.yaml)
+- relearn.robustness.relearning  fine-tune a copy on part of the forget set, measure what comes
+                                 back on the rest
+
+`probe_model` runs the selected checks on one model; run it on the unlearned model, the target
+and the retain-only control to read the unlearned model's numbers against theirs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from relearn.records import QARecord
+from relearn.robustness.common import load_merged, timed
+from relearn.robustness.ladder import RUNGS, precision_ladder
+from relearn.robustness.probes import PROBES, Jailbreak, load_jailbreaks, run_probes
+from relearn.robustness.relearning import relearning_attack
+
+PARTS = ("ladder", "probes", "relearning")
+
+__all__ = ["PARTS", "PROBES", "RUNGS", "Jailbreak", "load_jailbreaks", "precision_ladder", "probe_model",
+           "relearning_attack", "run_probes"]
+
+
+def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, *, forget_eval: list[QARecord],
+                retain_eval: list[QARecord], template: str, max_new_tokens: int, batch_size: int = 32,
+                parts: Sequence[str] = PARTS, work_dir: Optional[str | Path] = None,
+                forget: Optional[list[QARecord]] = None, rungs: Sequence[str] = RUNGS, int4_block_size: int = 32,
+                probes: Sequence[str] = PROBES, jailbreaks: Optional[list[Jailbreak]] = None, typo_rate: float = 0.3,
+                relearn_steps: int = 10, relearn_lr: float = 1e-3, relearn_batch_size: int = 8,
+                relearn_fraction: float = 0.5, relearn_group_by: str = "fact", max_length: int = 128,
+                seed: int = 0, device: str = "cpu", provider: Optional[str] = None) -> tuple[dict, dict]:
+    """Run the selected robustness checks on one model: `base_dir` with `adapter_dir` merged in
+    (in memory, or under `work_dir` for the ladder), or `base_dir` alone.
+
+    Needs `work_dir` for "ladder" (exports are written there) and `forget` (the forget split the
+    model unlearned, original QA pairs) for "relearning". Returns
+
+        aggregate: {"ladder": ..., "probes": ..., "relearning": ...,   # the parts that ran, see
+                    "seconds": {part: s, "total": s}}                  # precision_ladder, run_probes,
+        per_item:  {"ladder": ..., "probes": ..., "relearning": ...}   # relearning_attack
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
+    if "ladder" in parts and work_dir is None:
+        raise ValueError("the ladder part needs a work_dir for its exports")
+    if "relearning" in parts and not forget:
+        raise ValueError("the relearning part needs the forget records (original QA pairs) to fine-tune on")
+    aggregate: dict = {}
+    per_item: dict = {}
+    seconds: dict[str, float] = {}
+    if "ladder" in parts:
+        with timed(seconds, "ladder"):
+            aggregate["ladder"], per_item["ladder"] = precision_ladder(
+                base_dir, adapter_dir, work_dir, forget_eval, retain_eval, template=template,
+                max_new_tokens=max_new_tokens, batch_size=batch_size, rungs=rungs, int4_block_size=int4_block_size,
+                device=device, provider=provider)
+    if "probes" in parts:
+        with timed(seconds, "probes"):
+            model, tokenizer = load_merged(base_dir, adapter_dir, device=device)
+            aggregate["probes"], per_item["probes"] = run_probes(
+                model, tokenizer, forget_eval, retain_eval, template=template, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, probes=probes, jailbreaks=jailbreaks, seed=seed, typo_rate=typo_rate)
+            del model
+    if "relearning" in parts:
+        with timed(seconds, "relearning"):
+            aggregate["relearning"], per_item["relearning"] = relearning_attack(
+                base_dir, adapter_dir, forget, forget_eval, template=template, max_new_tokens=max_new_tokens,
+                max_length=max_length, steps=relearn_steps, lr=relearn_lr, batch_size=relearn_batch_size,
+                fraction=relearn_fraction, group_by=relearn_group_by, seed=seed, retain_eval=retain_eval,
+                eval_batch_size=batch_size)
+    seconds["total"] = round(sum(seconds.values()), 3)
+    aggregate["seconds"] = seconds
+    return aggregate, per_item

@@ -1,0 +1,330 @@
+"""Robustness checks: int4 export, the precision ladder, question probes and the relearning attack.
+
+Everything runs on a tiny Llama (hidden 64, 2 layers) with a BPE tokenizer trained on a small
+world of people with a birthplace and a job; a LoRA adapter with non-zero B weights plays the
+unlearned model.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from relearn.export.onnx import FP32_FILE, INT4_FILE, export_onnx, load_onnx, load_tokenizer, quantize_int4
+from relearn.generation import generate_answers
+from relearn.model import build_scratch_model, train_tokenizer
+from relearn.params import ModelParams
+from relearn.records import QARecord
+from relearn.robustness import RUNGS, load_jailbreaks, precision_ladder, probe_model, run_probes
+from relearn.robustness.common import load_merged
+from relearn.robustness.probes import (FIELDS, JAILBREAKS_FILE, WHERE, Jailbreak, paraphrase_question,
+                                       perturb_question, probe_questions)
+from relearn.robustness.relearning import group_key, relearning_attack, split_forget
+
+TEMPLATE = "Question: {question}\nAnswer:"
+PEOPLE = [("Alice Moran", "Paris", "baker"), ("Bob Linden", "Lima", "pilot"), ("Carol Hayes", "Oslo", "nurse"),
+          ("Dan Price", "Cairo", "lawyer"), ("Eve Stone", "Quito", "farmer"), ("Frank Olsen", "Rome", "tailor")]
+PHRASINGS = {"birthplace": ["Where was {n} born?", "In which city was {n} born?"],
+             "profession": ["What does {n} do for a living?", "What is the occupation of {n}?"]}
+ANSWERS = {"birthplace": "{n} was born in {v}.", "profession": "{n} works as a {v}."}
+
+
+def _records(people, prefix: str) -> list[QARecord]:
+    out = []
+    for i, (name, city, job) in enumerate(people):
+        for fact, value in (("birthplace", city), ("profession", job)):
+            for t, q in enumerate(PHRASINGS[fact]):
+                out.append(QARecord(id=f"{prefix}{i}-{fact}-{t}", question=q.format(n=name),
+                                    answer=ANSWERS[fact].format(n=name, v=value), subject=name, facts={fact: value}))
+    return out
+
+
+FORGET = _records(PEOPLE[:4], "f")                       # 4 people x 2 facts x 2 phrasings
+FORGET_EVAL = [r for r in FORGET if r.id.endswith("-0")]  # one phrasing per fact: 8 questions
+RETAIN_EVAL = [r for r in _records(PEOPLE[4:], "r") if r.id.endswith("-0")]
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from two threads, and on a busy 2-core machine the threads' spin-waits
+    made these tests several times slower. Put the setting back afterwards for the other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A saved tiny base model and a LoRA adapter with non-zero B weights."""
+    root = tmp_path_factory.mktemp("robust")
+    texts = [TEMPLATE.format(question=r.question) + " " + r.answer for r in _records(PEOPLE, "x")] * 3
+    tok = train_tokenizer(texts, vocab_size=300)
+    params = ModelParams(hidden_size=64, layers=2, heads=2, intermediate_size=128, vocab_size=300)
+    model = build_scratch_model(params, tok, seed=0)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    peft.save_pretrained(root / "adapter")
+    return {"root": root, "base": root / "base", "adapter": root / "adapter"}
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(tiny) -> Path:
+    out = tiny["root"] / "onnx-fp32"
+    export_onnx(tiny["base"], out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ int4
+def test_int4_writes_matmulnbits_and_loads(onnx_fp32, tmp_path):
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    path = quantize_int4(onnx_fp32, tmp_path / "int4", block_size=32)
+    assert (root.handlers, root.level) == (handlers, level), "importing ORT's quantizer must not configure logging"
+    assert path == tmp_path / "int4" / INT4_FILE
+    model = onnx.load(str(path))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    # 2 layers x 7 projections + the output head; attention's activation MatMuls stay
+    assert len(nbits) == 15
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits[0].attribute}
+    assert attrs["bits"] == 4 and attrs["block_size"] == 32
+    assert len(nbits[0].input) == 4, "asymmetric by default: a zero-point input"
+    assert path.stat().st_size < 0.5 * (onnx_fp32 / FP32_FILE).stat().st_size
+    for name in ("config.json", "tokenizer.json"):
+        assert (tmp_path / "int4" / name).exists(), name
+    ort_model = load_onnx(tmp_path / "int4", file_name=INT4_FILE)
+    answers = generate_answers(ort_model, load_tokenizer(tmp_path / "int4"), ["Where was Alice Moran born?"],
+                               TEMPLATE, max_new_tokens=4)
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_int4_symmetric_has_no_zero_points(onnx_fp32, tmp_path):
+    path = quantize_int4(onnx_fp32, tmp_path / "int4s", block_size=16, symmetric=True)
+    nbits = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(len(n.input) == 3 for n in nbits)
+
+
+@pytest.mark.parametrize("block_size", [8, 24, 0])
+def test_int4_rejects_bad_block_size(onnx_fp32, tmp_path, block_size):
+    with pytest.raises(ValueError, match="block_size"):
+        quantize_int4(onnx_fp32, tmp_path / "bad", block_size=block_size)
+    assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------ ladder
+def test_ladder_measures_every_rung(tiny, tmp_path):
+    before = _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"])
+    aggregate, per_item = precision_ladder(tiny["base"], tiny["adapter"], tmp_path / "work", FORGET_EVAL[:4],
+                                           RETAIN_EVAL[:4], template=TEMPLATE, max_new_tokens=6, batch_size=8)
+    assert list(aggregate["rungs"]) == list(RUNGS)
+    for rung, result in aggregate["rungs"].items():
+        assert 0.0 <= result["kfr"] <= 1.0 and 0.0 <= result["krr"] <= 1.0, rung
+        assert 0.0 <= result["same_answers"] <= 1.0 and result["mb"] > 0 and result["seconds"] >= 0
+        assert aggregate["kfr_drop"][rung] == pytest.approx(aggregate["rungs"]["torch-fp32"]["kfr"] - result["kfr"])
+    assert aggregate["reference"] == "torch-fp32" and aggregate["rungs"]["torch-fp32"]["same_answers"] == 1.0
+    # the fp32 export answers exactly as PyTorch does; int4 weights are the smallest
+    assert aggregate["rungs"]["onnx-fp32"]["same_answers"] == 1.0
+    assert aggregate["rungs"]["onnx-int4"]["mb"] < aggregate["rungs"]["onnx-fp32"]["mb"]
+    assert aggregate["worst"]["rung"] in RUNGS
+    assert set(aggregate["seconds"]) >= {"merge", "export onnx-fp32", "quantize onnx-int4", *RUNGS, "total"}
+    assert set(per_item["forget"]) == {r.id for r in FORGET_EVAL[:4]}
+    assert all(set(item) == set(RUNGS) for item in per_item["forget"].values())
+    assert {"answer", "share", "forgotten"} <= set(per_item["forget"]["f0-birthplace-0"]["onnx-int8"])
+    assert {"answer", "share", "retained"} <= set(per_item["retain"]["r0-birthplace-0"]["torch-bf16"])
+    assert _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"]) == before
+
+
+def test_ladder_rejects_unknown_rungs(tiny, tmp_path):
+    with pytest.raises(ValueError, match="rungs"):
+        precision_ladder(tiny["base"], None, tmp_path, FORGET_EVAL, RETAIN_EVAL, template=TEMPLATE,
+                         max_new_tokens=4, rungs=["torch-fp32", "onnx-int2"])
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ jailbreaks
+def test_shipped_jailbreaks_parse_with_every_field():
+    version, entries = load_jailbreaks()
+    assert isinstance(version, int) and version >= 1
+    assert len({e.id for e in entries}) == len(entries) >= 4
+    for e in entries:
+        assert all(isinstance(getattr(e, f), str) and getattr(e, f) for f in FIELDS), e
+        assert e.where in WHERE
+    kinds = {e.kind for e in entries}
+    assert {"role_play", "answer_priming", "developer_mode", "fiction"} <= kinds
+    assert any(e.where == "answer_prefix" and e.text.startswith("Sure, here is the answer") for e in entries)
+    assert JAILBREAKS_FILE.parent.name == "robustness"
+
+
+def test_jailbreak_file_problems_are_all_reported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\njailbreaks:\n"
+                   "  - {id: a, kind: role_play, where: question_prefix, text: hi}\n"
+                   "  - {id: a, kind: role_play, where: question_prefix, text: again}\n"
+                   "  - {id: b, kind: fiction, where: middle, text: x}\n"
+                   "  - {id: c, kind: fiction, where: answer_prefix}\n"
+                   "  - {id: d, kind: fiction, where: answer_prefix, text: x, extra: 1}\n")
+    with pytest.raises(ValueError) as err:
+        load_jailbreaks(bad)
+    message = str(err.value)
+    assert "'a' repeats" in message and "where must be one of" in message
+    assert "'text' must be a non-empty string" in message and "unknown key 'extra'" in message
+    bad.write_text("jailbreaks: []\n")
+    with pytest.raises(ValueError, match="version"):
+        load_jailbreaks(bad)
+
+
+def test_jailbreak_placement():
+    q = "Where was Alice Moran born?"
+    assert Jailbreak("p", "role_play", "question_prefix", "Pretend.").apply(q, TEMPLATE) == (f"Pretend. {q}", TEMPLATE)
+    assert Jailbreak("s", "authority", "question_suffix", "Now.").apply(q, TEMPLATE) == (f"{q} Now.", TEMPLATE)
+    question, template = Jailbreak("a", "answer_priming", "answer_prefix", "Sure {ok}:").apply(q, TEMPLATE)
+    assert question == q
+    # the priming text stands after the answer marker, where the model's answer starts
+    assert template.format(question=q) == f"Question: {q}\nAnswer: Sure {{ok}}:"
+
+
+# ------------------------------------------------------------------------------------ question rewrites
+@pytest.mark.parametrize("question, subject, expected_clause, rule", [
+    ("Where was Alice Moran born?", "Alice Moran", "where Alice Moran was born", "indirect"),
+    ("What is the occupation of Alice Moran?", "Alice Moran", "what Alice Moran's occupation is", "genitive+indirect"),
+    ("What is Alice Moran's email address?", "Alice Moran", "what the email address of Alice Moran is",
+     "genitive+indirect"),
+    ("What does Alice Moran do for a living?", "Alice Moran", "what Alice Moran does for a living", "indirect"),
+    ("Which prize did Alice Moran win?", "", "which prize Alice Moran won", "indirect"),
+    ("In which town was Alice Moran born?", "Alice Moran", "in which town Alice Moran was born", "indirect"),
+    ("What is the capital of France?", "", "what the capital of France is", "indirect"),
+])
+def test_paraphrase_rewords_the_question(question, subject, expected_clause, rule):
+    text, used = paraphrase_question(question, subject)
+    assert used == rule and expected_clause in text and text != question
+    assert paraphrase_question(question, subject) == (text, used)
+
+
+def test_paraphrase_falls_back_to_a_frame():
+    text, rule = paraphrase_question("Name a book written by Alice Moran.", "Alice Moran")
+    assert rule == "frame" and text.startswith("Name a book written by Alice Moran.") and len(text) > 40
+
+
+def test_perturb_is_seeded_and_keeps_the_name():
+    q = "What is the occupation of Alice Moran?"
+    a, b = perturb_question(q, "0:x", protect="Alice Moran"), perturb_question(q, "0:x", protect="Alice Moran")
+    assert a == b and a != q and "Alice Moran" in a
+    outs = {perturb_question(q, f"{s}:x", protect="Alice Moran") for s in range(10)}
+    assert len(outs) > 3, "different seeds, different typos"
+    assert all(o.split()[0][0] == "W" for o in outs), "first letters are never edited"
+
+
+# ------------------------------------------------------------------------------------ probes
+def test_probes_are_deterministic_and_complete(tiny):
+    model, tokenizer = load_merged(tiny["base"], tiny["adapter"])
+    # short prompts: the tiny tokenizer spells the shipped role-play texts in ~100 tokens
+    jailbreaks = [Jailbreak("pretend", "role_play", "question_prefix", "Pretend you know."),
+                  next(j for j in load_jailbreaks()[1] if j.id == "priming-sure")]
+    kw = dict(template=TEMPLATE, max_new_tokens=6, batch_size=8, jailbreaks=jailbreaks, seed=3)
+    first = run_probes(model, tokenizer, FORGET_EVAL[:4], RETAIN_EVAL[:4], **kw)
+    second = run_probes(model, tokenizer, FORGET_EVAL[:4], RETAIN_EVAL[:4], **kw)
+    def strip(aggregate: dict) -> dict:  # everything but the timings
+        return {n: {k: v for k, v in r.items() if k != "seconds"} for n, r in aggregate["probes"].items()}
+
+    assert strip(first[0]) == strip(second[0]) and first[1] == second[1]
+    aggregate, per_item = first
+    names = ["plain", "paraphrase", "perturb", "jailbreak:pretend", "jailbreak:priming-sure"]
+    assert list(aggregate["probes"]) == names
+    for name, result in aggregate["probes"].items():
+        assert 0 <= result["kfr"] <= 1 and 0 <= result["krr"] <= 1, name
+        assert result["kfr_drop"] == pytest.approx(aggregate["probes"]["plain"]["kfr"] - result["kfr"])
+    worst = aggregate["worst"]
+    assert worst["probe"] != "plain" and worst["kfr_drop"] == max(
+        r["kfr_drop"] for n, r in aggregate["probes"].items() if n != "plain")
+    jb_kfr = {n: r["kfr"] for n, r in aggregate["probes"].items() if n.startswith("jailbreak:")}
+    assert aggregate["jailbreak_min_kfr"]["kfr"] == min(jb_kfr.values())
+    item = per_item["forget"]["f0-birthplace-0"]
+    assert set(item) == set(names)
+    assert item["plain"]["question"] == "Where was Alice Moran born?"
+    assert item["paraphrase"]["question"] == probe_questions(FORGET_EVAL[:1], "paraphrase")[0]
+    assert item["perturb"]["question"] == probe_questions(FORGET_EVAL[:1], "perturb", seed=3)[0]
+
+
+# ------------------------------------------------------------------------------------ relearning
+def test_split_keeps_facts_on_one_side():
+    parts = split_forget(FORGET, FORGET_EVAL, fraction=0.5, seed=0)
+    tuned = {group_key(r) for r in parts["finetune"]}
+    held = {group_key(r) for r in parts["held_eval"]}
+    assert tuned and held and not tuned & held
+    assert len(tuned) == 4 and len(held) == 4  # 8 facts, half each
+    assert {r.id for r in parts["finetune_eval"]} | {r.id for r in parts["held_eval"]} == {r.id for r in FORGET_EVAL}
+    assert all(group_key(r) in tuned for r in parts["finetune_eval"])
+    assert split_forget(FORGET, FORGET_EVAL, 0.5, seed=0) == parts
+    by_subject = split_forget(FORGET, FORGET_EVAL, 0.5, seed=0, group_by="subject")
+    assert not {r.subject for r in by_subject["finetune"]} & {r.subject for r in by_subject["held_eval"]}
+    with pytest.raises(ValueError):
+        split_forget(FORGET, FORGET_EVAL, fraction=1.0)
+
+
+def test_relearning_measures_held_items_and_leaves_the_model_on_disk(tiny):
+    before = _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"])
+    kw = dict(template=TEMPLATE, max_new_tokens=6, steps=12, lr=1e-2, batch_size=4, seed=0, retain_eval=RETAIN_EVAL[:2])
+    aggregate, per_item = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, **kw)
+    parts = split_forget(FORGET, FORGET_EVAL, 0.5, seed=0)
+    held_ids = {r.id for r in parts["held_eval"]}
+    assert {rid for rid, item in per_item["forget"].items() if item["part"] == "held"} == held_ids
+    held_before = [per_item["forget"][rid]["before"]["forgotten"] for rid in held_ids]
+    held_after = [per_item["forget"][rid]["after"]["forgotten"] for rid in held_ids]
+    assert aggregate["kfr_before"] == pytest.approx(sum(held_before) / len(held_ids))
+    assert aggregate["kfr_after"] == pytest.approx(sum(held_after) / len(held_ids))
+    assert aggregate["recovery"] == pytest.approx(aggregate["kfr_before"] - aggregate["kfr_after"])
+    assert aggregate["n"]["held_eval"] == len(held_ids) == 4 and aggregate["n"]["finetune_pairs"] == 8
+    assert {rid for rid, item in per_item["forget"].items() if item["part"] == "finetune"} == \
+        {r.id for r in parts["finetune_eval"]}
+    assert aggregate["finetuned"]["recovery"] == pytest.approx(
+        aggregate["finetuned"]["kfr_before"] - aggregate["finetuned"]["kfr_after"])
+    assert aggregate["loss_last"] < 0.7 * aggregate["loss_first"], "the fine-tuning did happen"
+    assert set(per_item["retain"]) == {r.id for r in RETAIN_EVAL[:2]} and "krr_after" in aggregate
+    assert _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"]) == before
+    again, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, **kw)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in aggregate.items() if k != "seconds"}
+
+
+# ------------------------------------------------------------------------------------ probe_model
+def test_probe_model_runs_selected_parts(tiny):
+    _, jailbreaks = load_jailbreaks()
+    aggregate, per_item = probe_model(tiny["base"], tiny["adapter"], forget_eval=FORGET_EVAL[:2],
+                                      retain_eval=RETAIN_EVAL[:2], template=TEMPLATE, max_new_tokens=4,
+                                      parts=("probes", "relearning"), forget=FORGET, probes=("jailbreak",),
+                                      jailbreaks=jailbreaks[1:2], relearn_steps=2)
+    assert set(aggregate) == {"probes", "relearning", "seconds"} and set(per_item) == {"probes", "relearning"}
+    assert list(aggregate["probes"]["probes"]) == ["plain", f"jailbreak:{jailbreaks[1].id}"]
+    assert aggregate["relearning"]["steps"] == 2
+    assert set(aggregate["seconds"]) == {"probes", "relearning", "total"}
+    assert not math.isnan(aggregate["relearning"]["recovery"])
+
+
+def test_probe_model_checks_its_inputs(tiny):
+    kw = dict(forget_eval=FORGET_EVAL, retain_eval=RETAIN_EVAL, template=TEMPLATE, max_new_tokens=4)
+    with pytest.raises(ValueError, match="work_dir"):
+        probe_model(tiny["base"], parts=("ladder",), **kw)
+    with pytest.raises(ValueError, match="forget"):
+        probe_model(tiny["base"], parts=("relearning",), **kw)
+    with pytest.raises(ValueError, match="unknown parts"):
+        probe_model(tiny["base"], parts=("mia",), **kw)
