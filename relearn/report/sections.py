@@ -1,0 +1,558 @@
+"""The report's content, independent of its format: sections of tables, paragraphs and plots.
+
+`build(data, masker)` reads the (possibly incomplete) input and returns a `Report`; the HTML and
+markdown renderers turn it into text, masking and escaping every string they write. Anything that
+is missing or of the wrong type makes its part "not measured" instead of failing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from relearn.report import plots
+
+NOT_MEASURED = "not measured"
+MISSING = "—"
+ROLES = ("target", "control", "unlearned")
+VARIANT_ORDER = ("original", "simple", "contextual", "noise", "logical")
+RUNG_ORDER = ("torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4")
+PROBE_ORDER = ("plain", "paraphrased", "perturbed")
+
+
+# ---------------------------------------------------------------- the view model
+@dataclass
+class Cell:
+    text: str
+    cls: str = ""  # "pass", "fail", "num", "strong", "muted"
+
+
+@dataclass
+class Table:
+    headers: list[str]  # one per column, complete ("target KFR"): what markdown shows
+    rows: list[list[Cell]]
+    row_cls: list[str] = field(default_factory=list)
+    # optional two-row header for HTML: groups [(label, span)] over sub-headers (one per column)
+    groups: list[tuple[str, int]] = field(default_factory=list)
+    sub: list[str] = field(default_factory=list)
+
+
+def grouped(first: list[str], groups: list[str], subs: list[str]) -> dict:
+    """Table header arguments for columns `first` + every (group, sub) pair."""
+    return {"headers": first + [f"{g} {s}" for g in groups for s in subs],
+            "groups": [("", 1)] * len(first) + [(g, len(subs)) for g in groups],
+            "sub": first + [s for _ in groups for s in subs]}
+
+
+@dataclass
+class Para:
+    text: str
+    cls: str = ""  # "note", "warn", "muted"
+
+
+@dataclass
+class Plot:
+    svg: str
+    caption: str
+
+
+@dataclass
+class Example:
+    id: str
+    question: str
+    reference: str
+    answer_target: str
+    answer_unlearned: str
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list = field(default_factory=list)
+    in_summary: bool = True
+
+
+@dataclass
+class Report:
+    title: str
+    model_name: str
+    version: str
+    method: str
+    created: str
+    verdict: str            # "passed", "failed" or "not evaluated"
+    verdict_note: str
+    glance: list[tuple[str, str, str]]   # (label, value, detail)
+    sections: list[Section]
+    secrets: int
+
+
+# ---------------------------------------------------------------- tolerant access
+def get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def num(value: Any) -> int | float | None:
+    """`value` if it is a number (int or float, not bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def first_num(obj: Any, *paths: tuple[str, ...]) -> float | None:
+    for path in paths:
+        value = num(get(obj, *path))
+        if value is not None:
+            return value
+    return None
+
+
+def fmt(value: Any) -> str:
+    """A number for a table: 3 decimals, fewer for large values, scientific for tiny ones."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        if abs(value) >= 100:
+            return f"{value:.1f}"
+        return f"{value:.3f}"
+    return str(value)
+
+
+def mapping(obj: Any) -> Mapping:
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
+    keys = [k for k in keys if isinstance(k, str)]
+    known = [k for k in order if k in keys]
+    return known + sorted(k for k in keys if k not in known)
+
+
+def model_roles(section: Any) -> list[str]:
+    """Roles present in `section` ({role: {...}}): target, control, unlearned first."""
+    return ordered([k for k, v in mapping(section).items() if isinstance(v, Mapping)], ROLES)
+
+
+def na(text: str = NOT_MEASURED) -> Para:
+    return Para(text, "muted")
+
+
+def _num_cell(value: Any, cls: str = "num") -> Cell:
+    return Cell(fmt(value), cls)
+
+
+# ---------------------------------------------------------------- gates and verdict
+GATE_KEYS = ("name", "metric", "value", "min", "max", "passed", "reason")
+
+
+def gates(data: Mapping) -> list[dict]:
+    raw = data.get("gates")
+    if isinstance(raw, Mapping):
+        raw = [dict(mapping(v), name=mapping(v).get("name", k)) for k, v in raw.items()]
+    out = []
+    for g in raw if isinstance(raw, (list, tuple)) else []:
+        if dataclasses.is_dataclass(g) and not isinstance(g, type):
+            g = dataclasses.asdict(g)
+        if isinstance(g, Mapping):
+            out.append({k: g.get(k) for k in GATE_KEYS})
+    return out
+
+
+def verdict(data: Mapping, gate_rows: list[dict]) -> tuple[str, str]:
+    status = data.get("gate_status")
+    status = status.strip().lower() if isinstance(status, str) else None
+    failed = [g for g in gate_rows if g["passed"] is not True]
+    derived = ("passed" if not failed else "failed") if gate_rows else None
+    if status in ("passed", "failed"):
+        n = len(gate_rows)
+        note = (f"{n - len(failed)} of {n} gates passed" if n else "no gate results were given")
+        if derived and derived != status:
+            note += f"; warning: the recorded status '{status}' disagrees with the gate results"
+        elif status == "passed" and not gate_rows:
+            note += "; the recorded status could not be checked"
+        return status, note
+    if derived:
+        return derived, (f"{len(gate_rows) - len(failed)} of {len(gate_rows)} gates passed "
+                         "(status derived from the gate results: none was recorded)")
+    return "not evaluated", "no gate status and no gate results were given"
+
+
+def gates_section(gate_rows: list[dict]) -> Section:
+    s = Section("gates", "Promotion gates")
+    if not gate_rows:
+        s.blocks.append(na())
+        return s
+    rows, cls = [], []
+    for g in gate_rows:
+        ok = g["passed"] is True
+        rows.append([Cell(str(g["name"] if g["name"] is not None else MISSING), "strong"),
+                     Cell(str(g["metric"] if g["metric"] is not None else MISSING), "mono"),
+                     _num_cell(num(g["value"]) if g["value"] is not None else None),
+                     _num_cell(num(g["min"])), _num_cell(num(g["max"])),
+                     Cell("passed" if ok else "failed", "pass" if ok else "fail"),
+                     Cell(str(g["reason"]) if g["reason"] is not None else "")])
+        cls.append("" if ok else "failrow")
+    s.blocks.append(Table(["gate", "metric", "value", "min", "max", "verdict", "reason"], rows, cls))
+    return s
+
+
+# ---------------------------------------------------------------- metrics
+# (group, label, paths tried in order, what to look for)
+METRICS: list[tuple[str, str, tuple[tuple[str, ...], ...], str]] = [
+    ("Knowledge", "KFR (forget set)", (("kfr",), ("forget", "kfr")), "high; near or above control"),
+    ("Knowledge", "KRR (retain set)", (("krr",), ("retain", "krr")), "high; near target"),
+    ("Knowledge", "LS (mean of sets)", (("ls",),), "near target"),
+    ("Forget set", "LS", (("forget", "ls"),), "near target"),
+    ("Forget set", "PPL", (("forget", "ppl"),), "low (fluent)"),
+    ("Forget set", "Brunet's W", (("forget", "brunet"),), "low (rich vocabulary)"),
+    ("Forget set", "Honoré's H", (("forget", "honore"),), "high (rich vocabulary)"),
+    ("Forget set", "ROUGE-1 recall", (("forget", "rouge1_recall"),), "low; near control"),
+    ("Forget set", "ROUGE-L recall", (("forget", "rougeL_recall"),), "low; near control"),
+    ("Retain set", "LS", (("retain", "ls"),), "near target"),
+    ("Retain set", "PPL", (("retain", "ppl"),), "low (fluent)"),
+    ("Retain set", "Brunet's W", (("retain", "brunet"),), "low"),
+    ("Retain set", "Honoré's H", (("retain", "honore"),), "high"),
+    ("Retain set", "ROUGE-1 recall", (("retain", "rouge1_recall"),), "high; near target"),
+    ("Retain set", "ROUGE-L recall", (("retain", "rougeL_recall"),), "high; near target"),
+    ("TOFU", "forget probability", (("tofu", "forget", "probability"),), "low; near control"),
+    ("TOFU", "forget truth ratio", (("tofu", "forget", "truth_ratio"),), "near control"),
+    ("TOFU", "retain probability", (("tofu", "retain", "probability"),), "high; near target"),
+    ("TOFU", "retain truth ratio", (("tofu", "retain", "truth_ratio"),), "near target"),
+    ("TOFU", "forget quality: KS statistic", (("tofu", "forget_quality", "ks_statistic"),),
+     "low"),
+    ("TOFU", "forget quality: p-value", (("tofu", "forget_quality", "p_value"),),
+     "high (same distribution as control)"),
+    ("TOFU", "model utility", (("tofu", "model_utility"),), "near target"),
+    ("Membership inference", "LOSS AUC", (("mia", "loss_auc"),), "near 0.5 / control"),
+    ("Membership inference", "Min-K% AUC", (("mia", "mink_auc"),), "near 0.5 / control"),
+]
+
+
+def metrics_section(models: Mapping) -> Section:
+    s = Section("metrics", "Metrics: target vs control vs unlearned")
+    roles = model_roles(models)
+    if not roles:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Para("Target: the model before unlearning. Control: a model trained on the retain "
+                         "set only, which never saw the forget set; a model that truly forgot should "
+                         "look like the control on the forget set and like the target on the retain "
+                         "set.", "note"))
+    rows, cls, last_group = [], [], None
+    for group, label, paths, hint in METRICS:
+        values = [first_num(models[r], *paths) for r in roles]
+        if all(v is None for v in values):
+            continue
+        rows.append([Cell(group if group != last_group else "", "muted"), Cell(label, "strong")]
+                    + [_num_cell(v) for v in values] + [Cell(hint, "muted")])
+        cls.append("groupstart" if group != last_group else "")
+        last_group = group
+    if not rows:
+        s.blocks.append(na())
+    else:
+        s.blocks.append(Table(["", "metric"] + roles + ["look for"], rows, cls))
+    return s
+
+
+# ---------------------------------------------------------------- variants
+def variants_section(models: Mapping, masker) -> Section:
+    s = Section("variants", "Forgetting per question variant")
+    roles = model_roles(models)
+    per_model = {r: mapping(get(models[r], "variants")) for r in roles}
+    kinds = ordered({k for v in per_model.values() for k, m in v.items() if isinstance(m, Mapping)},
+                    VARIANT_ORDER)
+    if not kinds:
+        s.blocks.append(na())
+        return s
+    roles = [r for r in roles if per_model[r]]
+    metrics = [m for m in ("kfr", "krr")
+               if any(num(get(per_model[r], k, m)) is not None for r in roles for k in kinds)]
+    mask = masker.mask
+    panels = [(m.upper(), {mask(r): {mask(k): num(get(per_model[r], k, m)) for k in kinds} for r in roles})
+              for m in metrics]
+    svg = plots.bar_groups(masker.mask("KFR and KRR per question variant"), panels, [mask(k) for k in kinds],
+                           "plot-variants")
+    if svg:
+        s.blocks.append(Plot(svg, "KFR (share of forget items whose answer no longer carries the fact) "
+                                  "for each kind of rephrased forget question."))
+    rows = [[Cell(k, "strong")] + [_num_cell(num(get(per_model[r], k, m))) for r in roles for m in metrics]
+            for k in kinds]
+    s.blocks.append(Table(rows=rows, **grouped(["variant"], roles, [m.upper() for m in metrics])))
+    return s
+
+
+# ---------------------------------------------------------------- robustness
+def ladder_section(robustness: Mapping, masker) -> Section:
+    s = Section("ladder", "Precision ladder (quantization)")
+    roles = model_roles(robustness)
+    per_model = {r: mapping(get(robustness[r], "ladder", "rungs")) for r in roles}
+    roles = [r for r in roles if per_model[r]]
+    rungs = ordered({k for v in per_model.values() for k, m in v.items() if isinstance(m, Mapping)},
+                    RUNG_ORDER)
+    if not rungs:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Para("Unlearning by small weight changes can be undone by rounding: KFR should "
+                         "stay high down the ladder (the exported, quantized artifact is what ships).",
+                         "note"))
+    mask = masker.mask
+    panels = [(m.upper(), {mask(r): {mask(k): num(get(per_model[r], k, m)) for k in rungs} for r in roles})
+              for m in ("kfr", "krr")]
+    svg = plots.ladder(masker.mask("KFR and KRR per precision rung"), panels, [mask(k) for k in rungs], "plot-ladder")
+    if svg:
+        s.blocks.append(Plot(svg, "KFR and KRR of each model at each precision rung."))
+    head = grouped(["rung"], roles, ["KFR", "KRR"])
+    base = num(get(per_model.get("unlearned"), rungs[0], "kfr")) if "unlearned" in roles else None
+    if base is not None:
+        head["headers"].append(f"unlearned KFR change from {rungs[0]}")
+        label, span = head["groups"][-1]
+        head["groups"][-1:] = [(label, span + 1)] if label == "unlearned" else [(label, span), ("unlearned", 1)]
+        head["sub"].append(f"KFR change from {rungs[0]}")
+    rows = []
+    for k in rungs:
+        row = [Cell(k, "strong")] + [_num_cell(num(get(per_model[r], k, m))) for r in roles for m in ("kfr", "krr")]
+        if base is not None:
+            v = num(get(per_model["unlearned"], k, "kfr"))
+            delta = None if v is None else v - base
+            row.append(Cell(MISSING if delta is None else f"{delta:+.3f}",
+                            "num fail" if delta is not None and delta < -0.05 else "num"))
+        rows.append(row)
+    s.blocks.append(Table(rows=rows, **head))
+    return s
+
+
+def probes_section(robustness: Mapping) -> Section:
+    s = Section("probes", "Probes: paraphrase, perturbation, jailbreak")
+    roles = [r for r in model_roles(robustness) if isinstance(get(robustness[r], "probes"), Mapping)]
+    if not roles:
+        s.blocks.append(na())
+        return s
+    names: list[tuple[str, tuple[str, ...]]] = []
+    keys = set()
+    for r in roles:
+        keys |= {k for k in mapping(get(robustness[r], "probes"))}
+    for k in ordered([k for k in keys if k not in ("jailbreak", "worst")], PROBE_ORDER):
+        names.append((k, (k,)))
+    jail = set()
+    for r in roles:
+        jail |= {k for k, v in mapping(get(robustness[r], "probes", "jailbreak")).items() if isinstance(v, Mapping)}
+    for k in sorted(j for j in jail if isinstance(j, str)):
+        names.append((f"jailbreak: {k}", ("jailbreak", k)))
+    if "worst" in keys:
+        names.append(("worst case", ("worst",)))
+    s.blocks.append(Para("KFR under attacking question forms; the worst case is what an adversary gets.",
+                         "note"))
+    rows, cls = [], []
+    for label, path in names:
+        rows.append([Cell(label, "strong")] + [_num_cell(num(get(robustness[r], "probes", *path, m)))
+                                               for r in roles for m in ("kfr", "krr")])
+        cls.append("worst" if path == ("worst",) else "")
+    s.blocks.append(Table(rows=rows, row_cls=cls, **grouped(["probe"], roles, ["KFR", "KRR"])))
+    return s
+
+
+def relearning_section(robustness: Mapping) -> Section:
+    s = Section("relearning", "Relearning attack")
+    roles = [r for r in model_roles(robustness) if isinstance(get(robustness[r], "relearning"), Mapping)]
+    if not roles:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Para("A few fine-tuning steps on part of the forget set, KFR measured on the rest. "
+                         "Recovery much larger than the control's means the knowledge was hidden, not "
+                         "removed.", "note"))
+    keys = ("steps", "kfr_before", "kfr_after", "recovery")
+    rows = [[Cell(r, "strong")] + [_num_cell(num(get(robustness[r], "relearning", k))) for k in keys]
+            for r in roles]
+    s.blocks.append(Table(["model", "steps", "KFR before", "KFR after", "recovery"], rows))
+    return s
+
+
+# ---------------------------------------------------------------- seesaw
+def _probabilities(raw: Any) -> tuple[list[float] | None, list[float] | None]:
+    """(token probabilities, histogram shares) from a list of probabilities or {"histogram": [...]}."""
+    if isinstance(raw, Mapping):
+        hist = [num(v) for v in raw.get("histogram") or [] if num(v) is not None]
+        return None, (hist or None)
+    if isinstance(raw, (list, tuple)):
+        values = [num(v) for v in raw]
+        values = [min(max(v, 0.0), 1.0) for v in values if v is not None and math.isfinite(v)]
+        return (values or None), None
+    return None, None
+
+
+def seesaw_section(seesaw: Any, masker) -> Section:
+    s = Section("seesaw", "Probability seesaw")
+    shares, rows = {}, []
+    for role in model_roles({k: {} for k in mapping(seesaw)}):
+        values, hist = _probabilities(mapping(seesaw)[role])
+        if values:
+            shares[masker.mask(role)] = plots.histogram_shares(values)
+            low = sum(v < 0.1 for v in values) / len(values)
+            high = sum(v > 0.9 for v in values) / len(values)
+            rows.append([Cell(role, "strong"), _num_cell(len(values)), _num_cell(statistics.fmean(values)),
+                         _num_cell(statistics.median(values)), _num_cell(low), _num_cell(high)])
+        elif hist:
+            total = sum(hist) or 1.0
+            hist = [h / total for h in hist]
+            shares[masker.mask(role)] = hist
+            centers = [(i + 0.5) / len(hist) for i in range(len(hist))]
+            rows.append([Cell(role, "strong"), Cell(MISSING, "num"),
+                         _num_cell(sum(c * h for c, h in zip(centers, hist))), Cell(MISSING, "num"),
+                         Cell(MISSING, "num"), Cell(MISSING, "num")])
+    if not shares:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Para("Probabilities the model gives to the tokens of the original forget answers. "
+                         "Reverse optimisation piles them up near 0 and damages fluency nearby; "
+                         "ReLearn should move mass down without a collapse.", "note"))
+    svg = plots.seesaw(masker.mask("Forget-answer token probabilities"), shares, "plot-seesaw")
+    if svg:
+        s.blocks.append(Plot(svg, "Share of forget-answer tokens per probability bin."))
+    s.blocks.append(Table(["model", "tokens", "mean", "median", "share < 0.1", "share > 0.9"], rows))
+    return s
+
+
+# ---------------------------------------------------------------- membership inference
+def mia_section(models: Mapping, masker) -> Section:
+    s = Section("mia", "Membership inference")
+    roles = [r for r in model_roles(models) if isinstance(get(models[r], "mia"), Mapping)]
+    keys = (("loss_auc", "LOSS AUC"), ("mink_auc", "Min-K% AUC"))
+    roles = [r for r in roles if any(num(get(models[r], "mia", k)) is not None for k, _ in keys)]
+    if not roles:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Para("AUC of telling forget-set questions from never-seen ones by the model's loss. "
+                         "0.5: indistinguishable; the unlearned model should be as close to 0.5 as the "
+                         "control.", "note"))
+    mask = masker.mask
+    series = {mask(r): {label: num(get(models[r], "mia", k)) for k, label in keys} for r in roles}
+    svg = plots.bar_groups(masker.mask("Membership-inference AUC"), [("AUC forget vs holdout", series)],
+                           [label for _, label in keys], "plot-mia", ylabel="AUC", hline=0.5)
+    if svg:
+        s.blocks.append(Plot(svg, "Membership-inference AUC per model (dashed: chance)."))
+    rows = [[Cell(r, "strong")] + [_num_cell(num(get(models[r], "mia", k))) for k, _ in keys] for r in roles]
+    s.blocks.append(Table(["model"] + [label for _, label in keys], rows))
+    return s
+
+
+# ---------------------------------------------------------------- examples, lineage
+def examples_section(raw: Any) -> Section:
+    s = Section("examples", "Forget-set examples", in_summary=False)
+    items = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, (list, tuple)) else []
+    if not items:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Para("Forgotten facts are masked as [redacted] everywhere in this report, in the "
+                         "questions and the reference as well as in the answers.", "note"))
+
+    def text(e: Mapping, key: str) -> str:
+        v = e.get(key)
+        return MISSING if v is None else str(v)
+
+    for i, e in enumerate(items, 1):
+        s.blocks.append(Example(text(e, "id") if e.get("id") is not None else f"#{i}", text(e, "question"),
+                                text(e, "reference"), text(e, "answer_target"), text(e, "answer_unlearned")))
+    return s
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(obj, Mapping):
+        out = []
+        for k, v in obj.items():
+            out += _flatten(v, f"{prefix}{k}.")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [(prefix[:-1], ", ".join(str(x) for x in obj))]
+    return [(prefix[:-1], fmt(obj) if isinstance(obj, float) else str(obj))]
+
+
+def lineage_section(raw: Any) -> Section:
+    s = Section("lineage", "Lineage")
+    items = _flatten(raw) if isinstance(raw, Mapping) else []
+    if not items:
+        s.blocks.append(na())
+        return s
+    s.blocks.append(Table(["item", "value"], [[Cell(k, "strong"), Cell(v, "mono")] for k, v in items]))
+    return s
+
+
+# ---------------------------------------------------------------- at a glance
+def glance(models: Mapping, robustness: Mapping) -> list[tuple[str, str, str]]:
+    out = []
+
+    def trio(label: str, paths: tuple[tuple[str, ...], ...]) -> None:
+        v = {r: first_num(models.get(r), *paths) for r in ROLES}
+        if v["unlearned"] is None:
+            return
+        detail = ", ".join(f"{r} {fmt(v[r])}" for r in ("target", "control") if v[r] is not None)
+        out.append((label, fmt(v["unlearned"]), detail))
+
+    trio("KFR unlearned", (("kfr",), ("forget", "kfr")))
+    trio("KRR unlearned", (("krr",), ("retain", "krr")))
+    trio("LS unlearned", (("ls",),))
+    trio("forget quality p", (("tofu", "forget_quality", "p_value"),))
+    trio("LOSS MIA AUC", (("mia", "loss_auc"),))
+    u = mapping(robustness.get("unlearned"))
+    worst = num(get(u, "probes", "worst", "kfr"))
+    if worst is not None:
+        out.append(("worst-probe KFR", fmt(worst), "lowest KFR over all probes"))
+    rungs = mapping(get(u, "ladder", "rungs"))
+    lowest = ordered([k for k in rungs if isinstance(rungs[k], Mapping)], RUNG_ORDER)
+    if lowest:
+        k = lowest[-1]
+        v = num(get(rungs, k, "kfr"))
+        if v is not None:
+            out.append((f"KFR at {k}", fmt(v), "lowest precision measured"))
+    rec = num(get(u, "relearning", "recovery"))
+    if rec is not None:
+        c = num(get(robustness, "control", "relearning", "recovery"))
+        out.append(("relearning recovery", fmt(rec), f"control {fmt(c)}" if c is not None else ""))
+    return out
+
+
+# ---------------------------------------------------------------- the whole report
+def _str(value: Any, default: str) -> str:
+    return default if value is None or value == "" else str(value)
+
+
+def build(data: Mapping | None, masker) -> Report:
+    data = mapping(data)
+    models = mapping(data.get("models"))
+    robustness = mapping(data.get("robustness"))
+    gate_rows = gates(data)
+    status, note = verdict(data, gate_rows)
+    name = _str(data.get("model_name"), "unnamed model")
+    version = _str(data.get("version"), "unregistered")
+    sections = [
+        gates_section(gate_rows),
+        metrics_section(models),
+        variants_section(models, masker),
+        ladder_section(robustness, masker),
+        probes_section(robustness),
+        relearning_section(robustness),
+        seesaw_section(data.get("seesaw"), masker),
+        mia_section(models, masker),
+        examples_section(data.get("examples")),
+        lineage_section(data.get("lineage")),
+    ]
+    return Report(title=f"Unlearning report: {name} version {version}", model_name=name, version=version,
+                  method=_str(data.get("method"), "unknown"), created=_str(data.get("created"), MISSING),
+                  verdict=status, verdict_note=note, glance=glance(models, robustness), sections=sections,
+                  secrets=len(masker))
+
