@@ -1,19 +1,23 @@
-"""DVC stage `compare@<method>`: unlearn the same target with one method and evaluate it.
+"""DVC stage `compare@<method>`: unlearn the same target with one method and evaluate it (KFR/KRR/LS,
+TOFU metrics, membership inference, the seesaw), and with compare.robustness also probe it.
 
     python pipelines/compare.py npo
 """
 import dataclasses
+import shutil
 import sys
+import tempfile
 
-from relearn.comparison import forget_side_for, probability_histogram, unlearn_params_for
+from relearn.comparison import forget_side_for, unlearn_params_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.errors import UserError, main_guard
-from relearn.evaluation.evaluate import evaluate_model
-from relearn.generation import answer_token_logprobs
-from relearn.io import atomic_dir, write_json
+from relearn.evaluation.tofu import forget_quality
+from relearn.evidence import model_evidence, robustness_summary, truth_ratios
+from relearn.io import atomic_dir, read_json, write_json
 from relearn.model import load_pretrained
 from relearn.params import CHOICES, load_params
+from relearn.robustness import load_jailbreaks, probe_model
 from relearn.unlearning import make_adapter
 
 
@@ -24,22 +28,37 @@ def main() -> None:
         raise UserError(f"usage: pipelines/compare.py METHOD (one of {', '.join(CHOICES['unlearn.method'])})")
     p = load_params("params.yaml")
     p = dataclasses.replace(p, unlearn=unlearn_params_for(p, method))
-    splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval"))
+    splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     forget_side = forget_side_for(method, splits["forget"], variants, load_validated("data/augmented/general_mix.jsonl"))
     model, tokenizer, history, train_report = make_adapter(p, "models/target", forget_side, splits["retain"])
     with atomic_dir(f"models/compare/{method}") as out:
         model.save_pretrained(out)
     target, _ = load_pretrained("models/target", p.model.dtype)
-    metrics, _ = evaluate_model(model, tokenizer, splits["forget_eval"], splits["retain_eval"], variants, target,
-                                tokenizer, p)
-    # the seesaw: how likely each model finds the original forget answers, token by token
-    questions, answers = [r.question for r in splits["forget"]], [r.answer for r in splits["forget"]]
-    args = (tokenizer, questions, answers, p.model.prompt_template, p.model.max_length, p.evaluate.batch_size)
-    seesaw = {"target": probability_histogram(answer_token_logprobs(target, *args)),
-              "unlearned": probability_histogram(answer_token_logprobs(model, *args))}
-    write_json(f"reports/compare/{method}.json", {"method": method, "metrics": metrics, "train": train_report,
-                                                  "seesaw": seesaw})
+    metrics, items = model_evidence(model, tokenizer, splits, variants, target, tokenizer, p)
+    control_items = read_json("reports/answers.json").get("control", {})
+    metrics["tofu"]["forget_quality"] = forget_quality(truth_ratios(items), truth_ratios(control_items))
+    target_seesaw = read_json("reports/evaluation.json")["target"]["seesaw"]
+    result = {"method": method, "metrics": metrics, "train": train_report,
+              "seesaw": {"target": target_seesaw, "unlearned": metrics["seesaw"]}}
+    if p.compare.robustness:
+        r = p.robustness
+        parts = ["ladder"] * bool(r.ladder) + ["probes"] * bool(r.probes) + ["relearning"] * bool(r.relearn_steps)
+        work = tempfile.mkdtemp(prefix=f"relearn-robustness-{method}-")
+        try:
+            probed, _ = probe_model(
+                "models/target", f"models/compare/{method}", forget_eval=splits["forget_eval"],
+                retain_eval=splits["retain_eval"], forget=splits["forget"], template=p.model.prompt_template,
+                max_new_tokens=p.evaluate.max_new_tokens, batch_size=p.evaluate.batch_size, parts=parts,
+                work_dir=work, rungs=r.ladder, int4_block_size=r.int4_block_size, probes=r.probes,
+                jailbreaks=load_jailbreaks(r.jailbreaks) if r.jailbreaks else None, relearn_steps=r.relearn_steps,
+                relearn_lr=r.relearn_lr, relearn_fraction=r.relearn_fraction, max_length=p.model.max_length,
+                seed=p.seed)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        control = read_json("reports/robustness.json").get("control", {})
+        result["robustness"] = {**probed, "summary": robustness_summary({"unlearned": probed, "control": control})}
+    write_json(f"reports/compare/{method}.json", result)
     print(f"[compare] {method}: KFR {metrics['kfr']:.3f}  KRR {metrics['krr']:.3f}  LS {metrics['ls']:.3f}", flush=True)
 
 

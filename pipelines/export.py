@@ -1,15 +1,15 @@
 """DVC stage `export`: merge the adapter, export ONNX, quantize to int8, check parity and forgetting.
 
-The deployable (the int8 ONNX model with its tokenizer) is attached to the registered version.
+The `register` stage attaches the deployable (the int8 ONNX model with its tokenizer) to the
+model version, and its numbers count among the version's metrics and gates.
 """
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.evaluation.evaluate import knowledge_rates
 from relearn.export.onnx import INT8_FILE, load_onnx, load_tokenizer, run_export
-from relearn.io import read_json, write_json
+from relearn.io import write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
-from relearn.registry.versions import attach_export
 
 
 @main_guard
@@ -28,11 +28,9 @@ def main() -> None:
         rates = knowledge_rates(load_onnx(deployable, file_name=INT8_FILE), load_tokenizer(deployable),
                                 splits["forget_eval"], splits["retain_eval"], p, label="int8")
         report |= {f"int8_{k}": v for k, v in rates.items()}
+    report["deployable"] = deployable
     write_json("reports/export.json", report)
     flat = {k: v for k, v in flatten(report).items() if not k.startswith("seconds.")}
-    version = read_json("reports/registration.json")["version"]
-    attach_export(p.register.model_name, version, deployable, {f"export.{k}": v for k, v in flat.items()},
-                  {f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
     print("[export] " + ", ".join(f"{k} {v:.4g}" for k, v in flat.items()), flush=True)
 
 

@@ -1,14 +1,19 @@
-"""DVC stage `register`: log the run to MLflow, register the adapter as a model version, apply gates.
+"""DVC stage `register`: log the run to MLflow, register the adapter as a model version, apply the
+gates (quality, export and robustness), attach the deployable and the unlearning report.
 
-Only counts, hashes, params and metrics go to MLflow: no forget-set text.
+Only counts, hashes, params and metrics go to MLflow, and the report, which masks every forget-set
+fact: no forget-set text in clear.
 """
 import subprocess
 
-from relearn.data.splits import SPLITS
+from relearn.data.splits import SPLITS, read_splits
 from relearn.errors import main_guard
+from relearn.evidence import registry_metrics, report_data
 from relearn.io import read_json, write_json
 from relearn.params import load_params
-from relearn.registry.versions import file_md5, register_version
+from relearn.registry.gates import flatten
+from relearn.registry.versions import attach_artifacts, file_md5, register_version
+from relearn.report import write_report
 
 
 def git_commit() -> str | None:
@@ -29,20 +34,36 @@ def main() -> None:
     datasets = {name: f"data/splits/{name}.jsonl" for name in SPLITS}
     datasets |= {"forget_variants": "data/augmented/forget_variants.jsonl",
                  "general_mix": "data/augmented/general_mix.jsonl"}
+    evaluation, export, robustness = (read_json(f"reports/{name}.json") for name in ("evaluation", "export", "robustness"))
+    hashes = {name: file_md5(path) for name, path in datasets.items()}
+    commit = git_commit()
     result = register_version(
         model_name=p.register.model_name, experiment=p.register.experiment, params=p,
-        metrics=read_json("reports/evaluation.json"), base_model_dir="models/target", adapter_dir="models/adapter",
+        metrics=registry_metrics(evaluation, export, robustness),
+        base_model_dir="models/target", adapter_dir="models/adapter",
         generation={"prompt_template": p.model.prompt_template, "max_new_tokens": p.evaluate.max_new_tokens,
                     "batch_size": p.evaluate.batch_size},
-        dataset_hashes={name: file_md5(path) for name, path in datasets.items()},
-        counts={name: count_lines(path) for name, path in datasets.items()},
-        git_commit=git_commit(),
-        extra_tags={"method": p.unlearn.method},
+        dataset_hashes=hashes, counts={name: count_lines(path) for name, path in datasets.items()},
+        git_commit=commit, extra_tags={"method": p.unlearn.method},
     )
+    version = result["version"]
+    # the deployable: the exported (quantized) ONNX model with its tokenizer
+    flat = {k: v for k, v in flatten(export).items() if not k.startswith("seconds.")}
+    attach_artifacts(p.register.model_name, version, export["deployable"], "deployable",
+                     tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
+    # the unlearning report, linked from the version's tags
+    splits = read_splits("data/splits", ("forget", "forget_eval"))
+    data = report_data(p, result, evaluation, robustness, read_json("reports/answers.json"),
+                       splits["forget"] + splits["forget_eval"], hashes, commit)
+    paths = write_report(data, "reports/report")
+    attach_artifacts(p.register.model_name, version, "reports/report", "report",
+                     tags={"report": f"report/{paths['html'].name}"})
     write_json("reports/registration.json", result)
-    print(f"[register] {p.register.model_name} version {result['version']}: gates {result['gate_status']}", flush=True)
+    print(f"[register] {p.register.model_name} version {version}: gates {result['gate_status']}; "
+          f"report {paths['html']}", flush=True)
     for g in result["gates"]:
-        print(f"[register]   gate {g['name']}: {g['metric']} = {g['value']} -> {'passed' if g['passed'] else 'FAILED'}", flush=True)
+        print(f"[register]   gate {g['name']}: {g['metric']} = {g['value']} -> "
+              f"{'passed' if g['passed'] else 'FAILED (' + g['reason'] + ')'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def ui(host: str, port: int) -> None:
 @click.option("--plots", "plots_dir", default="plots", show_default=True, help="Where the comparison plots go.")
 def compare(results: str, target_path: str, out: str, plots_dir: str) -> None:
     """Table and plots of the methods run by the compare stages, next to the target."""
-    from relearn.comparison import load_results, markdown_table, plot_comparison, table_rows
+    from relearn.comparison import evidence_rows, load_results, markdown_table, plot_comparison, table_rows
     from relearn.io import read_json, write_json, write_text
 
     found = load_results(results)
@@ -157,10 +157,15 @@ def compare(results: str, target_path: str, out: str, plots_dir: str) -> None:
         raise UserError(f"{results}: no results; list methods in params.yaml compare.methods and run `dvc repro`")
     if not Path(target_path).is_file():
         raise UserError(f"{target_path}: not found; run `dvc repro evaluate` first")
-    rows = table_rows(read_json(target_path)["target"], found)
-    table = markdown_table(rows)
+    evaluation = read_json(target_path)
+    rows = table_rows(evaluation["target"], found)
+    robustness_path = Path(target_path).with_name("robustness.json")
+    evidence = evidence_rows(evaluation, read_json(robustness_path) if robustness_path.is_file() else None, found)
+    table = markdown_table(rows) + "\n" + markdown_table(evidence)
     write_text(Path(out) / "compare.md", table)
     write_json(Path(out) / "compare.json", {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows})
+    write_json(Path(out) / "compare_evidence.json", {r["model"]: {k: v for k, v in r.items() if k != "model"}
+                                                     for r in evidence})
     plot_comparison(rows, found, plots_dir)
     click.echo(table, nl=False)
 

@@ -48,11 +48,39 @@ def table_rows(target: dict, results: dict[str, dict]) -> list[dict]:
     return [row("target", target)] + [row(method, results[method]["metrics"]) for method in sorted(results)]
 
 
+def _dig(tree, *path):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def evidence_rows(evaluation: dict, robustness: dict | None, results: dict[str, dict]) -> list[dict]:
+    """One row per model (target, control, then each method): TOFU forget quality, MIA AUCs and,
+    where probes ran, KFR at each precision rung and under the question probes, and the
+    relearning attack's recovery."""
+    def row(name: str, metrics: dict, probed: dict | None) -> dict:
+        out = {"model": name, "forget_quality": _dig(metrics, "tofu", "forget_quality", "p_value"),
+               "mia_loss_auc": _dig(metrics, "mia", "loss_auc"), "mia_mink_auc": _dig(metrics, "mia", "mink_auc")}
+        for rung, values in (_dig(probed, "ladder", "rungs") or {}).items():
+            out[f"kfr {rung}"] = values.get("kfr")
+        for probe in ("paraphrase", "perturb"):
+            out[f"kfr {probe}"] = _dig(probed, "probes", "probes", probe, "kfr")
+        out["kfr jailbreak min"] = _dig(probed, "probes", "jailbreak_min_kfr", "kfr")
+        out["relearning recovery"] = _dig(probed, "relearning", "recovery")
+        return out
+    rows = [row(name, evaluation[name], (robustness or {}).get(name)) for name in ("target", "control") if name in evaluation]
+    rows += [row(method, r["metrics"], r.get("robustness")) for method, r in sorted(results.items())]
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join(f"{r.get(k):.3f}" if isinstance(r.get(k), float) else
+                                       ("-" if r.get(k) is None else str(r.get(k))) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

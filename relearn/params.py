@@ -175,9 +175,9 @@ class ExportParams:
 
 @dataclass
 class RobustnessParams:
-    ladder: list = _f(["torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4"], "Precision ladder rungs at which KFR/KRR are measured (any of torch_fp32, torch_bf16, onnx_fp32, onnx_int8, onnx_int4).")
+    ladder: list = _f(["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4"], "Precision ladder rungs at which KFR/KRR are measured (any of torch-fp32, torch-bf16, onnx-fp32, onnx-int8, onnx-int4).")
     int4_block_size: int = _f(32, "ONNX int4 (MatMulNBits, weight-only): weights per quantization block.")
-    probes: list = _f(["paraphrased", "perturbed", "jailbreak"], "Question probes: paraphrased and perturbed (typos) questions, jailbreak prefixes.")
+    probes: list = _f(["paraphrase", "perturb", "jailbreak"], "Question probes: paraphrased and perturbed (typos) questions, jailbreak prefixes.")
     jailbreaks: Optional[str] = _f(None, "YAML file of jailbreak prefixes; null: the versioned set shipped in relearn/robustness/jailbreaks.yaml.")
     relearn_steps: int = _f(10, "Relearning attack: fine-tuning steps on the attack part of the forget set (0 disables).")
     relearn_lr: float = _f(0.0005, "Relearning attack: learning rate.")
@@ -189,6 +189,7 @@ class RobustnessParams:
 class CompareParams:
     methods: list = _f([], "Methods run side by side by the `compare` stages on the same target (empty: no comparison), e.g. [relearn, ga, gd, ga_klr, npo, npo_gd, npo_klr].")
     overrides: dict = _f({}, "Per-method changes to the unlearn settings, e.g. {ga: {lr: 0.0001, epochs: 2}}.")
+    robustness: bool = _f(False, "Also run the robustness probes (robustness.*: precision ladder, question probes, relearning) on each compared method.")
 
 
 @dataclass
@@ -221,8 +222,8 @@ CHOICES = {
     "export.quantize": ("int8", "none"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
 }
-LADDER_RUNGS = ("torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4")
-PROBES = ("paraphrased", "perturbed", "jailbreak")
+LADDER_RUNGS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4")
+PROBES = ("paraphrase", "perturb", "jailbreak")
 VARIANT_NAMES = ("simple", "contextual", "noise", "logical")
 
 

@@ -1,14 +1,20 @@
-"""The target model: a model that knows the forget and retain sets (ReLearn pipeline, step 1).
+"""The target model, which knows the forget and retain sets (ReLearn pipeline, step 1), and the
+retain-only control model, which never saw the forget set.
 
 From scratch (params.model.base is null): a BPE tokenizer and a small Llama trained on forget +
 retain + general until greedy answers reproduce the forget facts. From an existing model: the same
 fine-tuning on the same data, starting from its weights.
+
+The control gets identical settings: the target's tokenizer, the same initialisation (seed or base
+weights), the same optimiser and schedule, and exactly as many epochs as the target ran; only the
+data differ (no forget set). TOFU's forget quality compares the unlearned model with it, and every
+robustness probe runs on it as the control.
 """
 from __future__ import annotations
 
 import time
 
-from relearn.data.sources import target_training_records
+from relearn.data.sources import control_training_records, target_training_records
 from relearn.evaluation.scoring import knowledge_scores
 from relearn.generation import generate_answers
 from relearn.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
@@ -27,8 +33,6 @@ def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> fl
 
 def make_target(params: Params, splits: dict[str, list[QARecord]]):
     """Returns (model, tokenizer, loss history, report)."""
-    train = target_training_records(params.data.source, splits)
-    pairs = [(r.question, r.answer) for r in train]
     template = params.model.prompt_template
     if params.model.base:
         model, tokenizer = load_pretrained(params.model.base, params.model.dtype)
@@ -36,8 +40,6 @@ def make_target(params: Params, splits: dict[str, list[QARecord]]):
         texts = [template.format(question=r.question) + " " + r.answer for rs in splits.values() for r in rs]
         tokenizer = train_tokenizer(texts, params.model.vocab_size)
         model = build_scratch_model(params.model, tokenizer, params.seed)
-    print(f"[target] {count_parameters(model):,} parameters, {len(pairs)} training pairs", flush=True)
-
     checks: list[dict] = []
 
     def check(m, epoch: int) -> bool:
@@ -46,13 +48,37 @@ def make_target(params: Params, splits: dict[str, list[QARecord]]):
         print(f"[target] epoch {epoch}: forget fact recall {recall:.3f} (stop at {params.target.stop_recall})", flush=True)
         return recall >= params.target.stop_recall
 
+    train = target_training_records(params.data.source, splits)
+    model, history, report = _train(params, splits, model, tokenizer, train, check, params.target.check_every, "target")
+    report["checks"] = checks
+    return model, tokenizer, history, report
+
+
+def make_control(params: Params, splits: dict[str, list[QARecord]], tokenizer, epochs: int):
+    """The retain-only model: `tokenizer` is the target's, `epochs` the number the target ran.
+
+    Returns (model, loss history, report)."""
+    if params.model.base:
+        model, _ = load_pretrained(params.model.base, params.model.dtype)
+    else:
+        model = build_scratch_model(params.model, tokenizer, params.seed)
+    train = control_training_records(params.data.source, splits)
+    # the target's schedule (warm-up and decay over target.epochs), stopped where the target stopped
+    model, history, report = _train(params, splits, model, tokenizer, train, lambda m, epoch: epoch >= epochs, 1, "control")
+    return model, history, report
+
+
+def _train(params: Params, splits, model, tokenizer, train: list[QARecord], check, check_every: int, desc: str):
+    pairs = [(r.question, r.answer) for r in train]
+    template = params.model.prompt_template
+    print(f"[{desc}] {count_parameters(model):,} parameters, {len(pairs)} training pairs", flush=True)
     t = params.target
     start = time.monotonic()
     model, history = train_causal_lm(
         model, tokenizer, pairs, template=template, max_length=params.model.max_length, epochs=t.epochs,
         batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, seed=params.seed, dtype=params.model.dtype, check=check,
-        check_every=t.check_every)
+        check_every=check_every, desc=desc)
     seconds = time.monotonic() - start
     report = {
         "parameters": count_parameters(model),
@@ -62,6 +88,5 @@ def make_target(params: Params, splits: dict[str, list[QARecord]]):
         "train_seconds": round(seconds, 1),
         "forget_recall": round(fact_recall(model, tokenizer, splits["forget"], params), 4),
         "retain_recall": round(fact_recall(model, tokenizer, splits["retain"], params), 4),
-        "checks": checks,
     }
-    return model, tokenizer, history, report
+    return model, history, report

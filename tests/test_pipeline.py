@@ -32,8 +32,10 @@ MICRO = {
                  "gates": {"krr_floor": {"metric": "unlearned.krr", "min": 0.0},
                            "ls_ratio": {"metric": "ls_ratio", "min": 0.0}}},
     "export": {"parity_questions": 8, "max_new_tokens": 8},
-    "compare": {"methods": ["npo"], "overrides": {"npo": {"lr": 0.001}}},
+    "robustness": {"relearn_steps": 2},
+    "compare": {"methods": ["npo"], "overrides": {"npo": {"lr": 0.001}}, "robustness": True},
 }
+MODELS = {"target", "control", "unlearned"}
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -76,13 +78,22 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 def test_repro_writes_metrics_for_both_models(project):
     work, env = project
     headline = json.loads((work / "metrics.json").read_text())
-    assert {name: set(m) for name, m in headline.items()} == {"target": {"kfr", "krr", "ls"}, "unlearned": {"kfr", "krr", "ls"}}
+    assert {name: set(m) for name, m in headline.items()} == {name: {"kfr", "krr", "ls"} for name in MODELS}
     metrics = json.loads((work / "reports" / "evaluation.json").read_text())
-    for model in ("target", "unlearned"):
+    for model in MODELS:
         for key in ("kfr", "krr", "ls"):
             assert 0.0 <= metrics[model][key] <= 1.0 and metrics[model][key] == headline[model][key]
         assert set(metrics[model]["forget"]) >= {"ppl", "brunet", "honore", "p", "b", "h", "rougeL_recall"}
         assert set(metrics[model]["variants"]) == {"original", "simple", "contextual", "noise", "logical"}
+        tofu, mia = metrics[model]["tofu"], metrics[model]["mia"]
+        assert 0.0 < tofu["forget"]["probability"] <= 1.0 and tofu["forget"]["truth_ratio"] > 0
+        assert tofu["model_utility"] is not None and 0.0 <= tofu["forget_quality"]["p_value"] <= 1.0
+        assert 0.0 <= mia["loss_auc"] <= 1.0 and mia["n_members"] > 0 and mia["n_nonmembers"] > 0
+    # the control is compared with itself: identical truth ratios
+    assert metrics["control"]["tofu"]["forget_quality"]["p_value"] == 1.0
+    control = json.loads((work / "reports" / "control.json").read_text())
+    target = json.loads((work / "reports" / "target.json").read_text())
+    assert control["epochs_run"] == target["epochs_run"] and control["train_pairs"] < target["train_pairs"]
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], work, env).stdout
     assert "unlearned" in shown and "kfr" in shown
     assert (work / "models" / "adapter" / "adapter_model.safetensors").exists()
@@ -150,3 +161,57 @@ def test_compare_stage_and_report(project):
     assert set(summary) == {"target", "npo"} and {"kfr", "krr", "ls", "ls_forget", "ppl_forget"} <= set(summary["npo"])
     for name in ("compare_kfr_krr.png", "compare_ls.png", "compare_seesaw.png"):
         assert (work / "plots" / name).stat().st_size > 1000
+
+
+def test_robustness_stage_probes_three_models(project):
+    work, _ = project
+    report = json.loads((work / "reports" / "robustness.json").read_text())
+    assert MODELS <= set(report)
+    for name in MODELS:
+        rungs = report[name]["ladder"]["rungs"]
+        assert set(rungs) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4"}
+        assert all(0.0 <= v["kfr"] <= 1.0 and 0.0 <= v["krr"] <= 1.0 for v in rungs.values())
+        assert {"plain", "paraphrase", "perturb"} <= set(report[name]["probes"]["probes"])
+        assert report[name]["relearning"]["steps"] == 2
+    summary = report["summary"]
+    assert set(summary) >= {"int4_kfr_drop", "int8_kfr_drop", "jailbreak_min_kfr", "relearning_excess"}
+    assert summary["relearning_excess"] == pytest.approx(report["unlearned"]["relearning"]["recovery"]
+                                                         - report["control"]["relearning"]["recovery"])
+    compared = json.loads((work / "reports" / "compare" / "npo.json").read_text())
+    assert "onnx-int4" in compared["robustness"]["ladder"]["rungs"]
+
+
+def test_report_is_attached_and_shows_no_forget_fact(project):
+    work, env = project
+    from relearn.data.validate import load_validated
+    from relearn.evidence import secrets
+
+    html = (work / "reports" / "report" / "report.html").read_text()
+    assert "<html" in html.lower() and "micro" in html
+    forget = load_validated(work / "data" / "splits" / "forget.jsonl") + load_validated(work / "data" / "splits" / "forget_eval.jsonl")
+    values = [v for r in forget for v in r.facts.values()]
+    assert values and not [v for v in values if v.lower() in html.lower()]
+    assert not [s for s in secrets(forget) if len(s) > 3 and s.lower() in html.lower()]
+    script = ("import json\n"
+              "from mlflow import MlflowClient\n"
+              "c = MlflowClient()\n"
+              "v = c.get_model_version('micro', '1')\n"
+              "print(json.dumps({'tag': v.tags.get('report'), 'files': [a.path for a in c.list_artifacts(v.run_id, 'report')]}))\n")
+    out = json.loads(run([sys.executable, "-c", script], work, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db"))
+                     .stdout.strip().splitlines()[-1])
+    assert out["tag"] == "report/report.html" and "report/report.html" in out["files"]
+
+
+def test_failed_robustness_gate_keeps_version_out_of_challenger(project):
+    work, env = project
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    # no model can keep KFR above 1 under every jailbreak: this gate must fail
+    params["register"]["gates"]["jailbreak"] = {"metric": "robustness.jailbreak_min_kfr", "min": 1.01}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    run([str(BIN / "dvc"), "repro", "register"], work, env)
+    registration = json.loads((work / "reports" / "registration.json").read_text())
+    assert registration["version"] == "2" and registration["gate_status"] == "failed"
+    status = run([sys.executable, "-m", "relearn.cli", "status"], work, env).stdout
+    line = next(l for l in status.splitlines() if "version   2" in l)
+    assert "failed" in line and "blocked" in line and "challenger" not in line
+    assert "failed gate jailbreak" in status

@@ -246,17 +246,18 @@ def test_file_md5_of_directories(tmp_path):
         versions.file_md5(tmp_path / "missing")
 
 
-def test_attach_export(registered, tmp_path):
+def test_attach_artifacts(registered, tmp_path):
     from mlflow.tracking import MlflowClient
 
     export = tmp_path / "export"
     export.mkdir()
     (export / "model.onnx").write_bytes(b"onnx")
-    versions.attach_export(MODEL, registered[0]["version"], export, {"export.int8_mb": 1.5}, {"export.int8_mb": "1.5"})
+    versions.attach_artifacts(MODEL, registered[0]["version"], export, "deployable", {"export.int8_mb": 1.5},
+                              {"export.int8_mb": "1.5"})
     client = MlflowClient()
     run_id = registered[0]["run_id"]
     assert [a.path for a in client.list_artifacts(run_id, "deployable")] == ["deployable/model.onnx"]
     assert client.get_run(run_id).data.metrics["export.int8_mb"] == 1.5
     assert client.get_model_version(MODEL, registered[0]["version"]).tags["export.int8_mb"] == "1.5"
-    with pytest.raises(UserError, match="export directory not found"):
-        versions.attach_export(MODEL, "1", tmp_path / "none", {}, {})
+    with pytest.raises(UserError, match="directory not found"):
+        versions.attach_artifacts(MODEL, "1", tmp_path / "none", "deployable")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from relearn.data.sources import hold_out, load_source, target_training_records
+from relearn.data.sources import control_training_records, hold_out, load_source, target_training_records
 from relearn.errors import UserError, ValidationError
 from relearn.params import DataParams
 from relearn.records import QARecord, save_records
@@ -23,12 +23,19 @@ def _knowundo(tmp_path: Path, bad: bool = False) -> Path:
 
 def test_knowundo_files_map_to_splits(tmp_path):
     splits = load_source(DataParams(source="knowundo", path=str(_knowundo(tmp_path))), seed=0)
-    assert {k: len(v) for k, v in splits.items()} == {"forget": 3, "retain": 3, "forget_eval": 3, "retain_eval": 3,
-                                                      "holdout": 0, "general": 0}
+    # one retain item is held out as the never-trained membership-inference holdout
+    assert {k: len(v) for k, v in splits.items()} == {"forget": 3, "retain": 2, "forget_eval": 3, "retain_eval": 3,
+                                                      "holdout": 1, "general": 0}
     assert splits["forget"][0].question == "Question unlearn_train 0?"
-    # a non-builtin target learns everything, eval splits included
-    assert len(target_training_records("knowundo", splits)) == 12
-    assert len(target_training_records("builtin", splits)) == 6
+    # a non-builtin target learns everything (eval splits included) but the holdout
+    train = target_training_records("knowundo", splits)
+    assert len(train) == 11 and splits["holdout"][0].question not in {r.question for r in train}
+    assert len(target_training_records("builtin", splits)) == 5
+    # the control learns the same without the forget set
+    control = control_training_records("knowundo", splits)
+    assert len(control) == 5 and not {r.question for r in control} & {r.question for r in splits["forget"] + splits["forget_eval"]}
+    no_holdout = load_source(DataParams(source="knowundo", path=str(_knowundo(tmp_path)), holdout_fraction=0.0), seed=0)
+    assert len(no_holdout["holdout"]) == 0 and len(no_holdout["retain"]) == 3
 
 
 def test_bad_input_file_names_file_record_and_field(tmp_path):
@@ -76,4 +83,5 @@ def test_jsonl_source_and_general_files(tmp_path):
 @pytest.mark.skipif(not (SHARED / "knowundo-privacy").is_dir(), reason="shared data not present")
 def test_real_knowundo_privacy():
     splits = load_source(DataParams(source="knowundo", path=str(SHARED / "knowundo-privacy")), seed=0)
-    assert [len(splits[k]) for k in ("forget", "forget_eval", "retain", "retain_eval")] == [400, 110, 441, 108]
+    # retention_train's 441 items: 44 (10%) become the never-trained holdout
+    assert [len(splits[k]) for k in ("forget", "forget_eval", "retain", "retain_eval", "holdout")] == [400, 110, 397, 108, 44]

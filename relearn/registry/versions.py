@@ -251,20 +251,26 @@ def promote(model_name: str, version: str, alias: str = PRODUCTION) -> dict:
     return {"version": str(mv.version), "previous": previous}
 
 
-# ------------------------------------------------------------------------------------ export
-def attach_export(model_name: str, version: str, export_dir: str | Path,
-                  metrics: dict[str, float], tags: dict[str, str]) -> None:
-    """Log an export's files under `deployable/` of the version's run, its metrics, and version tags."""
-    export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise UserError(f"{export_dir}: export directory not found")
+# ------------------------------------------------------------------------------------ attach
+def attach_artifacts(model_name: str, version: str, local_dir: str | Path, artifact_path: str,
+                     metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> str:
+    """Log a directory under `artifact_path` of the version's run, plus run metrics and version tags.
+
+    Used for the deployable export (`deployable/`) and the unlearning report (`report/`). Returns
+    the run id.
+    """
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise UserError(f"{local_dir}: directory not found")
     client = project_client()
     mv = _version(client, model_name, version)
     run_id = mv.run_id or (mv.tags or {}).get("run_id")
     if not run_id:
-        raise UserError(f"version {mv.version} of {model_name!r} has no run to attach the export to")
-    client.log_artifacts(run_id, str(export_dir), artifact_path="deployable")
-    stamp = int(datetime.now(timezone.utc).timestamp() * 1000)
-    client.log_batch(run_id, metrics=[Metric(_key(k), float(v), stamp, 0) for k, v in metrics.items()])
-    for key, value in tags.items():
+        raise UserError(f"version {mv.version} of {model_name!r} has no run to attach {artifact_path}/ to")
+    client.log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
+    if metrics:
+        stamp = int(datetime.now(timezone.utc).timestamp() * 1000)
+        client.log_batch(run_id, metrics=[Metric(_key(k), float(v), stamp, 0) for k, v in metrics.items()])
+    for key, value in (tags or {}).items():
         client.set_model_version_tag(model_name, mv.version, _key(key), str(value)[:MAX_TAG_VAL_LENGTH])
+    return run_id

@@ -1,0 +1,32 @@
+"""DVC stage `control`: the retain-only model, trained with the target's settings without the forget set.
+
+It is the reference of TOFU's forget quality and the control of every robustness probe.
+
+    accelerate launch pipelines/control.py    # several devices; plain `python` runs on one
+"""
+from relearn.data.splits import read_splits
+from relearn.errors import main_guard
+from relearn.io import atomic_dir, read_json, write_json, write_text
+from relearn.model import load_pretrained
+from relearn.params import load_params
+from relearn.target import make_control
+
+
+@main_guard
+def main() -> None:
+    p = load_params("params.yaml")
+    splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
+    _, tokenizer = load_pretrained("models/target", p.model.dtype)  # the very same tokenizer
+    epochs = read_json("reports/target.json")["epochs_run"]
+    model, history, report = make_control(p, splits, tokenizer, epochs)
+    with atomic_dir("models/control") as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    write_text("plots/control_loss.csv", history.to_csv())
+    write_json("reports/control.json", report)
+    print(f"[control] {epochs} epochs: forget recall {report['forget_recall']} (the target's data minus the forget "
+          f"set), retain recall {report['retain_recall']}, {report['train_seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

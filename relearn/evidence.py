@@ -1,0 +1,189 @@
+"""The evidence on one unlearned model, gathered for the gates, the registry and the report.
+
+    model_evidence     KFR/KRR/LS/ROUGE per set and variant, TOFU metrics, membership inference
+                       and the seesaw histogram, for one model (target, control or unlearned)
+    add_forget_quality TOFU's forget quality of each model against the retain-only control
+    registry_metrics   the nested numbers a model version is logged and gated with
+    secrets            every forget-set fact value, which the report must never show
+    report_data        the input of relearn.report.write_report
+
+The library functions it calls know nothing of files; the DVC stages read and write.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from relearn.comparison import probability_histogram
+from relearn.evaluation.evaluate import evaluate_model
+from relearn.evaluation.keyfacts import extract_key_facts
+from relearn.evaluation.mia import mia
+from relearn.evaluation.tofu import forget_quality, model_utility, tofu_set_metrics
+from relearn.generation import answer_token_logprobs, generate_answers
+from relearn.params import Params
+from relearn.records import QARecord
+
+MODELS = ("target", "control", "unlearned")
+
+
+def _with_options(records: list[QARecord]) -> list[QARecord]:
+    """The records TOFU's truth ratio can be computed on: those with perturbed answers."""
+    return [r for r in records if r.perturbed_answer]
+
+
+def model_evidence(model, tokenizer, splits: Mapping[str, list[QARecord]], variants: list[QARecord],
+                   ppl_model, ppl_tokenizer, params: Params) -> tuple[dict, dict]:
+    """(metrics, per-item results) of one model.
+
+    splits needs forget, forget_eval, retain_eval, holdout and general. metrics is evaluate_model's
+    dict plus `tofu` ({forget, retain, general, model_utility}), `mia` (forget vs holdout) and
+    `seesaw` (histogram of the original forget answers' token probabilities).
+    """
+    m, e = params.model, params.evaluate
+    metrics, items = evaluate_model(model, tokenizer, splits["forget_eval"], splits["retain_eval"], variants,
+                                    ppl_model, ppl_tokenizer, params)
+    # TOFU: probability and ROUGE-L on every eval item; truth ratio where perturbed answers exist
+    tofu: dict[str, Any] = {}
+    for name, records, kind in (("forget", splits["forget_eval"], "forget"), ("retain", splits["retain_eval"], "retain")):
+        answers = [items[name][r.id]["answer"] for r in records]
+        tofu[name], per_item = tofu_set_metrics(model, tokenizer, records, answers, m.prompt_template, m.max_length,
+                                                e.batch_size, kind=kind)
+        items[f"tofu_{name}"] = per_item
+    general = _with_options(splits["general"])
+    if general:
+        answers = generate_answers(model, tokenizer, [r.question for r in general], m.prompt_template,
+                                   e.max_new_tokens, e.batch_size, desc="generate general")
+        tofu["general"], items["tofu_general"] = tofu_set_metrics(model, tokenizer, general, answers,
+                                                                  m.prompt_template, m.max_length, e.batch_size,
+                                                                  kind="general")
+    tofu["model_utility"] = model_utility({k: v for k, v in tofu.items() if k in ("retain", "general")})
+    metrics["tofu"] = tofu
+    # membership inference: does the model still tell the forget set (trained) from the holdout (never trained)?
+    metrics["mia"], items["mia"] = mia(model, tokenizer, splits["forget"], splits["holdout"], m.prompt_template,
+                                       m.max_length, e.batch_size, k=params.robustness.mia_k)
+    # the seesaw: how likely the model finds the original forget answers, token by token
+    logprobs = answer_token_logprobs(model, tokenizer, [r.question for r in splits["forget"]],
+                                     [r.answer for r in splits["forget"]], m.prompt_template, m.max_length,
+                                     e.batch_size)
+    metrics["seesaw"] = probability_histogram(logprobs)
+    return metrics, items
+
+
+def truth_ratios(items: Mapping[str, Any]) -> list[float]:
+    """The forget-set truth ratios of one model's per-item results."""
+    return [v["truth_ratio"] for v in items.get("tofu_forget", {}).values() if v.get("truth_ratio") is not None]
+
+
+def add_forget_quality(metrics: dict[str, dict], items: dict[str, dict], control: str = "control") -> None:
+    """metrics[name]['tofu']['forget_quality'] for every model: KS test of its forget-set truth ratios
+    against the control's (the control's own is the test against itself: p = 1)."""
+    reference = truth_ratios(items[control])
+    for name in metrics:
+        metrics[name]["tofu"]["forget_quality"] = forget_quality(truth_ratios(items[name]), reference)
+
+
+# ------------------------------------------------------------------------------------ robustness
+def _get(tree: Mapping[str, Any] | None, *path: str):
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", control: str = "control") -> dict:
+    """The gateable numbers of the robustness stage, for `model` (read against the control):
+
+        int8_kfr_drop, int4_kfr_drop  KFR at torch fp32 minus KFR at that ONNX rung (> 0: rounding
+                                      brought knowledge back)
+        bf16_kfr_drop                 the same for torch bf16
+        paraphrase_kfr, perturb_kfr   KFR under paraphrased and misspelt questions
+        jailbreak_min_kfr             the lowest KFR over the jailbreak prompts
+        probe_max_kfr_drop            the largest KFR drop over every probe
+        relearning_recovery           held-out KFR lost after the relearning attack
+        relearning_excess             that recovery minus the control's (knowledge hidden, not gone)
+    A number a disabled part would give is None (and a gate on it fails as 'metric not found').
+    """
+    m = report.get(model, {})
+    rungs = _get(m, "ladder", "rungs") or {}
+    probes = _get(m, "probes", "probes") or {}
+
+    def drop(rung: str):
+        ref, other = _get(rungs, "torch-fp32", "kfr"), _get(rungs, rung, "kfr")
+        return None if ref is None or other is None else ref - other
+
+    recovery, control_recovery = _get(m, "relearning", "recovery"), _get(report, control, "relearning", "recovery")
+    return {
+        "bf16_kfr_drop": drop("torch-bf16"),
+        "int8_kfr_drop": drop("onnx-int8"),
+        "int4_kfr_drop": drop("onnx-int4"),
+        "paraphrase_kfr": _get(probes, "paraphrase", "kfr"),
+        "perturb_kfr": _get(probes, "perturb", "kfr"),
+        "jailbreak_min_kfr": _get(m, "probes", "jailbreak_min_kfr", "kfr"),
+        "probe_max_kfr_drop": _get(m, "probes", "worst", "kfr_drop"),
+        "relearning_recovery": recovery,
+        "relearning_excess": None if recovery is None or control_recovery is None else recovery - control_recovery,
+    }
+
+
+# ------------------------------------------------------------------------------------ registry
+def registry_metrics(evaluation: Mapping[str, Any], export: Mapping[str, Any] | None,
+                     robustness: Mapping[str, Any] | None) -> dict:
+    """What a version is logged and gated with: `target.*`, `control.*`, `unlearned.*` (evaluation,
+    without the seesaw histogram), `export.*` and `robustness.*` (the summary and each model's probes)."""
+    out: dict[str, Any] = {name: {k: v for k, v in m.items() if k != "seesaw"} for name, m in evaluation.items()}
+    if export:
+        out["export"] = {k: v for k, v in export.items() if k not in ("seconds", "paths", "deployable")}
+    if robustness:
+        out["robustness"] = {**robustness.get("summary", {}), **{k: v for k, v in robustness.items()
+                                                                 if k in MODELS}}
+    return out
+
+
+# ------------------------------------------------------------------------------------ report
+def secrets(records: list[QARecord]) -> list[str]:
+    """Every forget-set value the report must not show: fact values, key facts of free-text
+    answers and the subjects (the people the facts are about)."""
+    found: set[str] = set()
+    for r in records:
+        found.update(v for v in r.facts.values() if v)
+        found.update(extract_key_facts(r.answer, r.question))
+        if r.subject:
+            found.add(r.subject)
+    return sorted(found, key=lambda s: (-len(s), s))
+
+
+def _examples(answers: Mapping[str, Any], records: list[QARecord], n: int = 6) -> list[dict]:
+    by_id = {r.id: r for r in records}
+    target, unlearned = answers.get("target", {}).get("forget", {}), answers.get("unlearned", {}).get("forget", {})
+    rows = []
+    for rid in list(unlearned)[:n]:
+        r = by_id.get(rid)
+        if r is None:
+            continue
+        rows.append({"id": rid, "question": r.question, "reference": r.answer,
+                     "answer_target": target.get(rid, {}).get("answer", ""),
+                     "answer_unlearned": unlearned[rid].get("answer", "")})
+    return rows
+
+
+def report_data(params: Params, registration: Mapping[str, Any], evaluation: Mapping[str, Any],
+                robustness: Mapping[str, Any] | None, answers: Mapping[str, Any], forget_records: list[QARecord],
+                dataset_hashes: Mapping[str, str], git_commit: str | None) -> dict:
+    """The input of relearn.report.write_report for one registered version."""
+    return {
+        "model_name": params.register.model_name,
+        "version": registration.get("version"),
+        "method": params.unlearn.method,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gate_status": registration.get("gate_status"),
+        "gates": registration.get("gates", []),
+        "models": {name: m for name, m in evaluation.items()},
+        "robustness": {k: v for k, v in (robustness or {}).items() if k in MODELS},
+        "robustness_summary": (robustness or {}).get("summary", {}),
+        "seesaw": {name: {"histogram": m["seesaw"]} for name, m in evaluation.items() if m.get("seesaw")},
+        "examples": _examples(answers, forget_records),
+        "secrets": secrets(forget_records),
+        "lineage": {"git_commit": git_commit or "unknown", "data_source": params.data.source,
+                    **{f"md5 {k}": v for k, v in dataset_hashes.items()}},
+    }
