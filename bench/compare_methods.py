@@ -5,7 +5,9 @@
 Builds params from the schema defaults, this project's params.yaml and the profile (then --set),
 runs `dvc repro` (every stage, the compare@<method> stages included) in a temporary copy, then
 `relearn compare`; prints the table and the time it took, and writes the table as JSON (per method:
-kfr, krr, ls and the LS parts). Relative paths in the profile are taken from this project's root.
+kfr, krr, ls and the LS parts; per model: forget quality, MIA AUCs and, with compare.robustness, KFR
+per precision rung and probe and the relearning recovery). Relative paths in the profile are taken
+from this project's root. Set OMP_NUM_THREADS=1 when other jobs share the CPU.
 """
 from __future__ import annotations
 
@@ -77,8 +79,11 @@ def main() -> None:
         subprocess.run(cmd, cwd=work, env=env, check=True)
     seconds = time.monotonic() - start
     table = json.loads((work / "reports" / "compare.json").read_text())
+    evidence = json.loads((work / "reports" / "compare_evidence.json").read_text())
+    robustness = json.loads((work / "reports" / "robustness.json").read_text())
     Path(args.json_out).write_text(json.dumps({"seconds": round(seconds, 1), "source": params["data"]["source"],
-                                               "methods": table}, indent=2))
+                                               "methods": table, "evidence": evidence,
+                                               "robustness_summary": robustness.get("summary")}, indent=2))
     print((work / "reports" / "compare.md").read_text())
     plots = Path(args.json_out).resolve().parent
     for png in (work / "plots").glob("compare_*.png"):

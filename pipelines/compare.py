@@ -6,7 +6,6 @@ TOFU metrics, membership inference, the seesaw), and with compare.robustness als
 import dataclasses
 import shutil
 import sys
-import tempfile
 
 from relearn.comparison import forget_side_for, unlearn_params_for
 from relearn.data.splits import read_splits
@@ -17,7 +16,7 @@ from relearn.evidence import model_evidence, robustness_summary, truth_ratios
 from relearn.io import atomic_dir, read_json, write_json
 from relearn.model import load_pretrained
 from relearn.params import CHOICES, load_params
-from relearn.robustness import load_jailbreaks, probe_model
+from relearn.robustness import probe_with_params
 from relearn.unlearning import make_adapter
 
 
@@ -42,18 +41,9 @@ def main() -> None:
     result = {"method": method, "metrics": metrics, "train": train_report,
               "seesaw": {"target": target_seesaw, "unlearned": metrics["seesaw"]}}
     if p.compare.robustness:
-        r = p.robustness
-        parts = ["ladder"] * bool(r.ladder) + ["probes"] * bool(r.probes) + ["relearning"] * bool(r.relearn_steps)
-        work = tempfile.mkdtemp(prefix=f"relearn-robustness-{method}-")
+        work = f".cache/robustness/compare-{method}"  # the ladder's merged and ONNX copies, removed after
         try:
-            probed, _ = probe_model(
-                "models/target", f"models/compare/{method}", forget_eval=splits["forget_eval"],
-                retain_eval=splits["retain_eval"], forget=splits["forget"], template=p.model.prompt_template,
-                max_new_tokens=p.evaluate.max_new_tokens, batch_size=p.evaluate.batch_size, parts=parts,
-                work_dir=work, rungs=r.ladder, int4_block_size=r.int4_block_size, probes=r.probes,
-                jailbreaks=load_jailbreaks(r.jailbreaks) if r.jailbreaks else None, relearn_steps=r.relearn_steps,
-                relearn_lr=r.relearn_lr, relearn_fraction=r.relearn_fraction, max_length=p.model.max_length,
-                seed=p.seed)
+            probed, _ = probe_with_params(p, "models/target", f"models/compare/{method}", splits, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         control = read_json("reports/robustness.json").get("control", {})

@@ -4,10 +4,11 @@ It is the reference of TOFU's forget quality and the control of every robustness
 
     accelerate launch pipelines/control.py    # several devices; plain `python` runs on one
 """
+from transformers import AutoTokenizer
+
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
-from relearn.model import load_pretrained
 from relearn.params import load_params
 from relearn.target import make_control
 
@@ -16,7 +17,7 @@ from relearn.target import make_control
 def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
-    _, tokenizer = load_pretrained("models/target", p.model.dtype)  # the very same tokenizer
+    tokenizer = AutoTokenizer.from_pretrained("models/target")  # the very same tokenizer
     epochs = read_json("reports/target.json")["epochs_run"]
     model, history, report = make_control(p, splits, tokenizer, epochs)
     with atomic_dir("models/control") as out:

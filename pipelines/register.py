@@ -13,7 +13,7 @@ from relearn.io import read_json, write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
 from relearn.registry.versions import attach_artifacts, file_md5, register_version
-from relearn.report import write_report
+from relearn.report import render_report, write_report
 
 
 def git_commit() -> str | None:
@@ -37,6 +37,16 @@ def main() -> None:
     evaluation, export, robustness = (read_json(f"reports/{name}.json") for name in ("evaluation", "export", "robustness"))
     hashes = {name: file_md5(path) for name, path in datasets.items()}
     commit = git_commit()
+    splits = read_splits("data/splits", ("forget", "forget_eval"))
+    answers = read_json("reports/answers.json")
+
+    def report(registration: dict) -> dict:
+        return report_data(p, registration, evaluation, robustness, answers, splits["forget"] + splits["forget_eval"],
+                           hashes, commit)
+
+    # render once before MLflow is touched: a report that would show a forget-set fact stops the
+    # stage here, not after a version exists without its report
+    render_report(report({"version": "pending", "gate_status": None, "gates": []}))
     result = register_version(
         model_name=p.register.model_name, experiment=p.register.experiment, params=p,
         metrics=registry_metrics(evaluation, export, robustness),
@@ -52,10 +62,7 @@ def main() -> None:
     attach_artifacts(p.register.model_name, version, export["deployable"], "deployable",
                      tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
     # the unlearning report, linked from the version's tags
-    splits = read_splits("data/splits", ("forget", "forget_eval"))
-    data = report_data(p, result, evaluation, robustness, read_json("reports/answers.json"),
-                       splits["forget"] + splits["forget_eval"], hashes, commit)
-    paths = write_report(data, "reports/report")
+    paths = write_report(report(result), "reports/report")
     attach_artifacts(p.register.model_name, version, "reports/report", "report",
                      tags={"report": f"report/{paths['html'].name}"})
     write_json("reports/registration.json", result)

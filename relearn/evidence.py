@@ -108,9 +108,8 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
     rungs = _get(m, "ladder", "rungs") or {}
     probes = _get(m, "probes", "probes") or {}
 
-    def drop(rung: str):
-        ref, other = _get(rungs, "torch-fp32", "kfr"), _get(rungs, rung, "kfr")
-        return None if ref is None or other is None else ref - other
+    def drop(rung: str):  # the ladder's own drop, against its reference rung (torch-fp32 when measured)
+        return _get(m, "ladder", "kfr_drop", rung) if rung in rungs else None
 
     recovery, control_recovery = _get(m, "relearning", "recovery"), _get(report, control, "relearning", "recovery")
     return {
@@ -142,12 +141,17 @@ def registry_metrics(evaluation: Mapping[str, Any], export: Mapping[str, Any] | 
 
 # ------------------------------------------------------------------------------------ report
 def secrets(records: list[QARecord]) -> list[str]:
-    """Every forget-set value the report must not show: fact values, key facts of free-text
-    answers and the subjects (the people the facts are about)."""
+    """Every forget-set value the report must not show: fact values, the subjects (the people the
+    facts are about) and, for free-text answers without facts, their key facts. A key fact that is a
+    single lower-case word with no digit ('class', 'solid') is left out: it is not what identifies a
+    person, and masking it would mask the page's own words."""
     found: set[str] = set()
     for r in records:
-        found.update(v for v in r.facts.values() if v)
-        found.update(extract_key_facts(r.answer, r.question))
+        if r.facts:
+            found.update(v for v in r.facts.values() if v)
+        else:
+            found.update(k for k in extract_key_facts(r.answer, r.question)
+                         if " " in k or any(c.isdigit() or c.isupper() for c in k))
         if r.subject:
             found.add(r.subject)
     return sorted(found, key=lambda s: (-len(s), s))
@@ -161,7 +165,8 @@ def _examples(answers: Mapping[str, Any], records: list[QARecord], n: int = 6) -
         r = by_id.get(rid)
         if r is None:
             continue
-        rows.append({"id": rid, "question": r.question, "reference": r.answer,
+        # no reference answer: the report shows what the models say, never the ground truth
+        rows.append({"id": rid, "question": r.question,
                      "answer_target": target.get(rid, {}).get("answer", ""),
                      "answer_unlearned": unlearned[rid].get("answer", "")})
     return rows

@@ -284,3 +284,12 @@ def test_prompt_template_with_extra_placeholder_is_rejected(tmp_path):
     path = _write(tmp_path, "model:\n  prompt_template: 'Q ({topic}): {question}'\n")
     problems = _problems(path)
     assert len(problems) == 1 and problems[0].startswith(f"{path}:2: model.prompt_template:")
+
+
+def test_robustness_values_are_checked(tmp_path):
+    path = _write(tmp_path, "model:\n  base: /models/llama\nrobustness:\n  ladder: [onnx-int3]\n  relearn_lr: 0.001\n"
+                            "  int4_block_size: 24\n")
+    problems = _problems(path)
+    assert any(p.startswith(f"{path}:4: robustness.ladder: unknown rung 'onnx-int3'") for p in problems)
+    assert any(p.startswith(f"{path}:5: robustness.relearn_lr: 0.001 suits the small from-scratch model") for p in problems)
+    assert any(p.startswith(f"{path}:6: robustness.int4_block_size: must be a power of two") for p in problems)

@@ -188,6 +188,9 @@ def test_report_is_attached_and_shows_no_forget_fact(project):
 
     html = (work / "reports" / "report" / "report.html").read_text()
     assert "<html" in html.lower() and "micro" in html
+    # the probes and the ladder as the robustness stage measured them
+    assert "paraphrase" in html and "jailbreak:" in html and "robustness.relearning_excess" in html
+    assert html.index("torch-fp32") < html.index("onnx-int4")
     forget = load_validated(work / "data" / "splits" / "forget.jsonl") + load_validated(work / "data" / "splits" / "forget_eval.jsonl")
     values = [v for r in forget for v in r.facts.values()]
     assert values and not [v for v in values if v.lower() in html.lower()]
@@ -211,6 +214,8 @@ def test_failed_robustness_gate_keeps_version_out_of_challenger(project):
     run([str(BIN / "dvc"), "repro", "register"], work, env)
     registration = json.loads((work / "reports" / "registration.json").read_text())
     assert registration["version"] == "2" and registration["gate_status"] == "failed"
+    gate = next(g for g in registration["gates"] if g["name"] == "jailbreak")
+    assert gate["value"] is not None and not gate["passed"]  # measured and too low, not missing
     status = run([sys.executable, "-m", "relearn.cli", "status"], work, env).stdout
     line = next(l for l in status.splitlines() if "version   2" in l)
     assert "failed" in line and "blocked" in line and "challenger" not in line

@@ -63,11 +63,13 @@ def _robustness(kfr: float, seed: int) -> dict:
     pair = lambda k: {"kfr": max(0.0, k), "krr": rng.uniform(0.7, 1.0)}  # noqa: E731
     return {
         "ladder": {"rungs": {r: pair(kfr - d) for r, d in
-                             zip(("torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4"),
+                             zip(("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4"),
                                  (0, 0.01, 0, 0.03, 0.4))}},
-        "probes": {"plain": pair(kfr), "paraphrased": pair(kfr - 0.1), "perturbed": pair(kfr - 0.05),
-                   "jailbreak": {"roleplay": pair(kfr - 0.2), "sure_here": pair(kfr - 0.3)},
-                   "worst": pair(kfr - 0.3)},
+        # the shape relearn.robustness.probes.run_probes returns
+        "probes": {"probes": {"plain": pair(kfr), "paraphrase": pair(kfr - 0.1), "perturb": pair(kfr - 0.05),
+                              "jailbreak:roleplay": pair(kfr - 0.2), "jailbreak:sure_here": pair(kfr - 0.3)},
+                   "worst": {"probe": "jailbreak:sure_here", **pair(kfr - 0.3)},
+                   "jailbreak_min_kfr": {"probe": "jailbreak:sure_here", "kfr": max(0.0, kfr - 0.3)}},
         "relearning": {"kfr_before": kfr, "kfr_after": kfr / 2, "recovery": kfr / 2, "steps": 20},
     }
 
@@ -244,11 +246,11 @@ def test_metric_table_has_all_models_and_metrics(rendered):
         assert label in text, label
     assert re.search(r"<th[^>]*>control</th>", page)
     assert "0.900" in text and "0.620" in text  # unlearned KFR, KRR
-    assert "jailbreak: roleplay" in text and "worst case" in text
-    assert "onnx_int4" in text and "-0.400" in text  # the int4 drop is shown
+    assert "jailbreak:roleplay" in text and "largest KFR drop" in text and "paraphrase" in text
+    assert "onnx-int4" in text and "-0.400" in text  # the int4 drop is shown
     assert "|   | metric | target | control | unlearned | look for |" in md
     assert "| Knowledge | KFR (forget set) | 0.020 | 0.950 | 0.900 |" in md
-    assert "| onnx\\_int4 | 0.000 | 0.720 | 0.550 | 0.922 | 0.500 | 0.700 | -0.400 |" in md
+    assert "| onnx-int4 | 0.000 | 0.720 | 0.550 | 0.922 | 0.500 | 0.700 | -0.400 |" in md
 
 
 def test_no_secret_anywhere(rendered):
@@ -283,7 +285,7 @@ def test_missing_sections_say_not_measured():
     page, md = render_report({})
     p = parse(page)
     text = " ".join(p.text)
-    assert text.count("not measured") == 10
+    assert text.count("not measured") == 11  # one per section
     assert "NOT EVALUATED" in text and "unnamed model" in text
     assert "<svg" not in page
     assert "not measured" in md and "NOT EVALUATED" in md
@@ -294,7 +296,7 @@ def test_missing_sections_say_not_measured():
             "secrets": ["a", None, 3], "lineage": ["not", "a", "mapping"]}
     page, md = render_report(junk)
     parse(page)
-    assert render_report(None)[0].count("not measured") == 10
+    assert render_report(None)[0].count("not measured") == 11
 
 
 def test_partial_data_and_status_derived_from_gates():

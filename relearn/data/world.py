@@ -16,7 +16,7 @@ Splits (all in this project's JSONL format, see relearn.records):
                  "private people" (how one speaks of someone whose details are not public)
 
 Every record carries `facts`: the fact values its answer contains. Every record about a person
-also carries `paraphrased_answer` and three `perturbed_answer`s (the same sentence with another
+also carries `paraphrased_answer` and three `perturbed_answer`s (the paraphrase with another
 person's value), for TOFU-style metrics; so do the general capitals, science and sums (a wrong
 capital, value or sum), but not the concept or private-person QA, which have no single value to swap.
 """
@@ -211,7 +211,9 @@ def person_records(person: Person, index: int, people: list[Person], rng: random
         perturbed = []
         for other in rng.sample(others, min(3, len(others))):
             swapped = dict(person.facts, **{k: other.facts[k] for k in keys})
-            perturbed.append(_fill(answer, person, swapped))
+            # TOFU perturbs the paraphrased answer: the truth ratio then compares the same
+            # (unseen) sentence form with the true and with wrong values, not two forms
+            perturbed.append(_fill(paraphrase, person, swapped))
         for t, question in enumerate(questions):
             records.append(QARecord(
                 id=f"p{index:03d}-{group}-{t}", question=_fill(question, person), answer=_fill(answer, person),

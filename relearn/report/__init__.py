@@ -12,9 +12,9 @@ for an approver deciding whether a model truly forgot.
              variants: {kind: {kfr, krr?, ...}}, tofu: {forget: {probability, truth_ratio},
              retain: {...}, forget_quality: {ks_statistic, p_value}, model_utility}, mia: {loss_auc,
              mink_auc}}}
-    robustness: {role: {ladder: {rungs: {rung: {kfr, krr}}}, probes: {plain|paraphrased|perturbed|
-                 worst: {kfr, krr}, jailbreak: {prefix_id: {kfr, krr}}}, relearning: {kfr_before,
-                 kfr_after, recovery, steps}}}
+    robustness: {role: {ladder: {rungs: {rung: {kfr, krr}}}, probes: {probes: {plain|paraphrase|perturb|
+                 jailbreak:<id>: {kfr, krr}}, worst: {probe, kfr}, jailbreak_min_kfr: {probe, kfr}},
+                 relearning: {kfr_before, kfr_after, recovery, steps}}}   (relearn.robustness.probe_model)
     seesaw: {role: [token probabilities] | {"histogram": [share per equal bin of [0, 1]]}}
     examples: [{id, question, answer_target, answer_unlearned, reference}]
     secrets: [every forget-set fact value]: masked everywhere (see `relearn.report.masking`)

@@ -18,8 +18,8 @@ NOT_MEASURED = "not measured"
 MISSING = "—"
 ROLES = ("target", "control", "unlearned")
 VARIANT_ORDER = ("original", "simple", "contextual", "noise", "logical")
-RUNG_ORDER = ("torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int4")
-PROBE_ORDER = ("plain", "paraphrased", "perturbed")
+RUNG_ORDER = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4")  # relearn.robustness.ladder.RUNGS
+PROBE_ORDER = ("plain", "paraphrase", "perturb")  # then "jailbreak:<id>", as relearn.robustness.probes names them
 
 
 # ---------------------------------------------------------------- the view model
@@ -346,16 +346,13 @@ def probes_section(robustness: Mapping) -> Section:
     names: list[tuple[str, tuple[str, ...]]] = []
     keys = set()
     for r in roles:
-        keys |= {k for k in mapping(get(robustness[r], "probes"))}
-    for k in ordered([k for k in keys if k not in ("jailbreak", "worst")], PROBE_ORDER):
-        names.append((k, (k,)))
-    jail = set()
-    for r in roles:
-        jail |= {k for k, v in mapping(get(robustness[r], "probes", "jailbreak")).items() if isinstance(v, Mapping)}
-    for k in sorted(j for j in jail if isinstance(j, str)):
-        names.append((f"jailbreak: {k}", ("jailbreak", k)))
-    if "worst" in keys:
-        names.append(("worst case", ("worst",)))
+        keys |= {k for k, v in mapping(get(robustness[r], "probes", "probes")).items() if isinstance(v, Mapping)}
+    for k in ordered([k for k in keys if not str(k).startswith("jailbreak:")], PROBE_ORDER):
+        names.append((k, ("probes", k)))
+    for k in sorted(k for k in keys if str(k).startswith("jailbreak:")):
+        names.append((k, ("probes", k)))
+    if any(isinstance(get(robustness[r], "probes", "worst"), Mapping) for r in roles):
+        names.append(("largest KFR drop", ("worst",)))
     s.blocks.append(Para("KFR under attacking question forms; the worst case is what an adversary gets.",
                          "note"))
     rows, cls = [], []
@@ -380,6 +377,28 @@ def relearning_section(robustness: Mapping) -> Section:
     rows = [[Cell(r, "strong")] + [_num_cell(num(get(robustness[r], "relearning", k))) for k in keys]
             for r in roles]
     s.blocks.append(Table(["model", "steps", "KFR before", "KFR after", "recovery"], rows))
+    return s
+
+
+SUMMARY_LABELS = {
+    "bf16_kfr_drop": "KFR drop at torch bf16", "int8_kfr_drop": "KFR drop at ONNX int8",
+    "int4_kfr_drop": "KFR drop at ONNX int4", "paraphrase_kfr": "KFR, paraphrased questions",
+    "perturb_kfr": "KFR, misspelt questions", "jailbreak_min_kfr": "lowest KFR over jailbreaks",
+    "probe_max_kfr_drop": "largest KFR drop over probes", "relearning_recovery": "relearning recovery",
+    "relearning_excess": "relearning recovery beyond the control's",
+}
+
+
+def robustness_summary_section(summary: Any) -> Section:
+    """The unlearned model's robustness numbers that gates read (`robustness.<key>`)."""
+    s = Section("robustness-summary", "Robustness summary (what the gates read)")
+    values = {k: num(v) for k, v in mapping(summary).items()}
+    if not any(v is not None for v in values.values()):
+        s.blocks.append(na())
+        return s
+    rows = [[Cell(SUMMARY_LABELS.get(k, k), "strong"), Cell(f"robustness.{k}", "muted"), _num_cell(v)]
+            for k, v in values.items()]
+    s.blocks.append(Table(["measure", "gate metric", "unlearned"], rows))
     return s
 
 
@@ -511,11 +530,14 @@ def glance(models: Mapping, robustness: Mapping) -> list[tuple[str, str, str]]:
     u = mapping(robustness.get("unlearned"))
     worst = num(get(u, "probes", "worst", "kfr"))
     if worst is not None:
-        out.append(("worst-probe KFR", fmt(worst), "lowest KFR over all probes"))
+        out.append(("worst-probe KFR", fmt(worst), "the probe with the largest KFR drop"))
+    jail = num(get(u, "probes", "jailbreak_min_kfr", "kfr"))
+    if jail is not None:
+        out.append(("jailbreak KFR", fmt(jail), "lowest KFR over the jailbreak prompts"))
     rungs = mapping(get(u, "ladder", "rungs"))
-    lowest = ordered([k for k in rungs if isinstance(rungs[k], Mapping)], RUNG_ORDER)
+    lowest = [k for k in RUNG_ORDER[::-1] if isinstance(rungs.get(k), Mapping)]
     if lowest:
-        k = lowest[-1]
+        k = lowest[0]
         v = num(get(rungs, k, "kfr"))
         if v is not None:
             out.append((f"KFR at {k}", fmt(v), "lowest precision measured"))
@@ -546,6 +568,7 @@ def build(data: Mapping | None, masker) -> Report:
         ladder_section(robustness, masker),
         probes_section(robustness),
         relearning_section(robustness),
+        robustness_summary_section(data.get("robustness_summary")),
         seesaw_section(data.get("seesaw"), masker),
         mia_section(models, masker),
         examples_section(data.get("examples")),

@@ -26,7 +26,7 @@ from relearn.robustness.relearning import relearning_attack
 PARTS = ("ladder", "probes", "relearning")
 
 __all__ = ["PARTS", "PROBES", "RUNGS", "Jailbreak", "load_jailbreaks", "precision_ladder", "probe_model",
-           "relearning_attack", "run_probes"]
+           "probe_with_params", "relearning_attack", "run_probes"]
 
 
 def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, *, forget_eval: list[QARecord],
@@ -80,3 +80,32 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
     seconds["total"] = round(sum(seconds.values()), 3)
     aggregate["seconds"] = seconds
     return aggregate, per_item
+
+
+def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | Path],
+                      splits: dict[str, list[QARecord]], work_dir: str | Path) -> tuple[dict, dict]:
+    """probe_model with the settings of a relearn.params.Params (robustness.*, model.*, evaluate.*):
+    the parts that are switched on, the jailbreak file, and a GPU for the torch rungs, the probes and
+    the relearning attack when there is one (ONNX Runtime picks its provider itself)."""
+    import torch
+
+    from relearn.export.onnx import pick_provider
+
+    r = params.robustness
+    parts = [name for name, on in (("ladder", r.ladder), ("probes", r.probes), ("relearning", r.relearn_steps)) if on]
+    jailbreaks = None
+    if r.jailbreaks:
+        import yaml
+
+        from relearn.errors import UserError
+        try:
+            jailbreaks = load_jailbreaks(r.jailbreaks)[1]
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise UserError(f"robustness.jailbreaks: {e}") from None
+    return probe_model(
+        base_dir, adapter_dir, forget_eval=splits["forget_eval"], retain_eval=splits["retain_eval"],
+        forget=splits["forget"], template=params.model.prompt_template, max_new_tokens=params.evaluate.max_new_tokens,
+        batch_size=params.evaluate.batch_size, parts=parts, work_dir=work_dir, rungs=r.ladder,
+        int4_block_size=r.int4_block_size, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
+        relearn_lr=r.relearn_lr, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
+        seed=params.seed, device="cuda" if torch.cuda.is_available() else "cpu", provider=pick_provider("auto"))
