@@ -5,7 +5,7 @@
 Builds params from the schema defaults, this project's params.yaml and the profile (then --set),
 runs `dvc repro` (every stage, the compare@<method> stages included) in a temporary copy, then
 `relearn compare`; prints the table and the time it took, and writes the table as JSON (per method:
-kfr, krr, ls and the LS parts; per model: forget quality, MIA AUCs and, with compare.robustness, KFR
+kfr, krr, ls and the LS parts; per model: forget quality, MIA AUCs and, for the methods in compare.robustness, KFR
 per precision rung and probe and the relearning recovery). Relative paths in the profile are taken
 from this project's root. Set OMP_NUM_THREADS=1 when other jobs share the CPU.
 """

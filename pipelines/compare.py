@@ -1,5 +1,5 @@
 """DVC stage `compare@<method>`: unlearn the same target with one method and evaluate it (KFR/KRR/LS,
-TOFU metrics, membership inference, the seesaw), and with compare.robustness also probe it.
+TOFU metrics, membership inference, the seesaw), and, if compare.robustness lists it, probe it.
 
     python pipelines/compare.py npo
 """
@@ -40,7 +40,7 @@ def main() -> None:
     target_seesaw = read_json("reports/evaluation.json")["target"]["seesaw"]
     result = {"method": method, "metrics": metrics, "train": train_report,
               "seesaw": {"target": target_seesaw, "unlearned": metrics["seesaw"]}}
-    if p.compare.robustness:
+    if method in p.compare.robustness:
         work = f".cache/robustness/compare-{method}"  # the ladder's merged and ONNX copies, removed after
         try:
             probed, _ = probe_with_params(p, "models/target", f"models/compare/{method}", splits, work)

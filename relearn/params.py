@@ -192,7 +192,7 @@ class RobustnessParams:
 class CompareParams:
     methods: list = _f([], "Methods run side by side by the `compare` stages on the same target (empty: no comparison), e.g. [relearn, ga, gd, ga_klr, npo, npo_gd, npo_klr].")
     overrides: dict = _f({}, "Per-method changes to the unlearn settings, e.g. {ga: {lr: 0.0001, epochs: 2}}.")
-    robustness: bool = _f(False, "Also run the robustness probes (robustness.*: precision ladder, question probes, relearning) on each compared method.")
+    robustness: list = _f([], "Compared methods whose compare stage also runs the robustness probes (robustness.*: precision ladder, question probes, relearning), e.g. [relearn, ga, npo].")
 
 
 @dataclass
@@ -377,6 +377,9 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
             problems.append(f"{where(('robustness', key))}: must be between 0 and 1 (exclusive), got {getattr(rb, key)}")
     if not 0 <= d.holdout_fraction < 1:
         problems.append(f"{where(('data', 'holdout_fraction'))}: must be in [0, 1), got {d.holdout_fraction}")
+    for method in params.compare.robustness:
+        if method not in params.compare.methods:
+            problems.append(f"{where(('compare', 'robustness'))}: {method!r} is not in compare.methods")
     for method in params.compare.methods:
         if method not in CHOICES["unlearn.method"]:
             problems.append(f"{where(('compare', 'methods'))}: unknown method {method!r} (known: {', '.join(CHOICES['unlearn.method'])})")

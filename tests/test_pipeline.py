@@ -33,7 +33,7 @@ MICRO = {
                            "ls_ratio": {"metric": "ls_ratio", "min": 0.0}}},
     "export": {"parity_questions": 8, "max_new_tokens": 8},
     "robustness": {"relearn_steps": 2},
-    "compare": {"methods": ["npo"], "overrides": {"npo": {"lr": 0.001}}, "robustness": True},
+    "compare": {"methods": ["npo"], "overrides": {"npo": {"lr": 0.001}}, "robustness": ["npo"]},
 }
 MODELS = {"target", "control", "unlearned"}
 
