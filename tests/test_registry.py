@@ -13,8 +13,10 @@ from relearn.registry import tracking, versions
 
 MODEL = "relearn-test"
 FORGET_QUESTION = "Where was Zorblax Quintavius born?"
-PASSING = {"target": {"ls": 0.5, "kfr": 0.1}, "unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.48, "note": "x"}}
-FAILING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.3, "krr": 0.9, "ls": 0.2}}
+ROBUST = {"int4_kfr_drop": 0.0, "jailbreak_min_kfr": 0.9, "relearning_excess": 0.1}  # passes the default gates
+PASSING = {"target": {"ls": 0.5, "kfr": 0.1}, "unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.48, "note": "x"},
+           "robustness": ROBUST}
+FAILING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.3, "krr": 0.9, "ls": 0.2}, "robustness": ROBUST}
 GENERATION = {"prompt_template": "Question: {question}\nAnswer:", "max_new_tokens": 4, "batch_size": 2}
 
 
@@ -127,7 +129,7 @@ def test_register_passing_version(store, tiny, registered):
 
     first = registered[0]
     assert first["version"] == "1" and first["gate_status"] == "passed"
-    assert [x["name"] for x in first["gates"]] == ["kfr", "krr", "ls_ratio"]
+    assert [x["name"] for x in first["gates"]] == ["kfr", "krr", "ls_ratio", "int4", "jailbreak", "relearning"]
     client = MlflowClient()
     mv = client.get_model_version(MODEL, "1")
     assert mv.run_id == first["run_id"]
@@ -156,7 +158,8 @@ def test_register_failing_version_is_blocked(registered):
 
     second = registered[1]
     assert second["gate_status"] == "failed"
-    assert {x["name"]: x["passed"] for x in second["gates"]} == {"kfr": False, "krr": True, "ls_ratio": False}
+    assert {x["name"]: x["passed"] for x in second["gates"]} == {"kfr": False, "krr": True, "ls_ratio": False, "int4": True,
+                                                             "jailbreak": True, "relearning": True}
     mv = MlflowClient().get_model_version(MODEL, second["version"])
     assert mv.tags["approval_status"] == "blocked" and mv.tags["gate.status"] == "failed"
     assert mv.tags["gate.kfr"] == "value=0.3000 min=0.8 failed"
