@@ -142,16 +142,17 @@ def registry_metrics(evaluation: Mapping[str, Any], export: Mapping[str, Any] | 
 # ------------------------------------------------------------------------------------ report
 def secrets(records: list[QARecord]) -> list[str]:
     """Every forget-set value the report must not show: fact values, the subjects (the people the
-    facts are about) and, for free-text answers without facts, their key facts. A key fact that is a
-    single lower-case word with no digit ('class', 'solid') is left out: it is not what identifies a
-    person, and masking it would mask the page's own words."""
+    facts are about) and, for free-text answers without facts, their key facts. A key fact of one
+    word is kept only with a digit ('1957', '20th') or as an acronym ('KGB'): single words such as
+    'Space' or 'solid' do not identify anyone, and the report's own markup uses them (the rare words
+    of multi-word facts and names are masked on their own by the report)."""
     found: set[str] = set()
     for r in records:
         if r.facts:
             found.update(v for v in r.facts.values() if v)
         else:
             found.update(k for k in extract_key_facts(r.answer, r.question)
-                         if " " in k or any(c.isdigit() or c.isupper() for c in k))
+                         if " " in k.strip() or any(c.isdigit() for c in k) or sum(c.isupper() for c in k) >= 2)
         if r.subject:
             found.add(r.subject)
     return sorted(found, key=lambda s: (-len(s), s))

@@ -399,3 +399,16 @@ def test_renders_in_headless_chromium(rendered, tmp_path):
         assert f">{heading}" in dom, heading
     assert "FAILED" in dom and dom.count("<svg") == 4
     assert_no_secret(dom, visible=False)
+
+
+def test_secret_words_that_are_also_markup_are_masked_in_text_and_allowed_in_code():
+    # free-text key facts such as addresses and genres share words with SVG and CSS ('path', 'space')
+    data = full_data()
+    data["secrets"] = list(data["secrets"]) + ["88 Wisdom Path", "Space Opera"]
+    data["examples"] = [{"id": "x", "question": "Where does she live?",
+                         "answer_target": "She lives at 88 Wisdom Path and loves Space Opera.",
+                         "answer_unlearned": "Her address is on Wisdom Path, I think."}]
+    page, md = render_report(data)
+    text = " ".join(parse(page).text)
+    assert "<path" in page  # the plots are still there
+    assert "Wisdom" not in text and "Space Opera" not in text and "88 Wisdom" not in md

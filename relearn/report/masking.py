@@ -30,7 +30,10 @@ like become one mask):
 The final scan raises `SecretLeakError` rather than masking: by then every piece of data has
 been masked already, so a survivor means either a bug or a secret that collides with the page's
 own vocabulary (CSS or SVG markup such as `sans-serif`), and an unverified page must not reach
-an approver. The error names the secret by its index and length, never by its text.
+an approver. The error names the secret by its index and length, never by its text. In the page's
+code (CSS, tag and attribute names, SVG geometry) the scan looks for whole secrets with letters
+only: a lone rare word of a longer secret ('Path' of '88 Wisdom Path') is masked in every text and
+readable attribute, but as an SVG tag it is markup, not a leak.
 """
 from __future__ import annotations
 
@@ -109,6 +112,8 @@ class _Pattern:
     letters: bool  # contains a letter: also scanned in markup; digit-only ones only in text
     size: int     # length of the text it stands for
     anchor: str   # lower-case text that every match contains (to skip the pattern quickly)
+    piece: bool = False  # one rare word of a longer secret: masked everywhere, but looked for in
+                         # code (CSS, markup, geometry) only as part of the whole secret
 
 
 def normalize(text: str) -> str:
@@ -182,9 +187,9 @@ def patterns_for(secret: str, index: int = 0) -> list[_Pattern]:
         return []
     found: list[_Pattern] = []
 
-    def add(regex: str, letters: bool, literal: str) -> None:
+    def add(regex: str, letters: bool, literal: str, piece: bool = False) -> None:
         anchor = max(literal.lower().split(), key=len)
-        found.append(_Pattern(regex, index, letters, len(literal), anchor))
+        found.append(_Pattern(regex, index, letters, len(literal), anchor, piece))
 
     if not _has_letter(secret):
         add(_number(secret), False, secret)
@@ -210,7 +215,7 @@ def patterns_for(secret: str, index: int = 0) -> list[_Pattern]:
     if len(words) > 1 or "@" in secret:
         for word in words:
             if _is_rare(word) and word.lower() != secret.lower():
-                add(_word(word), True, word)
+                add(_word(word), True, word, piece=True)
     return found
 
 
@@ -255,7 +260,9 @@ class Masker:
         """(start, end, pattern index) of every match of every pattern in `text` (normalised)."""
         out = []
         for i in self._candidates(text.lower()):
-            if letters_only and not self.patterns[i].letters:
+            # in code (letters_only): only secrets with letters, and never a lone word of a longer
+            # secret ('Path' of '88 Wisdom Path' is also an SVG tag)
+            if letters_only and (not self.patterns[i].letters or self.patterns[i].piece):
                 continue
             out += [(m.start(), m.end(), i) for m in self._regex[i].finditer(text) if m.end() > m.start()]
         return out
