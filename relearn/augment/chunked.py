@@ -20,7 +20,7 @@ import time
 from typing import Callable
 
 from relearn.augment import prompts, rules
-from relearn.augment.endpoint import CallFailed, EndpointBackend, parse_answer
+from relearn.augment.endpoint import CallFailed, EndpointBackend
 from relearn.params import EndpointParams
 from relearn.records import QARecord
 
@@ -69,26 +69,6 @@ class ChunkedAnswers:
             self._count("dropped_after_rounds")
             return None
         return joined
-
-    def _rewrite(self, record: QARecord, messages: list[dict], seed: int) -> str | None:
-        """The reply to `messages` once it passes the leak check for `record`, regenerated up to `rounds`
-        rounds in all (the endpoint backend's _vague_answer loop, for messages of any prompt)."""
-        rounds = max(1, int(self.params.rounds))
-        for round_ in range(1, rounds + 1):
-            try:
-                answer = self._call(messages, parse_answer, seed)
-                leaked = self._leaks(record, answer, seed)
-            except CallFailed:
-                self._count("answers_failed")
-                return None
-            if not leaked:
-                return answer
-            if round_ == rounds:
-                self._count("dropped_after_rounds")
-                return None
-            self._count("regenerated")
-            messages = prompts.regenerate_messages(messages, answer, leaked, record.subject)
-        return None  # unreachable
 
 
 class ChunkedEndpointBackend(ChunkedAnswers, EndpointBackend):

@@ -276,7 +276,11 @@ class EndpointBackend:
 
     def _vague_answer(self, record: QARecord, question: str, seed: int) -> str | None:
         """A vague answer to `question` that passed the leak check, or None (dropped and counted)."""
-        messages = prompts.vague_answer_messages(record, question)
+        return self._rewrite(record, prompts.vague_answer_messages(record, question), seed)
+
+    def _rewrite(self, record: QARecord, messages: list[dict], seed: int) -> str | None:
+        """The reply to `messages` once it passes the leak check for `record`, regenerated up to
+        `rounds` rounds in all; None (dropped and counted) when a call fails or it still leaks."""
         rounds = max(1, int(self.params.rounds))
         for round_ in range(1, rounds + 1):
             try:
