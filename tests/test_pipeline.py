@@ -190,7 +190,8 @@ def test_report_is_attached_and_shows_no_forget_fact(project):
     assert "<html" in html.lower() and "micro" in html
     # the probes and the ladder as the robustness stage measured them
     assert "paraphrase" in html and "jailbreak:" in html and "robustness.relearning_excess" in html
-    assert html.index("torch-fp32") < html.index("onnx-int4")
+    ladder = html[html.index('id="ladder"'):]  # the ladder section lists the rungs from fp32 down
+    assert ladder.index("torch-fp32") < ladder.index("onnx-int4")
     forget = load_validated(work / "data" / "splits" / "forget.jsonl") + load_validated(work / "data" / "splits" / "forget_eval.jsonl")
     values = [v for r in forget for v in r.facts.values()]
     assert values and not [v for v in values if v.lower() in html.lower()]
