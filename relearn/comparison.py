@@ -13,6 +13,7 @@ from pathlib import Path
 from relearn.methods import REVERSE_METHODS
 from relearn.params import Params, UnlearnParams
 from relearn.records import QARecord
+from relearn.robustness.ladder import RUNGS
 
 SEESAW_BINS = 20
 
@@ -63,8 +64,9 @@ def evidence_rows(evaluation: dict, robustness: dict | None, results: dict[str, 
     def row(name: str, metrics: dict, probed: dict | None) -> dict:
         out = {"model": name, "forget_quality": _dig(metrics, "tofu", "forget_quality", "p_value"),
                "mia_loss_auc": _dig(metrics, "mia", "loss_auc"), "mia_mink_auc": _dig(metrics, "mia", "mink_auc")}
-        for rung, values in (_dig(probed, "ladder", "rungs") or {}).items():
-            out[f"kfr {rung}"] = values.get("kfr")
+        rungs = _dig(probed, "ladder", "rungs") or {}
+        for rung in sorted(rungs, key=lambda r: RUNGS.index(r) if r in RUNGS else len(RUNGS)):  # fp32 first
+            out[f"kfr {rung}"] = rungs[rung].get("kfr")
         for probe in ("paraphrase", "perturb"):
             out[f"kfr {probe}"] = _dig(probed, "probes", "probes", probe, "kfr")
         out["kfr jailbreak min"] = _dig(probed, "probes", "jailbreak_min_kfr", "kfr")
