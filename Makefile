@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel; a looser request would pull several GB of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0 > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/pip install -q -e ".[cpu,dev]" >> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
-	$(BIN)/python -c "import relearn, torch, mlflow, dvc, peft, optimum.onnxruntime" 
+	$(BIN)/python -c "import relearn, torch, mlflow, dvc, peft, optimum.onnxruntime, onnx_ir"
 	touch $(STAMP)
 
 install: $(STAMP)
