@@ -173,7 +173,9 @@ def key(monkeypatch):
 
 
 def make(url: str, cache_dir, sleeps: list | None = None, **kw) -> ep.EndpointBackend:
-    defaults = dict(base_url=url, model="fake-model", api_key_env=KEY_ENV, concurrency=3, timeout=0.5,
+    # a generous timeout: a loaded CI machine must not turn a normal reply into a retry (the timeout
+    # test sets its own)
+    defaults = dict(base_url=url, model="fake-model", api_key_env=KEY_ENV, concurrency=3, timeout=5.0,
                     max_retries=3, rounds=3, temperature=0.0, cache_dir=str(cache_dir))
     defaults.update(kw)
     sleeps = [] if sleeps is None else sleeps
@@ -461,7 +463,7 @@ def test_build_training_set_runs_the_endpoint_backend(fake, key, tmp_path):
     from relearn.augment.build import build_training_set
     from relearn.params import AugmentParams
 
-    endpoint = EndpointParams(base_url=fake.url, model="fake-model", api_key_env=KEY_ENV, concurrency=2, timeout=0.5,
+    endpoint = EndpointParams(base_url=fake.url, model="fake-model", api_key_env=KEY_ENV, concurrency=2, timeout=5.0,
                               max_retries=2, rounds=2, temperature=0.0, cache_dir=str(tmp_path / "cache"))
     params = AugmentParams(backend="endpoint", endpoint=endpoint, general_ratio=0.0)
     kept, mixed, report = build_training_set(ITEMS, [], params, seed=0)
