@@ -7,3 +7,19 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["MLFLOW_ENABLE_TELEMETRY"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one torch thread is faster, and much faster on a busy machine (no
+    oversubscription). Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`;
+    the setting is put back for the other modules."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

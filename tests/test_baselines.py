@@ -11,6 +11,9 @@ from relearn.encoding import IGNORE, collate, encode_pair
 from relearn.methods import METHODS, REVERSE_METHODS
 from relearn.methods.losses import answer_ce, answer_kl, npo_loss, sequence_logprob
 from relearn.params import UnlearnParams
+from tiny import tiny_lora
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -23,15 +26,6 @@ PARTS = {
     "npo_gd": {"forget_npo", "retain_ce"},
     "npo_klr": {"forget_npo", "retain_kl"},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: extra CPU threads only add overhead (and stall when the machine is busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _w(**kw) -> UnlearnParams:
@@ -114,18 +108,6 @@ def tok():
     return train_tokenizer(SENTENCES, vocab_size=200)
 
 
-def _tiny_lora(tok):
-    from peft import LoraConfig, get_peft_model
-
-    from relearn.model import build_scratch_model
-    from relearn.params import ModelParams
-
-    model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=200),
-                                tok, seed=0)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"],
-                                            task_type="CAUSAL_LM"))
-
-
 def _move_adapter(model, seed: int = 0) -> None:
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed)
@@ -157,7 +139,7 @@ def _no_reference(batch):
 
 @pytest.fixture(scope="module")
 def setup(tok):
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     model.eval()
     return model, _batch(tok, FORGET), _batch(tok, RETAIN)
 
@@ -203,7 +185,7 @@ def test_at_initialisation_npo_is_two_over_beta_log_two_and_kl_is_zero(setup):
 
 
 def test_npo_and_kl_use_the_reference_once_the_adapter_moves(tok):
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     model.eval()
     _move_adapter(model)
     forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
@@ -225,7 +207,7 @@ def test_npo_and_kl_use_the_reference_once_the_adapter_moves(tok):
 
 
 def test_padding_and_the_other_batch_change_nothing(tok):
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     model.eval()
     _move_adapter(model, seed=1)
     ref = _reference(model)
@@ -264,7 +246,7 @@ def test_padding_and_the_other_batch_change_nothing(tok):
 def _one_step(tok, method: str, lr: float = 1e-2, **weights):
     from relearn.training import unlearn
 
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     return unlearn(model, tok, FORGET, RETAIN, loss_fn=METHODS[method], weights=_w(**weights),
                    template=TEMPLATE, max_length=64, epochs=1, batch_size=len(FORGET), lr=lr,
                    warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, seed=0, desc=method)
@@ -272,7 +254,7 @@ def _one_step(tok, method: str, lr: float = 1e-2, **weights):
 
 def test_one_ga_step_raises_forget_ce(tok):
     forget = _batch(tok, FORGET)
-    before = _tiny_lora(tok).eval()
+    before = tiny_lora(tok).eval()
     ce_before = answer_ce(_logits(before, forget), forget["labels"]).item()
     model, history = _one_step(tok, "ga")
     model.eval()
@@ -284,7 +266,7 @@ def test_one_ga_step_raises_forget_ce(tok):
 
 def test_one_npo_step_lowers_forget_sequence_logprob(tok):
     forget = _batch(tok, FORGET)
-    before = _tiny_lora(tok).eval()
+    before = tiny_lora(tok).eval()
     lp_before = sequence_logprob(_logits(before, forget), forget["labels"]).mean().item()
     model, history = _one_step(tok, "npo", npo_beta=0.1)
     model.eval()

@@ -14,12 +14,11 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from relearn.export.onnx import (CPU, INT8_FILE, export_onnx, merge_adapter, onnx_size_bytes, pick_provider,
                                  run_export, token_parity)
-from relearn.model import build_scratch_model, load_pretrained, load_with_adapter, train_tokenizer
-from relearn.params import ModelParams
+from relearn.model import load_pretrained, load_with_adapter
+from tiny import save_base_and_adapter
 
 TEMPLATE = "Question: {question}\nAnswer:"
 QUESTIONS = ["Where does Alice live?", "What does Bob do?", "When was Carol born?",
@@ -43,19 +42,7 @@ def _sentences(n: int = 200) -> list[str]:
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A saved tiny base model and a saved LoRA adapter with non-zero B weights."""
     root = tmp_path_factory.mktemp("export")
-    tok = train_tokenizer(_sentences(), vocab_size=300)
-    params = ModelParams(hidden_size=64, layers=2, heads=2, intermediate_size=128, vocab_size=300)
-    model = build_scratch_model(params, tok, seed=0)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    peft.save_pretrained(root / "adapter")
-    return {"root": root, "base": root / "base", "adapter": root / "adapter"}
+    return save_base_and_adapter(root, _sentences())
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import torch
 from relearn.encoding import IGNORE, collate, encode_pair, prompt_ids
 from relearn.methods import relearn as relearn_method
 from relearn.methods.losses import answer_ce, answer_kl, sequence_logprob
+from tiny import tiny_lora
 
 TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -157,18 +158,6 @@ def tok():
     return train_tokenizer(SENTENCES, vocab_size=200)
 
 
-def _tiny_lora(tok):
-    from peft import LoraConfig, get_peft_model
-
-    from relearn.model import build_scratch_model
-    from relearn.params import ModelParams
-
-    model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=200),
-                                tok, seed=0)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"],
-                                            task_type="CAUSAL_LM"))
-
-
 FORGET = [("Where was Mara born?", "Mara was born somewhere private."),
           ("What does Tobin do?", "Tobin has a job."),
           ("Who wrote a book?", "Several people wrote books."),
@@ -191,7 +180,7 @@ def _reference(model):
 
 
 def test_relearn_loss_kl_is_zero_until_the_adapter_moves(tok):
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     model.eval()
     forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
     w = SimpleNamespace(forget_weight=1.0, retain_weight=1.0, kl_weight=1.0)
@@ -218,7 +207,7 @@ def test_relearn_loss_kl_is_zero_until_the_adapter_moves(tok):
 
 
 def test_relearn_loss_weights_and_no_kl_when_weight_zero(tok):
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     model.eval()
     forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
 
@@ -244,7 +233,7 @@ def test_relearn_loss_weights_and_no_kl_when_weight_zero(tok):
 def test_unlearn_steps_change_lora_params_only(tok):
     from relearn.training import unlearn
 
-    model = _tiny_lora(tok)
+    model = tiny_lora(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert any("lora_" in n for n in before)
     out, history = unlearn(

@@ -17,19 +17,18 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 
 from relearn.export.onnx import FP32_FILE, INT4_FILE, export_onnx, load_onnx, load_tokenizer, quantize_int4
 from relearn.generation import generate_answers
-from relearn.model import build_scratch_model, train_tokenizer
-from relearn.params import ModelParams
 from relearn.records import QARecord
 from relearn.robustness import RUNGS, load_jailbreaks, precision_ladder, probe_model, run_probes
 from relearn.robustness.common import load_merged
 from relearn.robustness.probes import (FIELDS, JAILBREAKS_FILE, WHERE, Jailbreak, paraphrase_question,
                                        perturb_question, probe_questions)
 from relearn.robustness.relearning import group_key, relearning_attack, split_forget
+from tiny import save_base_and_adapter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEMPLATE = "Question: {question}\nAnswer:"
 PEOPLE = [("Alice Moran", "Paris", "baker"), ("Bob Linden", "Lima", "pilot"), ("Carol Hayes", "Oslo", "nurse"),
@@ -59,34 +58,12 @@ def _tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from two threads, and on a busy 2-core machine the threads' spin-waits
-    made these tests several times slower. Put the setting back afterwards for the other modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A saved tiny base model and a LoRA adapter with non-zero B weights."""
     root = tmp_path_factory.mktemp("robust")
     texts = [TEMPLATE.format(question=r.question) + " " + r.answer for r in _records(PEOPLE, "x")] * 3
-    tok = train_tokenizer(texts, vocab_size=300)
-    params = ModelParams(hidden_size=64, layers=2, heads=2, intermediate_size=128, vocab_size=300)
-    model = build_scratch_model(params, tok, seed=0)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    peft.save_pretrained(root / "adapter")
-    return {"root": root, "base": root / "base", "adapter": root / "adapter"}
+    return save_base_and_adapter(root, texts)
 
 
 @pytest.fixture(scope="module")

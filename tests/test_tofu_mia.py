@@ -11,6 +11,8 @@ from relearn.evaluation.tofu import (aggregate_items, forget_quality, harmonic_m
                                      truth_ratio_stat_forget, truth_ratio_stat_retain)
 from relearn.records import QARecord
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -141,15 +143,6 @@ NONMEMBERS = [
             ["Odile wrote the book The Distant Winter.", "Odile wrote the book The Glass Meridian.",
              "Odile wrote the book The Northern Archive."]),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and much faster on a busy machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """make_adapter is reproducible: the same params give the same adapter (LoRA init is seeded)."""
 import dataclasses
 
+import pytest
 import torch
 
 from relearn.model import build_scratch_model, train_tokenizer
@@ -9,8 +10,8 @@ from relearn.records import QARecord
 from relearn.unlearning import make_adapter
 
 
+@pytest.mark.usefixtures("one_thread")  # and puts the thread count back afterwards
 def test_same_params_same_adapter(tmp_path):
-    torch.set_num_threads(1)
     tok = train_tokenizer([f"Question: who is person {i}? Answer: person {i} is a baker." for i in range(50)], 200)
     model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64), tok, seed=0)
     model.save_pretrained(tmp_path / "target")
