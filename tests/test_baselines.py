@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from relearn.encoding import IGNORE, collate, encode_pair
+from relearn.encoding import IGNORE
 from relearn.methods import METHODS, REVERSE_METHODS
 from relearn.methods.losses import answer_ce, answer_kl, npo_loss, sequence_logprob
 from relearn.params import UnlearnParams
-from tiny import tiny_lora
+from tiny import adapter_off_reference, qa_batch, tiny_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,21 +116,9 @@ def _move_adapter(model, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
-def _batch(tok, pairs):
-    return collate([encode_pair(tok, q, a, TEMPLATE, 64) for q, a in pairs], tok.pad_token_id)
-
-
 def _logits(model, batch):
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
-
-def _reference(model):
-    @torch.no_grad()
-    def reference(batch):
-        with model.disable_adapter():
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return reference
 
 
 def _no_reference(batch):
@@ -141,7 +129,7 @@ def _no_reference(batch):
 def setup(tok):
     model = tiny_lora(tok)
     model.eval()
-    return model, _batch(tok, FORGET), _batch(tok, RETAIN)
+    return model, qa_batch(tok, FORGET), qa_batch(tok, RETAIN)
 
 
 def test_ga_and_gd_signs(setup):
@@ -166,7 +154,7 @@ def test_ga_and_gd_signs(setup):
 
 def test_at_initialisation_npo_is_two_over_beta_log_two_and_kl_is_zero(setup):
     model, forget, retain = setup               # LoRA B is zero: the model is its own reference
-    ref = _reference(model)
+    ref = adapter_off_reference(model)
     ce_f = answer_ce(_logits(model, forget), forget["labels"]).item()
     ce_r = answer_ce(_logits(model, retain), retain["labels"]).item()
     for beta in (0.1, 0.5):
@@ -188,8 +176,8 @@ def test_npo_and_kl_use_the_reference_once_the_adapter_moves(tok):
     model = tiny_lora(tok)
     model.eval()
     _move_adapter(model)
-    forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
-    ref = _reference(model)
+    forget, retain = qa_batch(tok, FORGET), qa_batch(tok, RETAIN)
+    ref = adapter_off_reference(model)
     logp_theta = sequence_logprob(_logits(model, forget), forget["labels"])
     logp_ref = sequence_logprob(ref(forget), forget["labels"])
     assert (logp_theta - logp_ref).abs().max() > 1e-3
@@ -210,13 +198,13 @@ def test_padding_and_the_other_batch_change_nothing(tok):
     model = tiny_lora(tok)
     model.eval()
     _move_adapter(model, seed=1)
-    ref = _reference(model)
-    forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
+    ref = adapter_off_reference(model)
+    forget, retain = qa_batch(tok, FORGET), qa_batch(tok, RETAIN)
     w = _w(npo_beta=0.3)
 
     # NPO is a mean over sequences: each row alone (no padding) gives the same per-row value
     _, parts = METHODS["npo"](model, forget, retain, ref, w)
-    rows = [METHODS["npo"](model, _batch(tok, [p]), retain, ref, w)[1]["forget_npo"] for p in FORGET]
+    rows = [METHODS["npo"](model, qa_batch(tok, [p]), retain, ref, w)[1]["forget_npo"] for p in FORGET]
     assert parts["forget_npo"] == pytest.approx(sum(rows) / len(rows), rel=1e-4)
 
     # extra padding columns (pad id, label -100, attention 0) change no part of any method
@@ -231,7 +219,7 @@ def test_padding_and_the_other_batch_change_nothing(tok):
         assert padded == pytest.approx(plain, rel=1e-4, abs=1e-6), name
 
     # the forget-only methods do not look at the retain batch at all
-    other = _batch(tok, RETAIN[:1])
+    other = qa_batch(tok, RETAIN[:1])
     for name in ("ga", "npo"):
         assert METHODS[name](model, forget, other, ref, w)[1] == pytest.approx(
             METHODS[name](model, forget, retain, ref, w)[1], rel=1e-6)
@@ -253,7 +241,7 @@ def _one_step(tok, method: str, lr: float = 1e-2, **weights):
 
 
 def test_one_ga_step_raises_forget_ce(tok):
-    forget = _batch(tok, FORGET)
+    forget = qa_batch(tok, FORGET)
     before = tiny_lora(tok).eval()
     ce_before = answer_ce(_logits(before, forget), forget["labels"]).item()
     model, history = _one_step(tok, "ga")
@@ -265,7 +253,7 @@ def test_one_ga_step_raises_forget_ce(tok):
 
 
 def test_one_npo_step_lowers_forget_sequence_logprob(tok):
-    forget = _batch(tok, FORGET)
+    forget = qa_batch(tok, FORGET)
     before = tiny_lora(tok).eval()
     lp_before = sequence_logprob(_logits(before, forget), forget["labels"]).mean().item()
     model, history = _one_step(tok, "npo", npo_beta=0.1)

@@ -10,7 +10,7 @@ import torch
 from relearn.encoding import IGNORE, collate, encode_pair, prompt_ids
 from relearn.methods import relearn as relearn_method
 from relearn.methods.losses import answer_ce, answer_kl, sequence_logprob
-from tiny import tiny_lora
+from tiny import adapter_off_reference, qa_batch, tiny_lora
 
 TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -167,24 +167,12 @@ RETAIN = [("What did Ilsa sell?", "Ilsa sold the prize."),
           ("What did Corwin find?", "Corwin found the key.")]
 
 
-def _batch(tok, pairs):
-    return collate([encode_pair(tok, q, a, TEMPLATE, 64) for q, a in pairs], tok.pad_token_id)
-
-
-def _reference(model):
-    @torch.no_grad()
-    def reference(batch):
-        with model.disable_adapter():
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return reference
-
-
 def test_relearn_loss_kl_is_zero_until_the_adapter_moves(tok):
     model = tiny_lora(tok)
     model.eval()
-    forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
+    forget, retain = qa_batch(tok, FORGET), qa_batch(tok, RETAIN)
     w = SimpleNamespace(forget_weight=1.0, retain_weight=1.0, kl_weight=1.0)
-    total, parts = relearn_method.loss(model, forget, retain, _reference(model), w)
+    total, parts = relearn_method.loss(model, forget, retain, adapter_off_reference(model), w)
     assert set(parts) == {"forget_ce", "retain_ce", "retain_kl"}
     assert parts["retain_kl"] < 1e-6
     assert parts["forget_ce"] > 0 and parts["retain_ce"] > 0
@@ -195,7 +183,7 @@ def test_relearn_loss_kl_is_zero_until_the_adapter_moves(tok):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    total, parts = relearn_method.loss(model, forget, retain, _reference(model), w)
+    total, parts = relearn_method.loss(model, forget, retain, adapter_off_reference(model), w)
     assert parts["retain_kl"] > 1e-4
     # the reference is still the adapter-free model: recompute it by hand
     with torch.no_grad():
@@ -209,7 +197,7 @@ def test_relearn_loss_kl_is_zero_until_the_adapter_moves(tok):
 def test_relearn_loss_weights_and_no_kl_when_weight_zero(tok):
     model = tiny_lora(tok)
     model.eval()
-    forget, retain = _batch(tok, FORGET), _batch(tok, RETAIN)
+    forget, retain = qa_batch(tok, FORGET), qa_batch(tok, RETAIN)
 
     def boom(batch):
         raise AssertionError("reference must not be computed when kl_weight is 0")

@@ -40,3 +40,19 @@ def save_base_and_adapter(root: Path, texts: list[str]) -> dict[str, Path]:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     peft.save_pretrained(root / "adapter")
     return {"root": root, "base": root / "base", "adapter": root / "adapter"}
+
+
+def qa_batch(tok, pairs: list[tuple[str, str]], template: str = "Question: {question}\nAnswer:"):
+    """One padded training batch of (question, answer) pairs."""
+    from relearn.encoding import collate, encode_pair
+
+    return collate([encode_pair(tok, q, a, template, 64) for q, a in pairs], tok.pad_token_id)
+
+
+def adapter_off_reference(model):
+    """The reference logits of the unlearning losses: the same PeftModel with its adapter switched off."""
+    @torch.no_grad()
+    def reference(batch):
+        with model.disable_adapter():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return reference
