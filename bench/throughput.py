@@ -1,102 +1,203 @@
-"""Throughput of the three hot loops on the demo-size model: target training, ReLearn steps, generation.
+"""fp32 vs bf16 tokens/s of the three hot loops, for the built-in model and SmolLM2: SFT step, ReLearn step, generation.
 
-    python bench/throughput.py [--params params.yaml] [--steps 30]
+    python bench/throughput.py [--models builtin,smollm2] [--steps 5] [--json FILE]
 
-Prints tokens/s (training) and questions/s (generation) on whatever device torch picks (CUDA when
-available). Uses the built-in world and a freshly initialised model, so it needs no pipeline outputs.
+Every measurement runs on one fixed batch (--batch QA pairs of the built-in world, at most --max-length
+tokens, encoded in the model's PromptFormat: SmolLM2's chat template, the plain template for the built-in
+model), warms up once, then keeps the best of --steps. bf16 is what the pipeline runs with model.dtype:
+bfloat16: autocast from make_accelerator (CPU too) for the two training steps, on the weights the
+pipeline loads (the from-scratch model trains fp32 master weights; load_pretrained gives a pretrained
+base, and every LoRA and generation base, bf16 weights); generation runs the bf16 weights as-is, as the
+evaluate stage does. The device is CUDA when present, else the CPU.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
+from accelerate.state import AcceleratorState
 from peft import get_peft_model
 
 from relearn.data.world import generate_world
-from relearn.generation import generate_answers
+from relearn.generation import generate_token_ids
 from relearn.methods import METHODS
-from relearn.model import build_scratch_model, count_parameters, train_tokenizer
+from relearn.methods.losses import answer_ce
+from relearn.model import DTYPES, build_scratch_model, load_pretrained, train_tokenizer
 from relearn.params import load_params
-from relearn.training import make_loader, make_optimizer
+from relearn.training import make_accelerator, make_loader, make_optimizer, optimizer_step
 from relearn.unlearning import lora_config
 
+ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = ("float32", "bfloat16")
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--steps", type=int, default=30)
-    args = ap.parse_args()
-    p = load_params(args.params)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = p.data
-    splits = generate_world(p.seed, d.people, d.forget_people, d.holdout_people, d.general, d.eval_templates, d.private_people)
-    template = p.model.prompt_template
-    tokenizer = train_tokenizer([template.format(question=r.question) + " " + r.answer for rs in splits.values() for r in rs],
-                                p.model.vocab_size)
-    model = build_scratch_model(p.model, tokenizer, p.seed).to(device)
-    pairs = [(r.question, r.answer) for r in splits["forget"] + splits["retain"]]
-    print(f"device {device}, torch threads {torch.get_num_threads()}, model {count_parameters(model):,} parameters")
 
-    # target training: answer-token CE
-    from relearn.methods.losses import answer_ce
-    loader = make_loader(tokenizer, pairs, template, p.model.max_length, p.target.batch_size, p.seed)
-    optimizer, _ = make_optimizer(model, p.target.lr, 0.0, 0.0, args.steps)
-    def batches(n: int):
-        while True:
-            for batch in loader:
-                if n == 0:
-                    return
-                n -= 1
-                yield batch
+@dataclass
+class Subject:
+    """A model under test: a fresh copy in a given weight dtype, its tokenizer, and its fixed batches."""
+    name: str
+    load: Callable[[str], torch.nn.Module]
+    tokenizer: object
+    scratch: bool  # the from-scratch model trains fp32 weights whatever model.dtype says
+    forget: dict
+    retain: dict
+    questions: list[str]
 
-    tokens, start = 0, time.perf_counter()
+
+def best_seconds(step: Callable[[], object], steps: int, device: torch.device) -> float:
+    """One warm-up call, then the fastest of `steps` calls."""
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def accelerator_for(dtype: str):
+    AcceleratorState._reset_state(True)  # the state is a process-wide singleton; fp32 and bf16 share a process
+    return make_accelerator(dtype)
+
+
+def on(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def sft_step(s: Subject, p, dtype: str, steps: int) -> float:
+    """Full fine-tuning: forward, answer-token CE, backward, clip, AdamW step (train_causal_lm's step)."""
+    accelerator = accelerator_for(dtype)
+    model = s.load("float32" if s.scratch else dtype)
+    optimizer, scheduler = make_optimizer(model, p.target.lr, p.target.weight_decay, 0.0, steps + 1)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    for batch in batches(args.steps):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = answer_ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        tokens += int(batch["attention_mask"].sum())
-    seconds = time.perf_counter() - start
-    print(f"target training: {tokens / seconds:,.0f} tokens/s ({args.steps} steps of {p.target.batch_size}, {seconds:.1f} s)")
+    batch = on(s.forget, accelerator.device)
 
-    # ReLearn steps on a LoRA adapter (forward forget + retain, reference forward, backward)
-    peft_model = get_peft_model(model, lora_config(p))
-    optimizer, _ = make_optimizer(peft_model, p.unlearn.lr, 0.0, 0.0, args.steps)
-    loader = make_loader(tokenizer, pairs, template, p.model.max_length, p.unlearn.batch_size, p.seed)
+    def step():
+        loss = answer_ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                         batch["labels"])
+        optimizer_step(accelerator, model, optimizer, scheduler, loss, p.target.grad_clip)
+    return int(batch["attention_mask"].sum()) / best_seconds(step, steps, accelerator.device)
+
+
+def relearn_step(s: Subject, p, dtype: str, steps: int) -> float:
+    """LoRA on params.unlearn.lora, METHODS['relearn'] on forget + retain with the adapter-off KL reference
+    (unlearn's step); tokens are forget + retain tokens."""
+    accelerator = accelerator_for(dtype)
+    torch.manual_seed(p.seed)
+    model = get_peft_model(s.load(dtype), lora_config(p))
+    optimizer, scheduler = make_optimizer(model, p.unlearn.lr, p.unlearn.weight_decay, 0.0, steps + 1)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    forget, retain = on(s.forget, accelerator.device), on(s.retain, accelerator.device)
 
     @torch.no_grad()
-    def reference(batch):
-        with peft_model.disable_adapter():
-            return peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    def reference(batch):  # as in relearn.training.unlearn: the same weights with the adapter off
+        with model.disable_adapter():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    tokens, start = 0, time.perf_counter()
-    it = iter(loader)
-    for _ in range(args.steps):
-        try:
-            forget, retain = next(it), next(it)
-        except StopIteration:
-            it = iter(loader)
-            forget, retain = next(it), next(it)
-        forget = {k: v.to(device) for k, v in forget.items()}
-        retain = {k: v.to(device) for k, v in retain.items()}
-        loss, _ = METHODS["relearn"](peft_model, forget, retain, reference, p.unlearn)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        tokens += int(forget["attention_mask"].sum() + retain["attention_mask"].sum())
-    seconds = time.perf_counter() - start
-    print(f"relearn steps: {tokens / seconds:,.0f} tokens/s ({args.steps} steps of {p.unlearn.batch_size}+{p.unlearn.batch_size}, {seconds:.1f} s)")
+    def step():
+        loss, _ = METHODS["relearn"](model, forget, retain, reference, p.unlearn)
+        optimizer_step(accelerator, model, optimizer, scheduler, loss, p.unlearn.grad_clip)
+    tokens = int(forget["attention_mask"].sum() + retain["attention_mask"].sum())
+    return tokens / best_seconds(step, steps, accelerator.device)
 
-    # batched greedy generation
-    questions = [r.question for r in splits["retain_eval"]]
-    start = time.perf_counter()
-    generate_answers(peft_model, tokenizer, questions, template, p.evaluate.max_new_tokens, p.evaluate.batch_size)
-    seconds = time.perf_counter() - start
-    print(f"generation: {len(questions) / seconds:.1f} questions/s ({len(questions)} questions, "
-          f"{p.evaluate.max_new_tokens} new tokens max, batch {p.evaluate.batch_size})")
+
+def generation(s: Subject, p, dtype: str, steps: int, new_tokens: int) -> float:
+    """Batched (left-padded) greedy generation of all questions at once; new tokens/s (stop tokens counted)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = s.load(dtype).to(device)
+    counted = []
+
+    def step():
+        with contextlib.redirect_stdout(io.StringIO()):  # generate_token_ids' progress line
+            rows = generate_token_ids(model, s.tokenizer, s.questions, p.model.prompt, new_tokens, len(s.questions))
+        counted.append(sum(min(len(r) + 1, new_tokens) for r in rows))
+    seconds = best_seconds(step, steps, device)
+    return min(counted) / seconds  # greedy: every call makes the same tokens
+
+
+def subjects(names: list[str], p, args) -> list[Subject]:
+    d = p.data
+    splits = generate_world(p.seed, d.people, d.forget_people, d.holdout_people, d.general, d.eval_templates,
+                            d.private_people)
+    out = []
+    for name in names:
+        if name == "builtin":  # the target stage's from-scratch tokenizer and model
+            texts = [p.model.prompt_template.format(question=r.question) + " " + r.answer
+                     for rs in splits.values() for r in rs]
+            tokenizer = train_tokenizer(texts, p.model.vocab_size)
+            load = lambda dtype, t=tokenizer: build_scratch_model(p.model, t, p.seed).to(DTYPES[dtype])  # noqa: E731
+        elif name == "smollm2":
+            path = Path(args.smollm2) if Path(args.smollm2).is_absolute() else ROOT / args.smollm2
+            if not (path / "config.json").exists():
+                print(f"smollm2: no model at {path}: run `make smollm2` to get it; skipped")
+                continue
+            tokenizer = load_pretrained(path)[1]
+            load = lambda dtype, path=path: load_pretrained(path, dtype)[0]  # noqa: E731
+        else:
+            raise SystemExit(f"unknown model {name!r} (builtin, smollm2)")
+
+        def batch(split: str, tokenizer=tokenizer) -> dict:
+            pairs = [(r.question, r.answer) for r in splits[split]]
+            loader = make_loader(tokenizer, pairs, p.model.prompt, args.max_length, args.batch, p.seed, shuffle=False)
+            return next(iter(loader))
+        out.append(Subject(name, load, tokenizer, name == "builtin", batch("forget"), batch("retain"),
+                           [r.question for r in splits["forget"][:args.batch]]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--models", default="builtin,smollm2", help="comma-separated: builtin, smollm2")
+    ap.add_argument("--smollm2", default="models/pretrained/SmolLM2-135M-Instruct", help="HF model directory")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up (best is kept)")
+    ap.add_argument("--batch", type=int, default=8, help="QA pairs per batch (and prompts per generation)")
+    ap.add_argument("--max-length", type=int, default=96, help="tokens per pair at most")
+    ap.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--json", help="write the numbers to this file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p = load_params(args.params)
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    info = {"device": device, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count(),
+            "loadavg_before": os.getloadavg()[0], "steps": args.steps, "batch": args.batch,
+            "max_length": args.max_length, "new_tokens": args.new_tokens}
+    print(", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    measures = {"sft step": lambda s, dt: sft_step(s, p, dt, args.steps),
+                "relearn step": lambda s, dt: relearn_step(s, p, dt, args.steps),
+                "generation": lambda s, dt: generation(s, p, dt, args.steps, args.new_tokens)}
+    rows = []
+    print(f"{'model':<8} | {'measure':<12} | {'fp32 tok/s':>10} | {'bf16 tok/s':>10} | bf16/fp32", flush=True)
+    try:
+        for s in subjects(args.models.split(","), p, args):
+            for measure, run in measures.items():
+                fp32, bf16 = (run(s, dtype) for dtype in PRECISIONS)
+                rows.append({"model": s.name, "measure": measure, "fp32_tok_s": round(fp32, 1),
+                             "bf16_tok_s": round(bf16, 1), "bf16_over_fp32": round(bf16 / fp32, 3)})
+                print(f"{s.name:<8} | {measure:<12} | {fp32:>10,.0f} | {bf16:>10,.0f} | {bf16 / fp32:.2f}", flush=True)
+    finally:
+        AcceleratorState._reset_state(True)  # leave no bf16 state behind for a caller in the same process
+    info["loadavg_after"] = os.getloadavg()[0]
+    print(f"load average (1 min) before {info['loadavg_before']:.2f}, after {info['loadavg_after']:.2f} "
+          f"on {info['cpus']} CPUs")
+    result = {**info, "results": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

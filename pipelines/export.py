@@ -17,7 +17,7 @@ def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget_eval", "retain_eval"))
     questions = [r.question for r in (splits["forget_eval"] + splits["retain_eval"])][: p.export.parity_questions]
-    report = run_export("models/target", "models/adapter", "export", questions, p.model.prompt_template,
+    report = run_export("models/target", "models/adapter", "export", questions, p.model.prompt,
                         p.export.max_new_tokens, p.export.quantize)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports
         report.pop(key, None)

@@ -51,7 +51,7 @@ def main() -> None:
         model_name=p.register.model_name, experiment=p.register.experiment, params=p,
         metrics=registry_metrics(evaluation, export, robustness),
         base_model_dir="models/target", adapter_dir="models/adapter",
-        generation={"prompt_template": p.model.prompt_template, "max_new_tokens": p.evaluate.max_new_tokens,
+        generation={"prompt_format": p.model.prompt.to_dict(), "max_new_tokens": p.evaluate.max_new_tokens,
                     "batch_size": p.evaluate.batch_size},
         dataset_hashes=hashes, counts={name: count_lines(path) for name, path in datasets.items()},
         git_commit=commit, extra_tags={"method": p.unlearn.method},

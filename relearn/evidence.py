@@ -46,24 +46,24 @@ def model_evidence(model, tokenizer, splits: Mapping[str, list[QARecord]], varia
     tofu: dict[str, Any] = {}
     for name, records, kind in (("forget", splits["forget_eval"], "forget"), ("retain", splits["retain_eval"], "retain")):
         answers = [items[name][r.id]["answer"] for r in records]
-        tofu[name], per_item = tofu_set_metrics(model, tokenizer, records, answers, m.prompt_template, m.max_length,
+        tofu[name], per_item = tofu_set_metrics(model, tokenizer, records, answers, m.prompt, m.max_length,
                                                 e.batch_size, kind=kind)
         items[f"tofu_{name}"] = per_item
     general = _with_options(splits["general"])
     if general:
-        answers = generate_answers(model, tokenizer, [r.question for r in general], m.prompt_template,
+        answers = generate_answers(model, tokenizer, [r.question for r in general], m.prompt,
                                    e.max_new_tokens, e.batch_size, desc="generate general")
         tofu["general"], items["tofu_general"] = tofu_set_metrics(model, tokenizer, general, answers,
-                                                                  m.prompt_template, m.max_length, e.batch_size,
+                                                                  m.prompt, m.max_length, e.batch_size,
                                                                   kind="general")
     tofu["model_utility"] = model_utility({k: v for k, v in tofu.items() if k in ("retain", "general")})
     metrics["tofu"] = tofu
     # membership inference: does the model still tell the forget set (trained) from the holdout (never trained)?
-    metrics["mia"], items["mia"] = mia(model, tokenizer, splits["forget"], splits["holdout"], m.prompt_template,
+    metrics["mia"], items["mia"] = mia(model, tokenizer, splits["forget"], splits["holdout"], m.prompt,
                                        m.max_length, e.batch_size, k=params.robustness.mia_k)
     # the seesaw: how likely the model finds the original forget answers, token by token
     logprobs = answer_token_logprobs(model, tokenizer, [r.question for r in splits["forget"]],
-                                     [r.answer for r in splits["forget"]], m.prompt_template, m.max_length,
+                                     [r.answer for r in splits["forget"]], m.prompt, m.max_length,
                                      e.batch_size)
     metrics["seesaw"] = probability_histogram(logprobs)
     return metrics, items

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from relearn.encoding import IGNORE, collate, encode_pair, prompt_ids
+from relearn.encoding import IGNORE, PromptFormat, collate, encode_pair, prompt_ids, stop_ids
 from relearn.progress import Progress
 
 
@@ -26,14 +26,15 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def generate_token_ids(model, tokenizer, questions: list[str], template: str, max_new_tokens: int,
+def generate_token_ids(model, tokenizer, questions: list[str], template: str | PromptFormat, max_new_tokens: int,
                        batch_size: int = 32, do_sample: bool = False, temperature: float = 0.7,
                        top_p: float = 0.9, top_k: int = 5, seed: int = 0, desc: str = "generate") -> list[list[int]]:
-    """New tokens for each question (eos and padding stripped)."""
+    """New tokens for each question, cut at the first stop token (eos, or the chat format's
+    end-of-turn), padding stripped."""
     if hasattr(model, "eval"):
         model.eval()
     torch.manual_seed(seed)
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad_id, stops = tokenizer.pad_token_id, stop_ids(tokenizer, template)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else dict(do_sample=False)
     out: list[list[int]] = []
     progress = Progress(desc, len(questions), unit="question")
@@ -42,24 +43,24 @@ def generate_token_ids(model, tokenizer, questions: list[str], template: str, ma
         ids, mask = _left_pad([prompt_ids(tokenizer, q, template) for q in chunk], pad_id)
         device = _device(model)
         generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stops,
                                    **sampling)
         for row in generated[:, ids.shape[1]:].tolist():
-            if eos_id in row:
-                row = row[:row.index(eos_id)]
+            end = next((i for i, t in enumerate(row) if t in stops), len(row))
+            row = row[:end]
             out.append([t for t in row if t != pad_id])
         progress.update(len(chunk))
     return out
 
 
-def generate_answers(model, tokenizer, questions: list[str], template: str, max_new_tokens: int,
+def generate_answers(model, tokenizer, questions: list[str], template: str | PromptFormat, max_new_tokens: int,
                      batch_size: int = 32, **kw) -> list[str]:
     ids = generate_token_ids(model, tokenizer, questions, template, max_new_tokens, batch_size, **kw)
     return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
 
 
 @torch.no_grad()
-def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[str], template: str,
+def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[str], template: str | PromptFormat,
                           max_length: int = 512, batch_size: int = 32) -> list[list[float]]:
     """log p(token) of every answer token given the question and the answer so far, per pair."""
     if hasattr(model, "eval"):
@@ -78,7 +79,7 @@ def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[
     return results
 
 
-def answer_nll(model, tokenizer, questions: list[str], answers: list[str], template: str,
+def answer_nll(model, tokenizer, questions: list[str], answers: list[str], template: str | PromptFormat,
                max_length: int = 512, batch_size: int = 32) -> list[tuple[float, int]]:
     """(sum of negative log-likelihood, number of tokens) of each answer given its question."""
     rows = answer_token_logprobs(model, tokenizer, questions, answers, template, max_length, batch_size)

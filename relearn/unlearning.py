@@ -34,7 +34,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
     start = time.monotonic()
     model, history = unlearn(
         model, tokenizer, [(r.question, r.answer) for r in forget_side], [(r.question, r.answer) for r in retain],
-        loss_fn=METHODS[u.method], weights=u, template=params.model.prompt_template,
+        loss_fn=METHODS[u.method], weights=u, template=params.model.prompt,
         max_length=params.model.max_length, epochs=u.epochs, batch_size=u.batch_size, lr=u.lr,
         warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
         dtype=params.model.dtype, desc=f"unlearn:{u.method}")

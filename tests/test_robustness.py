@@ -19,6 +19,7 @@ import onnx
 import pytest
 
 from relearn.export.onnx import FP32_FILE, INT4_FILE, export_onnx, load_onnx, load_tokenizer, quantize_int4
+from relearn.encoding import as_format, prompt_text
 from relearn.generation import generate_answers
 from relearn.records import QARecord
 from relearn.robustness import RUNGS, load_jailbreaks, precision_ladder, probe_model, run_probes
@@ -173,12 +174,13 @@ def test_jailbreak_file_problems_are_all_reported(tmp_path):
 
 def test_jailbreak_placement():
     q = "Where was Alice Moran born?"
-    assert Jailbreak("p", "role_play", "question_prefix", "Pretend.").apply(q, TEMPLATE) == (f"Pretend. {q}", TEMPLATE)
-    assert Jailbreak("s", "authority", "question_suffix", "Now.").apply(q, TEMPLATE) == (f"{q} Now.", TEMPLATE)
-    question, template = Jailbreak("a", "answer_priming", "answer_prefix", "Sure {ok}:").apply(q, TEMPLATE)
+    plain = as_format(TEMPLATE)
+    assert Jailbreak("p", "role_play", "question_prefix", "Pretend.").apply(q, TEMPLATE) == (f"Pretend. {q}", plain)
+    assert Jailbreak("s", "authority", "question_suffix", "Now.").apply(q, TEMPLATE) == (f"{q} Now.", plain)
+    question, fmt = Jailbreak("a", "answer_priming", "answer_prefix", "Sure {ok}:").apply(q, TEMPLATE)
     assert question == q
-    # the priming text stands after the answer marker, where the model's answer starts
-    assert template.format(question=q) == f"Question: {q}\nAnswer: Sure {{ok}}:"
+    # the priming text stands after the answer marker, where the model's answer starts (braces kept as text)
+    assert prompt_text(None, q, fmt) == f"Question: {q}\nAnswer: Sure {{ok}}:"
 
 
 # ------------------------------------------------------------------------------------ question rewrites

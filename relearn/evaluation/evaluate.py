@@ -35,7 +35,7 @@ def score_set(answers: list[str], records: list[QARecord], kind: str, ppl_model,
     """(aggregate metrics, per-item results) for one set; kind is 'forget' or 'retain'."""
     knowledge = KnowledgeScorer.from_params(params.evaluate).score(answers, records, kind)
     nll = answer_nll(ppl_model, ppl_tokenizer, [r.question for r in records], answers,
-                     params.model.prompt_template, params.model.max_length, params.evaluate.batch_size)
+                     params.model.prompt, params.model.max_length, params.evaluate.batch_size)
     ppls = [perplexity(s, n) for s, n in nll]
     ls = linguistic_score(answers, ppls, ppl_aggregate=params.evaluate.ppl_aggregate)
     rouge = mean_rouge(answers, [r.answer for r in records])
@@ -52,7 +52,7 @@ def knowledge_rates(model, tokenizer, forget_eval: list[QARecord], retain_eval: 
     e = params.evaluate
     rates = {}
     for records, kind, rate in ((forget_eval, "forget", "kfr"), (retain_eval, "retain", "krr")):
-        answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
+        answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt,
                                    e.max_new_tokens, e.batch_size, desc=f"{label} {kind}".strip())
         rates[rate] = KnowledgeScorer.from_params(e).score(answers, records, kind)[rate]
     return rates
@@ -73,7 +73,7 @@ def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: l
     for round_ in range(e.rounds):
         result: dict = {}
         for name, records, kind in sets:
-            answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
+            answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt,
                                        e.max_new_tokens, e.batch_size, do_sample=e.do_sample,
                                        temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
                                        seed=params.seed + round_, desc=f"generate {name}")

@@ -3,7 +3,8 @@
 Artifacts (local copies made by MLflow when the model is loaded):
 - `base_model`: a directory that `from_pretrained` reads (model and tokenizer),
 - `adapter`: the peft adapter directory,
-- `generation`: a JSON file with `prompt_template`, `max_new_tokens`, `batch_size` (and `dtype`).
+- `generation`: a JSON file with `prompt_format` (relearn.encoding.PromptFormat as a mapping; an older
+  `prompt_template` string means the plain format), `max_new_tokens`, `batch_size` (and `dtype`).
 
 Input: a DataFrame with a `question` column, or a list of questions. Output: a list of answers.
 The model is logged without a signature on purpose: a column-based signature makes MLflow reject a
@@ -19,7 +20,7 @@ import mlflow.pyfunc
 
 from relearn.errors import UserError
 
-GENERATION_KEYS = ("prompt_template", "max_new_tokens", "batch_size")
+GENERATION_KEYS = ("max_new_tokens", "batch_size")
 
 
 def questions_from(model_input) -> list[str]:
@@ -52,6 +53,8 @@ class UnlearnedModel(mlflow.pyfunc.PythonModel):
         missing = [k for k in GENERATION_KEYS if k not in settings]
         if missing:
             raise ValueError(f"generation artifact lacks {', '.join(missing)}")
+        if "prompt_format" not in settings and "prompt_template" not in settings:
+            raise ValueError("generation artifact lacks prompt_format")
         self.settings = settings
         self.model, self.tokenizer = load_with_adapter(
             context.artifacts["base_model"], context.artifacts["adapter"], settings.get("dtype", "float32"))
@@ -64,6 +67,9 @@ class UnlearnedModel(mlflow.pyfunc.PythonModel):
         questions = questions_from(model_input)
         if not questions:
             return []
+        from relearn.encoding import PromptFormat, as_format
+
         s = self.settings
-        return generate_answers(self.model, self.tokenizer, questions, s["prompt_template"],
+        fmt = PromptFormat.from_dict(s["prompt_format"]) if "prompt_format" in s else as_format(s["prompt_template"])
+        return generate_answers(self.model, self.tokenizer, questions, fmt,
                                 int(s["max_new_tokens"]), int(s["batch_size"]))

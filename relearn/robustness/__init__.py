@@ -104,7 +104,7 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
             raise UserError(f"robustness.jailbreaks: {e}") from None
     return probe_model(
         base_dir, adapter_dir, forget_eval=splits["forget_eval"], retain_eval=splits["retain_eval"],
-        forget=splits["forget"], template=params.model.prompt_template, max_new_tokens=params.evaluate.max_new_tokens,
+        forget=splits["forget"], template=params.model.prompt, max_new_tokens=params.evaluate.max_new_tokens,
         batch_size=params.evaluate.batch_size, parts=parts, work_dir=work_dir, rungs=r.ladder,
         int4_block_size=r.int4_block_size, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
         relearn_lr=r.relearn_lr, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from relearn.augment.rules import guess_subject
+from relearn.encoding import PromptFormat, as_format, prompt_ids
 from relearn.records import QARecord
 from relearn.robustness.common import answer_and_score, timed
 
@@ -213,14 +214,16 @@ class Jailbreak:
     where: str  # question_prefix | question_suffix | answer_prefix
     text: str
 
-    def apply(self, question: str, template: str) -> tuple[str, str]:
-        """(question, template) to generate with: the text goes before or after the question, or
-        after the template's answer marker (braces escaped, so the template still formats)."""
+    def apply(self, question: str, template: "str | PromptFormat") -> tuple[str, PromptFormat]:
+        """(question, prompt format) to generate with: the text goes before or after the question,
+        or starts the answer (after the plain template's answer marker, or the chat template's
+        assistant header)."""
+        fmt = as_format(template)
         if self.where == "question_prefix":
-            return f"{self.text} {question}", template
+            return f"{self.text} {question}", fmt
         if self.where == "question_suffix":
-            return f"{question} {self.text}", template
-        return question, template + " " + self.text.replace("{", "{{").replace("}", "}}")
+            return f"{question} {self.text}", fmt
+        return question, fmt.with_prefill(self.text)
 
 
 def load_jailbreaks(path: str | Path | None = None) -> tuple[int, list[Jailbreak]]:
@@ -295,7 +298,6 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
     is a probe whose KFR falls below the plain questions'. "max_prompt_tokens" is the longest
     prompt; a warning is printed when it plus max_new_tokens exceeds the model's positions.
     """
-    from relearn.encoding import prompt_ids
 
     unknown = [p for p in probes if p not in PROBES]
     if unknown:
