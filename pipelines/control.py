@@ -19,7 +19,7 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
     tokenizer = AutoTokenizer.from_pretrained("models/target")  # the very same tokenizer
     epochs = read_json("reports/target.json")["epochs_run"]
-    model, history, report = make_control(p, splits, tokenizer, epochs)
+    model, history, report = make_control(p, splits, tokenizer, epochs, "models/base" if p.model.base else None)
     with atomic_dir("models/control") as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

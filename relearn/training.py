@@ -38,9 +38,10 @@ class History:
 
 
 def make_accelerator(dtype: str) -> Accelerator:
+    """bf16 (and fp16) as autocast mixed precision; bf16 on a CPU too (fp16 autocast is GPU-only)."""
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
-    if not torch.cuda.is_available():
-        mixed = "no"  # CPU: train in fp32
+    if not torch.cuda.is_available() and mixed == "fp16":
+        mixed = "no"  # no fp16 autocast on a CPU: train in fp32
     return Accelerator(mixed_precision=mixed)
 
 
