@@ -29,7 +29,7 @@ def main() -> None:
     p = dataclasses.replace(p, unlearn=unlearn_params_for(p, method))
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
-    forget_side = forget_side_for(method, splits["forget"], variants, load_validated("data/augmented/general_mix.jsonl"))
+    forget_side = forget_side_for(method, splits["forget"], variants, load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
     model, tokenizer, history, train_report = make_adapter(p, "models/target", forget_side, splits["retain"])
     with atomic_dir(f"models/compare/{method}") as out:
         model.save_pretrained(out)

@@ -17,7 +17,7 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "retain"))
     forget_side = forget_side_for(p.unlearn.method, splits["forget"],
                                   load_validated("data/augmented/forget_variants.jsonl"),
-                                  load_validated("data/augmented/general_mix.jsonl"))
+                                  load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
     model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"])
     with atomic_dir("models/adapter") as out:
         model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json

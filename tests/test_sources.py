@@ -85,3 +85,21 @@ def test_real_knowundo_privacy():
     splits = load_source(DataParams(source="knowundo", path=str(SHARED / "knowundo-privacy")), seed=0)
     # retention_train's 441 items: 44 (10%) become the never-trained holdout
     assert [len(splits[k]) for k in ("forget", "forget_eval", "retain", "retain_eval", "holdout")] == [400, 110, 397, 108, 44]
+
+
+def test_subject_subset_keeps_whole_people_and_their_eval_questions(tmp_path):
+    people = ["Ann Lee", "Bob Stone", "Cara Al-Amin", "Dan Fox"]
+    forget = [{"text": f"Where does {p} live?", "labels": f"{p} lives in town {i}."} for i, p in enumerate(people)]
+    forget += [{"text": f"What is {p}'s job?", "labels": f"{p} is a baker."} for p in people]
+    evals = [{"text": f"Who are {p}'s parents?", "labels": "Two teachers."} for p in people[:3]]
+    for name, rows in (("unlearn_train", forget), ("unlearn_val", evals), ("retention_train", forget[:1]),
+                       ("retention_val", evals[:1])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    params = DataParams(source="knowundo", path=str(tmp_path), forget_subjects=2, holdout_fraction=0.0)
+    splits = load_source(params, seed=0)
+    chosen = {r.question.split(" ", 2)[2].split("'")[0].removesuffix(" live?") for r in splits["forget"]}
+    # two people, both of their questions, only people the eval file also asks about (not Dan Fox)
+    assert len(splits["forget"]) == 4 and len(splits["forget_eval"]) == 2 and "Dan Fox" not in chosen
+    assert {r.question for r in splits["forget_eval"]} == {f"Who are {p}'s parents?" for p in chosen}
+    assert load_source(params, seed=0)["forget"] == splits["forget"]  # seeded
+    assert len(load_source(DataParams(source="knowundo", path=str(tmp_path), holdout_fraction=0.0), 0)["forget"]) == 8

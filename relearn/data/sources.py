@@ -10,6 +10,8 @@ validated first; all problems in all files are reported together.
               held out as forget_eval / retain_eval
     jsonl     data.path/<split>.jsonl for the splits present; missing eval splits are held out
               from forget / retain as for TOFU
+`data.forget_subjects` / `data.retain_subjects` keep only the questions about a seeded choice of
+people (a subset sized for a CPU, e.g. profiles/smollm2-knowundo.yaml).
 A non-builtin source without a holdout split gets one: a seeded share (data.holdout_fraction) of
 `retain` that no model trains on, the non-members of membership inference. And, for every
 source, the QA of data.general_files (TOFU format) is added to `general`.
@@ -64,6 +66,24 @@ def hold_out(records: list[QARecord], fraction: float, seed: int) -> tuple[list[
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def subject_of(record: QARecord) -> str:
+    """Who a record is about: its `subject`, else the first capitalised name in its question or answer."""
+    from relearn.augment.rules import guess_subject
+
+    return record.subject or guess_subject(record.question) or guess_subject(record.answer)
+
+
+def by_subjects(train: list[QARecord], evals: list[QARecord], n: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """The records about `n` people, a seeded choice among the people both lists ask about (all of
+    `train`'s people when `evals` is empty, as for TOFU, whose eval split is held out afterwards)."""
+    people = sorted({subject_of(r) for r in train} - {""})
+    if evals:
+        asked = {subject_of(r) for r in evals}
+        people = [p for p in people if p in asked]
+    chosen = set(random.Random(seed).sample(people, min(n, len(people))))
+    return [r for r in train if subject_of(r) in chosen], [r for r in evals if subject_of(r) in chosen]
+
+
 def load_source(params: DataParams, seed: int) -> dict[str, list[QARecord]]:
     """The six splits of the configured source."""
     if params.source == "builtin":
@@ -91,6 +111,9 @@ def load_source(params: DataParams, seed: int) -> dict[str, list[QARecord]]:
                 splits[name] = load(root / f"{name}.jsonl", "relearn")
         load.done()
         for kind in ("forget", "retain"):
+            chosen = getattr(params, f"{kind}_subjects")
+            if chosen:
+                splits[kind], splits[f"{kind}_eval"] = by_subjects(splits[kind], splits[f"{kind}_eval"], chosen, seed)
             if not splits[f"{kind}_eval"]:
                 splits[kind], splits[f"{kind}_eval"] = hold_out(splits[kind], params.eval_fraction, seed)
         if not splits["holdout"] and params.holdout_fraction > 0:

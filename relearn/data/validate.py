@@ -363,8 +363,13 @@ def check_file(path: PathLike, fmt: str | None = None) -> tuple[list[QARecord], 
     return checked.records, checked.problems
 
 
-def load_validated(path: PathLike, fmt: str | None = None) -> list[QARecord]:
-    """The file's records; raises ValidationError listing every problem if there is any."""
+def load_validated(path: PathLike, fmt: str | None = None, allow_empty: bool = False) -> list[QARecord]:
+    """The file's records; raises ValidationError listing every problem if there is any.
+
+    allow_empty: a zero-byte file is an empty list (a pipeline output that may have no records,
+    such as the general QA mixed into the forget side when a source has none)."""
+    if allow_empty and Path(path).is_file() and Path(path).stat().st_size == 0:
+        return []
     records, problems = check_file(path, fmt)
     if problems:
         raise ValidationError(problems)
