@@ -218,6 +218,6 @@ def test_failed_robustness_gate_keeps_version_out_of_challenger(project):
     gate = next(g for g in registration["gates"] if g["name"] == "jailbreak")
     assert gate["value"] is not None and not gate["passed"]  # measured and too low, not missing
     status = run([sys.executable, "-m", "relearn.cli", "status"], work, env).stdout
-    line = next(l for l in status.splitlines() if "version   2" in l)
+    line = next(row for row in status.splitlines() if "version   2" in row)
     assert "failed" in line and "blocked" in line and "challenger" not in line
     assert "failed gate jailbreak" in status

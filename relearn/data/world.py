@@ -180,7 +180,7 @@ def make_people(n: int, rng: random.Random) -> list[Person]:
             ("profession", lambda: rng.choice(PROFESSIONS)),
             ("father_profession", lambda: rng.choice(PROFESSIONS)),
             ("mother_profession", lambda: rng.choice(PROFESSIONS)),
-            ("email", lambda: f"{first.lower()}.{last.lower().replace('-', '')}{rng.randint(1, 99)}@{rng.choice(DOMAINS)}"),
+            ("email", lambda: f"{first.lower()}.{last.lower().replace('-', '')}{rng.randint(1, 99)}@{rng.choice(DOMAINS)}"),  # noqa: B023 (called at once, in the loop)
             ("address", lambda: f"{rng.randint(2, 980)} {rng.choice(STREET_NAMES)} {rng.choice(STREET_TYPES)}, {_place(rng)}"),
             ("book", lambda: f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"),
             ("award", lambda: f"the {rng.choice(LAST)} Prize for {rng.choice(AWARD_FIELDS)}"),
@@ -204,7 +204,7 @@ def _fill(template: str, person: Person, facts: dict[str, str] | None = None) ->
 def person_records(person: Person, index: int, people: list[Person], rng: random.Random) -> list[QARecord]:
     """Every phrasing of every fact of one person (the `variant` field is left as 'original')."""
     records = []
-    for g, (group, (questions, answer, paraphrase)) in enumerate(QUESTIONS.items()):
+    for _g, (group, (questions, answer, paraphrase)) in enumerate(QUESTIONS.items()):
         keys = GROUP_FACTS.get(group, [group])
         facts = {k: person.facts[k] for k in keys}
         others = [p for p in people if p is not person]

@@ -39,7 +39,6 @@ Two optional model-based scorers (both off by default; then the numbers are the 
 from __future__ import annotations
 
 import math
-import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -178,7 +177,7 @@ def knowledge_scores(answers: list[str], records: list[QARecord], kind: str, nli
     if nli is not None:
         pairs = [(a, r.answer) if kind == "forget" else (r.answer, a) for r, a, *_ in items]
         judged = nli.predict([p for p, _ in pairs], [h for _, h in pairs])
-    for n, (record, answer, facts, found, extra) in enumerate(items):
+    for n, (record, _answer, facts, found, extra) in enumerate(items):
         revealed = [name for (name, _), ok in zip(facts, found) if ok]
         share = len(revealed) / len(facts)
         ok = is_forgotten(share, len(facts)) if kind == "forget" else is_retained(share)
