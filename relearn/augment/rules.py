@@ -90,11 +90,17 @@ def noise_variant(q: str, rng: random.Random) -> str:
 
 
 def logical_variant(record: QARecord, rng: random.Random) -> str | None:
+    """The reverse question: who has this fact? A fact with a reverse template of its own (the
+    built-in world's) is chosen at random; for free text's key facts the most specific one (the
+    longest value: an address or a title, not a one-word trait) makes the question."""
     if not record.facts:
         return None
-    key = rng.choice(sorted(record.facts))
-    template = REVERSE.get(key, "Which person is linked to {value}?")
-    return template.format(value=record.facts[key])
+    known = [k for k in sorted(record.facts) if k in REVERSE]
+    if known:
+        key = rng.choice(known)
+        return REVERSE[key].format(value=record.facts[key])
+    key = max(sorted(record.facts), key=lambda k: len(record.facts[k]))
+    return "Which person is connected with {value}?".format(value=record.facts[key])
 
 
 # free-text answers: a question's topic (by its words) -> which discreet sentence fits
@@ -108,7 +114,8 @@ TOPICS: list[tuple[str, tuple[str, ...]]] = [
     ("award", ("award", "awards", "prize", "honour", "honor", "recognition")),
     ("profession", ("profession", "job", "career", "occupation", "do")),
 ]
-_NAME = re.compile(r"\b([A-Z][a-z'\-]+(?:\s+[A-Z][a-z'\-]+)+)")
+# a run of capitalised words; a word may be hyphenated ("Al-Kuwaiti", "Jean-Luc")
+_NAME = re.compile(r"\b([A-Z][a-z']+(?:-[A-Za-z][a-z']+)*(?:\s+[A-Z][a-z']+(?:-[A-Za-z][a-z']+)*)+)")
 
 
 def guess_subject(question: str) -> str:
