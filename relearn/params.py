@@ -98,7 +98,9 @@ class LocalParams:
     model_path: str = _f("", "Local directory of a Hugging Face instruct (chat) model; loaded with local_files_only, never downloaded.")
     dtype: str = _f("auto", "auto (bfloat16 on a GPU that supports it, else float32) | float32 | bfloat16 | float16.")
     device: str = _f("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N | mps.")
-    max_new_tokens: int = _f(256, "Tokens generated per reply (the variants reply is a JSON object with one question per variant).")
+    reply: str = _f("json", "Reply format asked of the model: 'json' (one JSON object per call: an item's variants at once, vague answers, the model leak check) or 'text' (small instruct models such as SmolLM2-135M-Instruct: one plain-text call per question variant and per vague answer, shown by two worked examples; the model leak check is skipped, the key-fact leak check stays).")
+    max_new_tokens: int = _f(256, "Tokens generated per reply with reply: json (the variants reply is a JSON object with one question per variant).")
+    text_max_new_tokens: int = _f(48, "Tokens generated per reply with reply: text (one question or two short sentences).")
     temperature: float = _f(0.0, "0: greedy decoding (deterministic; every reply is cached); > 0: sampling at this temperature.")
     batch_size: int = _f(8, "Prompts generated together (also the number of forget items worked on at once).")
     rounds: int = _f(3, "Regeneration rounds for answers that fail the leak check.")
@@ -368,7 +370,9 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         problems.append(f"{where(('augment', 'local', 'dtype'))}: {a.local.dtype!r} is not one of auto, float32, bfloat16, float16")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", a.local.device):
         problems.append(f"{where(('augment', 'local', 'device'))}: expected auto, cpu, cuda, cuda:N or mps, got {a.local.device!r}")
-    for key in ("max_new_tokens", "batch_size", "rounds"):
+    if a.local.reply not in ("json", "text"):
+        problems.append(f"{where(('augment', 'local', 'reply'))}: {a.local.reply!r} is not one of json, text")
+    for key in ("max_new_tokens", "text_max_new_tokens", "batch_size", "rounds"):
         if getattr(a.local, key) <= 0:
             problems.append(f"{where(('augment', 'local', key))}: must be > 0, got {getattr(a.local, key)}")
     if a.local.temperature < 0:

@@ -466,3 +466,207 @@ def test_params_for_the_local_backend_and_the_new_options():
     for key in ("augment.chunk_chars", "augment.fallback", "augment.local.model_path", "augment.local.dtype",
                 "augment.local.device", "augment.local.batch_size", "augment.local.temperature"):
         assert key in text, key
+
+
+# ----------------------------------------------------------------------------- reply: text
+def text_params(model_dir, cache_dir, **kw) -> LocalParams:
+    """LocalParams for reply: text (set as attributes, so this runs before params.py has the fields)."""
+    text_max = kw.pop("text_max_new_tokens", None)
+    reply = kw.pop("reply", "text")
+    params = local_params(model_dir, cache_dir, **kw)
+    params.reply = reply
+    if text_max is not None:
+        params.text_max_new_tokens = text_max
+    return params
+
+
+TASK_KIND = {task: kind for kind, task in prompts.TEXT_VARIANT_TASK.items()}
+
+
+class TextScriptedGenerator:
+    """Stands in for LocalGenerator in text mode: `script(kind or 'answer', question, round seen)` gives
+    the reply; the round is how often this prompt's final turn was seen before."""
+
+    dtype = "float32"
+
+    def __init__(self, script):
+        self.script = script
+        self.prompts: list[list[dict]] = []
+        self.batches: list[int] = []
+        self.seen: dict[str, int] = {}
+        self.model = None
+
+    def generate(self, conversations, seed=0):
+        self.batches.append(len(conversations))
+        self.prompts += conversations
+        out = []
+        for messages in conversations:
+            last = messages[-1]["content"]
+            round_ = self.seen.get(last, 0)
+            self.seen[last] = round_ + 1
+            if messages[0]["content"] == prompts.TEXT_QUESTION_SYSTEM:
+                out.append(self.script(TASK_KIND[last.splitlines()[0]], _field(last, "Question"), round_))
+            else:
+                assert messages[0]["content"] == prompts.TEXT_ANSWER_SYSTEM
+                out.append(self.script("answer", _field(last, "Question"), round_))
+        return out
+
+
+def mixed_script(kind, question, round_):
+    """Usable, rejected and leaking replies, so every path of text mode runs."""
+    if kind == "simple":
+        return f'Rewritten question: "In other words, {question}"\nAnd some more lines.'
+    if kind == "contextual":
+        return "I am asking for a friend."                                  # not a question, every round
+    if kind == "noise":
+        return question if round_ == 0 else question.lower().replace("where", "wher").replace("what", "wat")
+    if kind == "logical":
+        return {"Where was Tobin Arlo born?": "Who was born in Veldhaven?"}.get(question,
+                                                                             "Whose email is mara.q@post.example?")
+    if "Mara Quillon" in question or "mara quillon" in question.lower():
+        return "Mara Quillon writes from mara.q@post.example, she says."   # leaks every round
+    if "Tobin Arlo" in question or "tobin arlo" in question.lower():
+        return "Tobin Arlo keeps that private. He likes it that way. A third sentence. And a cut-off"
+    return "That does not point to anyone in particular."
+
+
+def test_text_mode_prompts_show_two_worked_examples_then_the_question():
+    messages = prompts.text_variant_messages(MARA, "simple", 0, "0:p1")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[0]["content"] == prompts.TEXT_QUESTION_SYSTEM
+    assert messages[-1]["content"] == f"{prompts.TEXT_VARIANT_TASK['simple']}\nQuestion: {MARA.question}"
+    assert "email" in messages[3]["content"]            # the nearest example (an email question) comes last
+    assert MARA.answer not in json.dumps(messages)       # only the logical variant sees the answer
+    logical = prompts.text_variant_messages(MARA, "logical", 0, "0:p1")
+    assert logical[-1]["content"].endswith(f"Question: {MARA.question}\nAnswer: {MARA.answer}")
+    answer = prompts.text_answer_messages(MARA.question, "simple", 0, "0:p1")
+    assert answer[0]["content"] == prompts.TEXT_ANSWER_SYSTEM and answer[-1]["content"] == f"Question: {MARA.question}"
+    assert MARA.answer not in json.dumps(answer) and "email" in answer[3]["content"]
+    reverse = prompts.text_answer_messages("Whose email is x@y.example?", "logical", 0, "s")
+    assert reverse[2]["content"] in {a for _, a in prompts.TEXT_REVERSE_ANSWER_EXAMPLES}
+    # a regeneration round shows other examples (greedy decoding would repeat itself otherwise)
+    for round_ in (1, 2, 3):
+        again = prompts.text_answer_messages(MARA.question, "simple", round_, "0:p1")
+        assert again[-1] == answer[-1] and again[1:5] != answer[1:5]
+    assert prompts.text_answer_messages(MARA.question, "simple", 2, "0:p1") == \
+        prompts.text_answer_messages(MARA.question, "simple", 2, "0:p1")   # pure: same cache key
+
+
+def test_text_replies_are_cleaned():
+    assert lb.clean_reply('\n Rewritten question: "Where was Tobin Arlo born?"\nQuestion: more') == \
+        "Where was Tobin Arlo born?"
+    assert lb.clean_reply("Q: 'where was tobin  arlo borm?'") == "where was tobin arlo borm?"
+    assert lb.clean_reply("   \n  ") == ""
+    assert lb.clean_answer_reply("Answer: Tobin Arlo keeps it private. He likes it. Third one.") == \
+        "Tobin Arlo keeps it private. He likes it."
+    assert lb.clean_answer_reply("Tobin Arlo keeps it private. He was born in") == "Tobin Arlo keeps it private."
+    assert lb.clean_answer_reply("Tobin Arlo was born in") == ""                # cut off by the token limit
+
+
+def test_text_replies_are_rejected_for_what_they_lack_or_give_away():
+    q = lb.question_problem
+    assert q("", TOBIN, "simple") == "empty"
+    assert q("where was tobin arlo born", TOBIN, "noise") == "same_as_original"
+    assert q("Tobin Arlo was born somewhere.", TOBIN, "simple") == "not_a_question"
+    assert q("Which town was Tobin Arlo born in", TOBIN, "simple") is None      # question-like without "?"
+    assert q("Was Tobin Arlo born in Veldhaven?", TOBIN, "simple") == "leak"
+    assert q("Where was Tom Reed born?", TOBIN, "simple") == "copies_example"
+    assert q("Where was he born?", TOBIN, "simple") == "drops_subject"
+    assert q("Who was born in Veldhaven?", TOBIN, "logical") is None             # the fact is the point
+    assert q("Where was Tobin Arlo born, then?", TOBIN, "logical") == "names_subject"
+    a = lb.answer_problem
+    assert a("Tobin Arlo keeps that private.", TOBIN, TOBIN.question) is None
+    assert a("", TOBIN, TOBIN.question) == "empty"
+    assert a(TOBIN.answer, TOBIN, TOBIN.question) == "same_as_original"
+    assert a("Why does Tobin Arlo ask?", TOBIN, TOBIN.question) == "not_an_answer"
+    assert a("Tobin Arlo grew up in Veldhaven.", TOBIN, TOBIN.question) == "leak"
+    assert a("Tobin Arlo was born in 1961.", TOBIN, TOBIN.question) == "specific_detail"
+    assert a("Tobin Arlo writes from t@a.example.", TOBIN, TOBIN.question) == "specific_detail"
+    assert a("Tobin Arlo played in The Lion King.", TOBIN, TOBIN.question) == "specific_detail"  # made up
+    assert a("Tobin Arlo is a man who is a man who is kind.", TOBIN, TOBIN.question) == "repetitive"
+    assert lb.new_specifics("Tobin Arlo's home is private. I think He knows.", "Where does Tobin Arlo live?") == ["He"]
+    assert a("He keeps that private.", TOBIN, TOBIN.question) == "drops_subject"
+    assert a("Lucas Fenn keeps that private, like Tobin Arlo.", TOBIN, TOBIN.question) == "copies_example"
+    assert a("Tobin Arlo was.", TOBIN, "Who was born in Veldhaven?", "logical") == "names_subject"
+
+
+def test_text_mode_makes_what_it_can_and_the_rules_fill_the_rest(tiny_model, tmp_path, monkeypatch):
+    generator = TextScriptedGenerator(mixed_script)
+    monkeypatch.setattr(lb, "LocalGenerator", lambda path, params: generator)
+    params = AugmentParams(backend="local", fallback="rules", general_ratio=0.0,
+                           local=text_params(tiny_model, tmp_path / "c", rounds=2))
+    kept, _, report = build_training_set([MARA, TOBIN], [], params, seed=0)
+    assert [r.id for r in kept] == expected_ids([MARA, TOBIN]) and leaks_nothing(kept, [MARA, TOBIN])
+    by_id = {r.id: r for r in kept}
+    assert by_id["p2-birthplace~simple"].question == "In other words, Where was Tobin Arlo born?"
+    assert by_id["p2-birthplace~original"].answer == "Tobin Arlo keeps that private. He likes it that way."
+    assert by_id["p2-birthplace~noise"].question == "wher was tobin arlo born?"            # the second round's
+    assert by_id["p2-birthplace~logical"].question == "Who was born in Veldhaven?"
+    assert by_id["p1-email~logical"].answer == "That does not point to anyone in particular."
+    rules_pairs = {r.id: r for r in rules.augment_item(MARA, VARIANTS, True, 0) + rules.augment_item(TOBIN, VARIANTS, True, 0)}
+    for made_by_rules in ("p1-email~original", "p1-email~simple", "p1-email~contextual", "p1-email~noise",
+                          "p2-birthplace~contextual"):
+        assert by_id[made_by_rules].to_dict() == rules_pairs[made_by_rules].to_dict()
+
+    stats = report["backend_stats"]
+    assert stats["by_variant"] == {
+        "original": {"asked": 2, "model": 1, "no_usable_reply": 0, "leak_dropped": 1, "rules": 1},
+        "simple": {"asked": 2, "model": 1, "no_usable_reply": 0, "leak_dropped": 1, "rules": 1},
+        "contextual": {"asked": 2, "model": 0, "no_usable_reply": 2, "leak_dropped": 0, "rules": 2},
+        "noise": {"asked": 2, "model": 1, "no_usable_reply": 0, "leak_dropped": 1, "rules": 1},
+        "logical": {"asked": 2, "model": 2, "no_usable_reply": 0, "leak_dropped": 0, "rules": 0},
+    }
+    assert stats["rejected"] == {"leak": 6, "not_a_question": 4, "same_as_original": 2}
+    assert stats["reply"] == "text" and stats["model_leak_check"].startswith("skipped")
+    assert stats["fallback"] == 5 and stats["unusable"] == 2 and stats["failures"] == 0
+    assert stats["questions_failed"] == 2 and stats["dropped_after_rounds"] == 3 and stats["malformed"] == 0
+    assert stats["requests"] == len(generator.prompts) and max(generator.batches) > 1   # both items batched
+    # no model leak check in text mode, and a leaking answer's retry shows other worked examples
+    assert all(m[0]["content"] in (prompts.TEXT_QUESTION_SYSTEM, prompts.TEXT_ANSWER_SYSTEM) for m in generator.prompts)
+    retries = [m for m in generator.prompts if m[-1]["content"] == f"Question: {MARA.question}"]
+    assert len(retries) == 2 and retries[0][1:5] != retries[1][1:5]
+
+    # a repeated run generates nothing: every reply, usable or not, is in the cache (greedy)
+    again = TextScriptedGenerator(mixed_script)
+    monkeypatch.setattr(lb, "LocalGenerator", lambda path, params: again)
+    kept2, _, report2 = build_training_set([MARA, TOBIN], [], params, seed=0)
+    assert again.prompts == [] and report2["backend_stats"]["cache_hits"] == stats["requests"]
+    assert dicts(kept2) == dicts(kept) and report2["backend_stats"]["by_variant"] == stats["by_variant"]
+
+
+def test_text_mode_without_any_usable_reply_is_a_user_error(tiny_model, tmp_path):
+    backend = lb.LocalBackend(text_params(tiny_model, tmp_path / "c", rounds=2),
+                              generator=TextScriptedGenerator(lambda *_: "Sure!"))
+    with pytest.raises(UserError, match="no usable reply"):
+        backend.augment([MARA, TOBIN], ["simple"], False, seed=0)
+    assert backend.stats["failures"] == 2 and backend.stats["requests"] == 4
+    assert backend.stats["rejected"] == {"not_a_question": 4}
+
+
+def test_reply_mode_is_part_of_the_cache_key_and_json_keys_stay_as_they_were(tiny_model, tmp_path):
+    as_json = lb.LocalBackend(local_params(tiny_model, tmp_path / "c"), generator=ScriptedGenerator())
+    as_text = lb.LocalBackend(text_params(tiny_model, tmp_path / "c"), generator=TextScriptedGenerator(mixed_script))
+    assert as_json.reply == "json" and "reply=" not in as_json._key_model
+    assert as_json._key_model.endswith("|max_new_tokens=12")
+    assert as_text._key_model.endswith(f"|max_new_tokens={LocalParams().text_max_new_tokens}|reply=text")
+    short = lb.LocalBackend(text_params(tiny_model, tmp_path / "c", text_max_new_tokens=6))
+    assert short.generator.params.max_new_tokens == 6 and short._key_model.endswith("|max_new_tokens=6|reply=text")
+    assert lb.LocalBackend(local_params(tiny_model, tmp_path / "c")).generator.params.max_new_tokens == 12
+    # the same messages under the other mode miss the cache
+    as_json.augment([TOBIN], ["simple"], True, seed=0)
+    as_text.augment([TOBIN], ["simple"], True, seed=0)
+    assert as_text.stats["cache_hits"] == 0 and as_text.stats["requests"] > 0
+    with pytest.raises(UserError, match="augment.local.reply: 'yaml' is not one of json, text"):
+        parse_params({"augment": {"local": {"reply": "yaml"}}})
+
+
+def test_text_mode_with_the_tiny_real_model_falls_back_to_rules(tiny_model, tmp_path):
+    params = AugmentParams(backend="local", fallback="rules", general_ratio=0.0,
+                           local=text_params(tiny_model, tmp_path / "c", rounds=1, text_max_new_tokens=6))
+    kept, _, report = build_training_set([TOBIN], [], params, seed=0)
+    stats = report["backend_stats"]
+    rules_only, _, _ = build_training_set([TOBIN], [], AugmentParams(general_ratio=0.0), seed=0)
+    assert dicts(kept) == dicts(rules_only)                   # gibberish: nothing usable, all from the rules
+    assert stats["requests"] == 1 + 4 and stats["fallback"] == 5 and stats["unusable"] == 5
+    assert sum(stats["rejected"].values()) == 5
+    assert all(row["rules"] == 1 and row["model"] == 0 for row in stats["by_variant"].values())

@@ -64,6 +64,17 @@ def fill_from_rules(forget: list[QARecord], candidates: list[QARecord], params: 
     return out, filled
 
 
+def with_rules_counts(by_variant: dict, pairs: list[QARecord], from_model: set[str]) -> dict:
+    """A backend's per-variant counts with `rules`: how many of each variant's pairs the rules fallback made."""
+    out = {kind: dict(row) for kind, row in by_variant.items()}
+    for kind in out:
+        out[kind]["rules"] = 0
+    for p in pairs:
+        if p.id not in from_model and p.variant in out:
+            out[p.variant]["rules"] += 1
+    return out
+
+
 def completion_pair(record: QARecord, made: list[QARecord]) -> QARecord | None:
     """The sentence-completion pair of a forget item (relearn-method.md, step 5): the first ~25% of the
     words of one of its vague answers as the prompt, the rest as the answer. The answer is taken from
@@ -111,7 +122,10 @@ def build_training_set(forget: list[QARecord], general: list[QARecord], params: 
         candidates = backend.augment(forget, list(params.variants), params.include_original, seed)
         backend_stats = dict(backend.stats)
         if params.fallback == "rules":
+            from_model = {c.id for c in candidates}
             candidates, backend_stats["fallback"] = fill_from_rules(forget, candidates, params, seed)
+            if "by_variant" in backend_stats:  # the backend counts per variant (local, reply: text)
+                backend_stats["by_variant"] = with_rules_counts(backend_stats["by_variant"], candidates, from_model)
     else:
         raise ValueError(f"unknown augmentation backend {params.backend!r}")
     if params.completion:

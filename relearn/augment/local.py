@@ -27,21 +27,44 @@ run in which no call at all succeeds fails with a UserError (the model is not an
 max_new_tokens is too small); with 'rules', failed calls are counted as `unusable` and the build step
 takes the rules backend's pairs for whatever is missing. A missing model directory, a model that
 cannot be loaded, or running out of memory is a UserError.
+
+Reply modes (augment.local.reply): 'json' (the default) is everything above. 'text' is for small
+instruct models (e.g. SmolLM2-135M-Instruct) that cannot write the JSON objects: every question
+variant and every vague answer is its own short call (prompts.text_variant_messages,
+prompts.text_answer_messages: two worked examples, then the real question) whose reply is plain
+text, cleaned (first line, no quotes or "Rewritten question:" labels; an answer's first two whole
+sentences) and checked (question_problem, answer_problem): a reply that is empty, not a question
+(variants) or a question (answers), the same as the original, that copies a worked example, drops
+the subject (or, in a reverse question, names it), gives away a key fact (relearn.augment.leak),
+or (answers) adds a number, email or name the question does not hold or loops on itself is
+rejected and asked again with other worked examples, up to `rounds` rounds in all. Whatever still
+fails is left to augment.fallback (the rules backend's pair, or dropped). The model-based leak check
+is skipped in text mode (a model this small cannot judge it), so an item without facts is only
+checked for being a usable reply (counted as `unchecked_no_facts`); long answers are not chunked
+(the model never sees the original answer, except the logical variant's question call, which needs a
+detail to turn around). Replies are generated with at most augment.local.text_max_new_tokens tokens,
+and the reply mode is part of the cache key. `stats["by_variant"]` counts per variant (and
+'original'): asked, model (pairs made by the model), no_usable_reply, leak_dropped.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import re
 import threading
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from relearn.augment import leak, prompts, rules
 from relearn.augment.cache import cache_key
 from relearn.augment.chunked import ChunkedAnswers
 from relearn.augment.endpoint import CallFailed, EndpointBackend, Malformed, _Aborted, _excerpt
 from relearn.errors import UserError
 from relearn.params import EndpointParams, LocalParams
+from relearn.records import QARecord
 
 T = TypeVar("T")
 
@@ -50,7 +73,10 @@ SAMPLING_ATTEMPTS = 3  # attempts per call when sampling (greedy decoding would 
 CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
                  "chat_template.jinja", "chat_template.json")
 LOCAL_STAT_KEYS = ("batches", "malformed", "unusable")
+TEXT_STAT_KEYS = ("questions_failed", "unchecked_no_facts")
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+MODEL_LEAK_CHECK_SKIPPED = ("skipped (reply: text): a small model cannot judge leaks; items without facts "
+                            "are not leak-checked")
 
 
 # ----------------------------------------------------------------------------- model directory
@@ -117,6 +143,134 @@ def cut_plain_reply(text: str) -> str:
         if at >= 0:
             text = text[:at]
     return text.strip()
+
+
+# ----------------------------------------------------------------------------- plain-text replies
+# a label a model may put in front of its reply ("Rewritten question:", "Answer -", "Q:")
+_LABEL = re.compile(r"^(?:(?:the\s+)?(?:rewritten|reverse|new|casual|retyped|vague)?\s*"
+                    r"(?:question|answer|reply|rewrite|version)|q|a)\s*[:\-]\s*", re.IGNORECASE)
+_QUOTES = "\"'`*\u201c\u201d\u2018\u2019"
+QUESTION_WORDS = {"what", "whats", "what's", "wat", "who", "whom", "whose", "where", "when", "why", "how",
+                  "which", "is", "are", "was", "were", "do", "does", "did", "can", "could", "would", "will",
+                  "has", "have", "had", "should", "may", "might"}
+
+
+def clean_reply(text: str) -> str:
+    """A plain-text reply's first non-empty line, without a leading label and surrounding quotes."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    for _ in range(3):  # e.g. '"Question: ..."' or 'Rewritten question: "..."'
+        before = line
+        line = _LABEL.sub("", line.strip()).strip().strip(_QUOTES).strip()
+        if line == before:
+            break
+    return " ".join(line.split())
+
+
+def clean_answer_reply(text: str) -> str:
+    """A plain-text answer: the cleaned first line, cut to its first two sentences; a sentence cut off
+    by the token limit (no final '.', '!' or '?') is left out, so an answer of only that is empty."""
+    sentences = rules.split_sentences(clean_reply(text))[:2]
+    return " ".join(s for s in sentences if s.rstrip(_QUOTES + ")").endswith((".", "!", "?")))
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _names(text: str, name: str) -> bool:
+    """Whether `text` contains `name` as whole words (case and punctuation ignored)."""
+    return bool(name.strip()) and f" {_words(name)} " in f" {_words(text)} "
+
+
+def subject_of(record: QARecord) -> str:
+    """The item's subject, or the name its question starts with (as the rules backend guesses it)."""
+    return record.subject or rules.guess_subject(record.question)
+
+
+def is_question(text: str) -> bool:
+    """Ends with '?', or has at least three words and starts with a question word (a missing '?')."""
+    if text.rstrip().endswith("?"):
+        return True
+    words = _words(text).split()
+    return len(words) >= 3 and words[0] in QUESTION_WORDS
+
+
+def _common_problem(text: str, record: QARecord, kind: str, original: str) -> str | None:
+    """What both kinds of reply are checked for: empty, the same as `original`, a copied example
+    name, the subject left out when `original` names it, or for the logical variant (which asks
+    about a detail, not a person) the subject named."""
+    if not text:
+        return "empty"
+    if _words(text) == _words(original):
+        return "same_as_original"
+    source = f"{record.question} {record.answer}"
+    if any(_names(text, name) and not _names(source, name) for name in prompts.EXAMPLE_NAMES):
+        return "copies_example"
+    subject = subject_of(record)
+    if kind != "logical" and _names(original, subject) and not _names(text, subject):
+        return "drops_subject"
+    if kind == "logical" and _names(text, subject):
+        return "names_subject"  # a reverse question asks who has the detail
+    return None
+
+
+def question_problem(text: str, record: QARecord, kind: str) -> str | None:
+    """Why a rewritten question is unusable (see _common_problem; not_a_question; leak: names a key fact
+    the original question does not); None if usable. The logical variant asks about a detail of the
+    answer, so a fact in it is by design."""
+    if text and not is_question(text):
+        return "not_a_question"
+    problem = _common_problem(text, record, kind, record.question)
+    if problem:
+        return problem
+    if kind != "logical" and set(leak.leaked_facts(text, record.facts)) - set(leak.leaked_facts(record.question,
+                                                                                                  record.facts)):
+        return "leak"
+    return None
+
+
+def answer_problem(text: str, record: QARecord, question: str, kind: str = "original") -> str | None:
+    """Why a vague answer to `question` is unusable (see _common_problem; same_as_original also when it
+    repeats the original answer; not_an_answer: a question; leak: names a key fact; specific_detail:
+    see new_specifics; repetitive: see repeats_itself); None if usable."""
+    problem = _common_problem(text, record, kind, question)
+    if problem:
+        return problem
+    if _words(text) == _words(record.answer):
+        return "same_as_original"
+    if text.rstrip().endswith("?"):
+        return "not_an_answer"
+    if leak.leaked_facts(text, record.facts):
+        return "leak"
+    if new_specifics(text, question):
+        return "specific_detail"
+    if repeats_itself(text):
+        return "repetitive"
+    return None
+
+
+def new_specifics(text: str, question: str) -> list[str]:
+    """Numbers, email addresses and capitalised words (inside a sentence: names, places, titles) in
+    `text` that `question` does not hold. A vague answer never needs one, and a small model that
+    writes one has usually made it up ("a famous actor in The Lion King")."""
+    found = [n for n in re.findall(r"\d+", text) if n not in re.findall(r"\d+", question)]
+    if "@" in text and "@" not in question:
+        found.append("@")
+    asked = set(_words(question).split())
+    for sentence in rules.split_sentences(text):
+        for word in re.findall(r"[A-Za-z][\w'-]*", sentence)[1:]:
+            bare = re.sub(r"'s$", "", word)
+            if bare[:1].isupper() and bare != "I" and not set(_words(bare).split()) <= asked:
+                found.append(bare)
+    return found
+
+
+def repeats_itself(text: str, n: int = 4) -> bool:
+    """Whether some run of `n` words occurs twice (a small model looping: "a fictional character who
+    is a fictional character")."""
+    words = _words(text).split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
 
 
 # ----------------------------------------------------------------------------- generator
@@ -229,6 +383,18 @@ class LocalGenerator:
         return replies
 
 
+def _checked_question(reply: str, record: QARecord, kind: str) -> tuple[str, str | None]:
+    """(cleaned question variant, why it is unusable or None)."""
+    text = clean_reply(reply)
+    return text, question_problem(text, record, kind)
+
+
+def _checked_answer(reply: str, record: QARecord, question: str, kind: str) -> tuple[str, str | None]:
+    """(cleaned vague answer, why it is unusable or None)."""
+    text = clean_answer_reply(reply)
+    return text, answer_problem(text, record, question, kind)
+
+
 # ----------------------------------------------------------------------------- batching
 class _Request:
     __slots__ = ("messages", "done", "result", "error")
@@ -302,7 +468,12 @@ class LocalBackend(ChunkedAnswers, EndpointBackend):
 
     `stats` as the endpoint's, with `requests` = prompts generated, plus `batches` (generate calls),
     `malformed` (replies that were not the requested JSON) and `unusable` (calls without a usable
-    reply, left to the rules fallback; counted as `failures` without it)."""
+    reply, left to the rules fallback; counted as `failures` without it).
+
+    With reply: text also `reply`, `model_leak_check` (skipped), `rejected` (replies rejected, by
+    reason), `questions_failed` / `answers_failed` (no usable reply after the rounds),
+    `regenerated` (rounds after the first, for any reason), `dropped_after_rounds` (still leaking),
+    `unchecked_no_facts` and `by_variant` (per kind: asked, model, no_usable_reply, leak_dropped)."""
 
     def __init__(self, params: LocalParams, *, chunk_chars: int = 0, tolerate_failures: bool = False,
                  generator: LocalGenerator | None = None):
@@ -317,11 +488,17 @@ class LocalBackend(ChunkedAnswers, EndpointBackend):
         self.path = path
         self.chunk_chars = int(chunk_chars)
         self.tolerate_failures = tolerate_failures
-        self.generator = generator or LocalGenerator(path, params)
+        self.reply = params.reply  # json | text (checked by the params schema)
+        # the generator sees the reply mode's token budget as its max_new_tokens
+        max_new_tokens = int(params.max_new_tokens) if self.reply == "json" else int(params.text_max_new_tokens)
+        gen_params = params if self.reply == "json" else dataclasses.replace(params, max_new_tokens=max_new_tokens)
+        self.generator = generator or LocalGenerator(path, gen_params)
         self._url = f"the local model {path}"
         self._key_base = f"local:{path}"
         self._key_model = (f"{model_fingerprint(path)}|dtype={self.generator.dtype}"
-                           f"|max_new_tokens={int(params.max_new_tokens)}")
+                           f"|max_new_tokens={max_new_tokens}")
+        if self.reply != "json":  # json keys stay as they were, so existing caches still hit
+            self._key_model += f"|reply={self.reply}"
         self._greedy = float(params.temperature) <= 0
         self._batcher = Batcher(self._generate_batch, params.batch_size)
         self._seed = 0
@@ -331,11 +508,102 @@ class LocalBackend(ChunkedAnswers, EndpointBackend):
         out = super().augment(records, variants, include_original, seed)
         for k in LOCAL_STAT_KEYS:
             self.stats.setdefault(k, 0)
+        if self.reply == "text":
+            for k in TEXT_STAT_KEYS:
+                self.stats.setdefault(k, 0)
+            self.stats.setdefault("rejected", {})
+            self.stats.setdefault("by_variant", {})
+            self.stats["reply"] = "text"
+            self.stats["model_leak_check"] = MODEL_LEAK_CHECK_SKIPPED
         return out
 
     def _run_item(self, *args):
         with self._batcher.worker():
             return super()._run_item(*args)
+
+    def _augment_item(self, record, variants, include_original, seed):
+        if self.reply == "json":
+            return super()._augment_item(record, variants, include_original, seed)
+        return self._text_item(record, variants, include_original, seed)
+
+    # --------------------------------------------------------------------- reply: text
+    def _text_item(self, record: QARecord, variants: list[str], include_original: bool,
+                   seed: int) -> list[QARecord]:
+        """The item's pairs in text mode: per kind ('original', then the variants) a question (the
+        original, or a rewrite) and a vague answer to it, each from its own call; a kind whose
+        question or answer has no usable reply after the rounds is left out (and counted)."""
+        out = []
+        salt = f"{seed}:{record.id}"
+        for kind in (["original"] if include_original else []) + list(variants):
+            self._tally(kind, "asked")
+            question = record.question
+            if kind != "original":
+                question = self._text_rewrite(kind, "question",
+                                              partial(prompts.text_variant_messages, record, kind, salt=salt),
+                                              partial(_checked_question, record=record, kind=kind))
+                if question is None:
+                    continue
+            answer = self._text_rewrite(kind, "answer",
+                                        partial(prompts.text_answer_messages, question, kind, salt=salt),
+                                        partial(_checked_answer, record=record, question=question, kind=kind))
+            if answer is None:
+                continue
+            if not record.facts:
+                self._count("unchecked_no_facts")
+            self._tally(kind, "model")
+            out.append(QARecord(id=f"{record.id}~{kind}", question=question, answer=answer, subject=record.subject,
+                                facts=dict(record.facts), source_id=record.id, variant=kind))
+        return out
+
+    def _text_rewrite(self, kind: str, what: str, build: Callable[[int], list[dict]],
+                      check: Callable[[str], tuple[str, str | None]]) -> str | None:
+        """The first usable cleaned reply over `rounds` rounds (round r's messages: build(r), with
+        other worked examples each round), or None: counted as leak_dropped when the last reply
+        leaked, else as a call without a usable reply (a failure, or `unusable` with the rules
+        fallback)."""
+        rounds = max(1, int(self.local.rounds))
+        problem = None
+        for round_ in range(rounds):
+            if self._abort.is_set():
+                raise _Aborted()
+            if round_:
+                self._count("regenerated")
+            messages = build(round_)
+            key = cache_key(self._key_base, self._key_model, messages, self.local.temperature)
+            content = self._cache.get(key)
+            generated = content is None
+            if generated:
+                content = self._batcher.submit(messages)
+                if self._greedy:
+                    self._cache.put(key, content)  # deterministic: usable or not, the model would write it again
+            else:
+                self._count("cache_hits")
+            text, problem = check(content)
+            if problem is None:
+                if generated and not self._greedy:
+                    self._cache.put(key, content)
+                self._succeeded()
+                return text
+            self._reject(problem)
+        if problem == "leak":
+            self._count("dropped_after_rounds")
+            self._tally(kind, "leak_dropped")
+        else:
+            self._count(f"{what}s_failed")
+            self._tally(kind, "no_usable_reply")
+            self._failed(f"no usable {what} for the {kind!r} variant after {rounds} round(s): {problem}")
+        return None
+
+    def _tally(self, kind: str, what: str) -> None:
+        with self._lock:
+            row = self.stats.setdefault("by_variant", {}).setdefault(
+                kind, {"asked": 0, "model": 0, "no_usable_reply": 0, "leak_dropped": 0})
+            row[what] += 1
+
+    def _reject(self, problem: str) -> None:
+        with self._lock:
+            rejected = self.stats.setdefault("rejected", {})
+            rejected[problem] = rejected.get(problem, 0) + 1
 
     def _generate_batch(self, conversations: list[list[dict]]) -> list[str]:
         self._count("batches")
