@@ -8,7 +8,8 @@ model), warms up once, then keeps the best of --steps. bf16 is what the pipeline
 bfloat16: autocast from make_accelerator (CPU too) for the two training steps, on the weights the
 pipeline loads (the from-scratch model trains fp32 master weights; load_pretrained gives a pretrained
 base, and every LoRA and generation base, bf16 weights); generation runs the bf16 weights as-is, as the
-evaluate stage does. The device is CUDA when present, else the CPU.
+evaluate stage does. The device is CUDA when present, else the CPU. On a busy CPU, --threads 1 avoids
+threads waiting on each other (two threads on two loaded cores ran 10-100x slower here).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def on(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def sft_step(s: Subject, p, dtype: str, steps: int) -> float:
+def sft_step(s: Subject, p, dtype: str, steps: int) -> tuple[int, float]:
     """Full fine-tuning: forward, answer-token CE, backward, clip, AdamW step (train_causal_lm's step)."""
     accelerator = accelerator_for(dtype)
     model = s.load("float32" if s.scratch else dtype)
@@ -86,10 +87,10 @@ def sft_step(s: Subject, p, dtype: str, steps: int) -> float:
         loss = answer_ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                          batch["labels"])
         optimizer_step(accelerator, model, optimizer, scheduler, loss, p.target.grad_clip)
-    return int(batch["attention_mask"].sum()) / best_seconds(step, steps, accelerator.device)
+    return int(batch["attention_mask"].sum()), best_seconds(step, steps, accelerator.device)
 
 
-def relearn_step(s: Subject, p, dtype: str, steps: int) -> float:
+def relearn_step(s: Subject, p, dtype: str, steps: int) -> tuple[int, float]:
     """LoRA on params.unlearn.lora, METHODS['relearn'] on forget + retain with the adapter-off KL reference
     (unlearn's step); tokens are forget + retain tokens."""
     accelerator = accelerator_for(dtype)
@@ -109,10 +110,10 @@ def relearn_step(s: Subject, p, dtype: str, steps: int) -> float:
         loss, _ = METHODS["relearn"](model, forget, retain, reference, p.unlearn)
         optimizer_step(accelerator, model, optimizer, scheduler, loss, p.unlearn.grad_clip)
     tokens = int(forget["attention_mask"].sum() + retain["attention_mask"].sum())
-    return tokens / best_seconds(step, steps, accelerator.device)
+    return tokens, best_seconds(step, steps, accelerator.device)
 
 
-def generation(s: Subject, p, dtype: str, steps: int, new_tokens: int) -> float:
+def generation(s: Subject, p, dtype: str, steps: int, new_tokens: int) -> tuple[int, float]:
     """Batched (left-padded) greedy generation of all questions at once; new tokens/s (stop tokens counted)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = s.load(dtype).to(device)
@@ -123,7 +124,7 @@ def generation(s: Subject, p, dtype: str, steps: int, new_tokens: int) -> float:
             rows = generate_token_ids(model, s.tokenizer, s.questions, p.model.prompt, new_tokens, len(s.questions))
         counted.append(sum(min(len(r) + 1, new_tokens) for r in rows))
     seconds = best_seconds(step, steps, device)
-    return min(counted) / seconds  # greedy: every call makes the same tokens
+    return min(counted), seconds  # greedy: every call makes the same tokens
 
 
 def subjects(names: list[str], p, args) -> list[Subject]:
@@ -139,7 +140,7 @@ def subjects(names: list[str], p, args) -> list[Subject]:
             load = lambda dtype, t=tokenizer: build_scratch_model(p.model, t, p.seed).to(DTYPES[dtype])  # noqa: E731
         elif name == "smollm2":
             path = Path(args.smollm2) if Path(args.smollm2).is_absolute() else ROOT / args.smollm2
-            if not (path / "config.json").exists():
+            if not any(path.glob("*.safetensors")):
                 print(f"smollm2: no model at {path}: run `make smollm2` to get it; skipped")
                 continue
             tokenizer = load_pretrained(path)[1]
@@ -180,20 +181,24 @@ def main(argv: list[str] | None = None) -> dict:
     measures = {"sft step": lambda s, dt: sft_step(s, p, dt, args.steps),
                 "relearn step": lambda s, dt: relearn_step(s, p, dt, args.steps),
                 "generation": lambda s, dt: generation(s, p, dt, args.steps, args.new_tokens)}
-    rows = []
+    rows, models = [], subjects(args.models.split(","), p, args)
     print(f"{'model':<8} | {'measure':<12} | {'fp32 tok/s':>10} | {'bf16 tok/s':>10} | bf16/fp32", flush=True)
     try:
-        for s in subjects(args.models.split(","), p, args):
+        for s in models:
             for measure, run in measures.items():
-                fp32, bf16 = (run(s, dtype) for dtype in PRECISIONS)
-                rows.append({"model": s.name, "measure": measure, "fp32_tok_s": round(fp32, 1),
-                             "bf16_tok_s": round(bf16, 1), "bf16_over_fp32": round(bf16 / fp32, 3)})
+                (t32, s32), (t16, s16) = (run(s, dtype) for dtype in PRECISIONS)
+                fp32, bf16 = t32 / s32, t16 / s16
+                rows.append({"model": s.name, "measure": measure, "fp32_tok_s": round(fp32, 1), "bf16_tok_s": round(bf16, 1),
+                             "bf16_over_fp32": round(bf16 / fp32, 3), "fp32_tokens": t32, "fp32_seconds": round(s32, 4),
+                             "bf16_tokens": t16, "bf16_seconds": round(s16, 4)})
                 print(f"{s.name:<8} | {measure:<12} | {fp32:>10,.0f} | {bf16:>10,.0f} | {bf16 / fp32:.2f}", flush=True)
     finally:
         AcceleratorState._reset_state(True)  # leave no bf16 state behind for a caller in the same process
     info["loadavg_after"] = os.getloadavg()[0]
-    print(f"load average (1 min) before {info['loadavg_before']:.2f}, after {info['loadavg_after']:.2f} "
-          f"on {info['cpus']} CPUs")
+    info["under_load"] = device == "cpu" and info["loadavg_before"] >= 1.0  # something else had the CPUs
+    print(f"load average (1 min) before {info['loadavg_before']:.2f}, after {info['loadavg_after']:.2f} on {info['cpus']} CPUs"
+          + (": measured under load, the numbers are rough (--threads 1 is steadier on a busy machine)"
+             if info["under_load"] else ""))
     result = {**info, "results": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
