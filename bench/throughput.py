@@ -6,9 +6,9 @@ Every measurement runs on one fixed batch (--batch QA pairs of the built-in worl
 tokens, encoded in the model's PromptFormat: SmolLM2's chat template, the plain template for the built-in
 model), warms up once, then keeps the best of --steps. bf16 is what the pipeline runs with model.dtype:
 bfloat16: autocast from make_accelerator (CPU too) for the two training steps, on the weights the
-pipeline loads (the from-scratch model trains fp32 master weights; load_pretrained gives a pretrained
-base, and every LoRA and generation base, bf16 weights); generation runs the bf16 weights as-is, as the
-evaluate stage does. The device is CUDA when present, else the CPU. On a busy CPU, --threads 1 avoids
+pipeline loads (full fine-tuning, as the target stage does it, keeps fp32 master weights; every LoRA
+and generation base is loaded in bf16); generation runs the bf16 weights as-is, as the evaluate stage
+does. The device is CUDA when present, else the CPU. On a busy CPU, --threads 1 avoids
 threads waiting on each other (two threads on two loaded cores ran 10-100x slower here).
 """
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Subject:
     name: str
     load: Callable[[str], torch.nn.Module]
     tokenizer: object
-    scratch: bool  # the from-scratch model trains fp32 weights whatever model.dtype says
     forget: dict
     retain: dict
     questions: list[str]
@@ -77,7 +76,7 @@ def on(batch: dict, device: torch.device) -> dict:
 def sft_step(s: Subject, p, dtype: str, steps: int) -> tuple[int, float]:
     """Full fine-tuning: forward, answer-token CE, backward, clip, AdamW step (train_causal_lm's step)."""
     accelerator = accelerator_for(dtype)
-    model = s.load("float32" if s.scratch else dtype)
+    model = s.load("float32")  # the target stage trains fp32 master weights; bf16 is the autocast
     optimizer, scheduler = make_optimizer(model, p.target.lr, p.target.weight_decay, 0.0, steps + 1)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
@@ -152,7 +151,7 @@ def subjects(names: list[str], p, args) -> list[Subject]:
             pairs = [(r.question, r.answer) for r in splits[split]]
             loader = make_loader(tokenizer, pairs, p.model.prompt, args.max_length, args.batch, p.seed, shuffle=False)
             return next(iter(loader))
-        out.append(Subject(name, load, tokenizer, name == "builtin", batch("forget"), batch("retain"),
+        out.append(Subject(name, load, tokenizer, batch("forget"), batch("retain"),
                            [r.question for r in splits["forget"][:args.batch]]))
     return out
 
