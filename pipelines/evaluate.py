@@ -15,13 +15,15 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     target, tokenizer = load_pretrained("models/target", p.model.dtype)
+    # LS's reference LM (evaluate.ppl_model): the pretrained base, or the target itself
+    reference = load_pretrained("models/base", p.model.dtype)[0] if p.ppl_model() == "base" else target
     models = {"target": lambda: target,
               "control": lambda: load_pretrained("models/control", p.model.dtype)[0],
               "unlearned": lambda: load_with_adapter("models/target", "models/adapter", p.model.dtype)[0]}
     metrics, items = {}, {}
     for name, load in models.items():
-        # PPL is measured under the target model for all three (the spec's reference model)
-        metrics[name], items[name] = model_evidence(load(), tokenizer, splits, variants, target, tokenizer, p)
+        # PPL is measured under one reference model for all three
+        metrics[name], items[name] = model_evidence(load(), tokenizer, splits, variants, reference, tokenizer, p)
         m = metrics[name]
         print(f"[evaluate] {name}: KFR {m['kfr']:.3f}  KRR {m['krr']:.3f}  LS {m['ls']:.3f}  "
               f"MIA LOSS AUC {m['mia']['loss_auc']}", flush=True)

@@ -156,6 +156,7 @@ class EvaluateParams:
     nli_model: Optional[str] = _f(None, "NLI classifier (local path of a sequence-classification model whose config.id2label names 'contradiction' and 'entailment', e.g. an MNLI model) added to KFR/KRR as in the paper: a forget answer that contradicts the ground truth counts as forgotten, a retain answer that contradicts it as not retained. null: key facts alone.")
     embedding_model: Optional[str] = _f(None, "Sentence-embedding model (local path of an AutoModel, mean-pooled, e.g. all-MiniLM-L6-v2) for fuzzy key-fact matching: a fact the rules miss counts as revealed when a window of the answer has cosine >= embedding_threshold with it. null: rules alone.")
     embedding_threshold: float = _f(0.8, "Cosine similarity at which the embedding model counts a fact as revealed (the paper: 0.8).")
+    ppl_model: str = _f("auto", "Reference language model of LS's PPL: 'target' (the fine-tuned target; it has memorised the forget answers, so any new answer costs PPL even when fluent), 'base' (the pretrained model.base before fine-tuning on the data: judges fluency without having seen it) or 'auto' (base when model.base is set, else target).")
     ppl_aggregate: str = _f("mean", "How LS aggregates per-answer PPL over a set: mean (the paper) | median | geomean (exp of mean log PPL); robust choices keep a few astronomical PPLs from zeroing p. The raw mean is reported as ppl_mean either way.")
 
 
@@ -223,6 +224,12 @@ class Params:
     robustness: RobustnessParams = field(default_factory=RobustnessParams)
     compare: CompareParams = field(default_factory=CompareParams)
 
+    def ppl_model(self) -> str:
+        """'base' or 'target': the model LS's PPL is measured under (evaluate.ppl_model, auto resolved)."""
+        if self.evaluate.ppl_model == "auto":
+            return "base" if self.model.base else "target"
+        return self.evaluate.ppl_model
+
     def gates(self) -> dict[str, GateParams]:
         return {name: GateParams(**g) for name, g in self.register.gates.items()}
 
@@ -240,6 +247,7 @@ CHOICES = {
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "export.quantize": ("int8", "none"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
+    "evaluate.ppl_model": ("auto", "target", "base"),
 }
 LADDER_RUNGS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4")
 PROBES = ("paraphrase", "perturb", "jailbreak")
@@ -336,6 +344,8 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     e = params.evaluate
     if not -1 <= e.embedding_threshold <= 1:
         problems.append(f"{where(('evaluate', 'embedding_threshold'))}: must be a cosine similarity between -1 and 1, got {e.embedding_threshold}")
+    if e.ppl_model == "base" and not params.model.base:
+        problems.append(f"{where(('evaluate', 'ppl_model'))}: 'base' needs model.base (the from-scratch model has no pretrained base)")
     for key in ("nli_model", "embedding_model"):
         if getattr(e, key) is not None and not getattr(e, key).strip():
             problems.append(f"{where(('evaluate', key))}: empty path (write null to turn it off)")

@@ -293,3 +293,12 @@ def test_robustness_values_are_checked(tmp_path):
     assert any(p.startswith(f"{path}:4: robustness.ladder: unknown rung 'onnx-int3'") for p in problems)
     assert any(p.startswith(f"{path}:5: robustness.relearn_lr: 0.001 suits the small from-scratch model") for p in problems)
     assert any(p.startswith(f"{path}:6: robustness.int4_block_size: must be a power of two") for p in problems)
+
+
+def test_ls_reference_model_resolves_to_the_pretrained_base_when_there_is_one():
+    assert parse_params({}).ppl_model() == "target"  # the from-scratch demo has no base
+    pretrained = {"base": "some/dir"}, {"relearn_lr": 1e-5}
+    assert parse_params({"model": pretrained[0], "robustness": pretrained[1]}).ppl_model() == "base"
+    assert parse_params({"model": pretrained[0], "robustness": pretrained[1], "evaluate": {"ppl_model": "target"}}).ppl_model() == "target"
+    with pytest.raises(UserError, match="evaluate.ppl_model: 'base' needs model.base"):
+        parse_params({"evaluate": {"ppl_model": "base"}})
