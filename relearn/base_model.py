@@ -214,6 +214,11 @@ def _convert_gguf(path: Path, dest: Path):
     except (ValueError, NotImplementedError, KeyError) as e:
         raise UserError(f"{PARAM}: {path}: transformers cannot convert this GGUF file: {e}") from None
     _gguf_special_tokens(path, tokenizer, model)
+    # transformers 5 marks a GGUF-loaded model as quantized and refuses to save it; its weights are
+    # already dequantised to float32, so it is saved as the plain model it now is
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.__dict__.pop("quantization_config", None)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
