@@ -26,6 +26,8 @@ def main() -> None:
     if method not in CHOICES["unlearn.method"]:
         raise UserError(f"usage: pipelines/compare.py METHOD (one of {', '.join(CHOICES['unlearn.method'])})")
     p = load_params("params.yaml")
+    if method == p.unlearn.method and method not in p.compare.overrides:
+        return reuse_main_run(p, method)
     p = dataclasses.replace(p, unlearn=unlearn_params_for(p, method))
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
@@ -33,8 +35,8 @@ def main() -> None:
     model, tokenizer, history, train_report = make_adapter(p, "models/target", forget_side, splits["retain"])
     with atomic_dir(f"models/compare/{method}") as out:
         model.save_pretrained(out)
-    target, _ = load_pretrained("models/target", p.model.dtype)
-    metrics, items = model_evidence(model, tokenizer, splits, variants, target, tokenizer, p)
+    reference, _ = load_pretrained("models/base" if p.ppl_model() == "base" else "models/target", p.model.dtype)
+    metrics, items = model_evidence(model, tokenizer, splits, variants, reference, tokenizer, p)
     control_items = read_json("reports/answers.json").get("control", {})
     metrics["tofu"]["forget_quality"] = forget_quality(truth_ratios(items), truth_ratios(control_items))
     target_seesaw = read_json("reports/evaluation.json")["target"]["seesaw"]
@@ -50,6 +52,25 @@ def main() -> None:
         result["robustness"] = {**probed, "summary": robustness_summary({"unlearned": probed, "control": control})}
     write_json(f"reports/compare/{method}.json", result)
     print(f"[compare] {method}: KFR {metrics['kfr']:.3f}  KRR {metrics['krr']:.3f}  LS {metrics['ls']:.3f}", flush=True)
+
+
+def reuse_main_run(p, method: str) -> None:
+    """The method the pipeline itself ran (unlearn.method, no override) with the same settings: the
+    unlearn, evaluate and robustness stages already made its adapter and evidence (training is seeded,
+    so a second run would give the same adapter); take them instead of paying for them twice."""
+    with atomic_dir(f"models/compare/{method}") as out:
+        shutil.copytree("models/adapter", out, dirs_exist_ok=True)
+    evaluation = read_json("reports/evaluation.json")
+    metrics = evaluation["unlearned"]
+    result = {"method": method, "metrics": metrics, "train": read_json("reports/unlearn.json"),
+              "seesaw": {"target": evaluation["target"]["seesaw"], "unlearned": metrics["seesaw"]},
+              "reused": "the unlearn, evaluate and robustness stages' outputs (unlearn.method, same settings)"}
+    if method in p.compare.robustness:
+        robustness = read_json("reports/robustness.json")
+        result["robustness"] = {**robustness["unlearned"], "summary": robustness["summary"]}
+    write_json(f"reports/compare/{method}.json", result)
+    print(f"[compare] {method}: the pipeline's own run: KFR {metrics['kfr']:.3f}  KRR {metrics['krr']:.3f}  "
+          f"LS {metrics['ls']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

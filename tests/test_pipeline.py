@@ -33,7 +33,7 @@ MICRO = {
                            "ls_ratio": {"metric": "ls_ratio", "min": 0.0}}},
     "export": {"parity_questions": 8, "max_new_tokens": 8},
     "robustness": {"relearn_steps": 2},
-    "compare": {"methods": ["npo"], "overrides": {"npo": {"lr": 0.001}}, "robustness": ["npo"]},
+    "compare": {"methods": ["relearn", "npo"], "overrides": {"npo": {"lr": 0.001}}, "robustness": ["npo", "relearn"]},
 }
 MODELS = {"target", "control", "unlearned"}
 
@@ -157,8 +157,13 @@ def test_compare_stage_and_report(project):
     assert (work / "models" / "compare" / "npo" / "adapter_model.safetensors").exists()
     table = run([sys.executable, "-m", "relearn.cli", "compare"], work, env).stdout
     assert "| target |" in table and "| npo |" in table
+    # the pipeline's own method is not trained twice: its row is the unlearn/evaluate/robustness stages' run
+    reused = json.loads((work / "reports" / "compare" / "relearn.json").read_text())
+    evaluation = json.loads((work / "reports" / "evaluation.json").read_text())
+    assert "reused" in reused and reused["metrics"] == evaluation["unlearned"]
+    assert reused["robustness"]["summary"] == json.loads((work / "reports" / "robustness.json").read_text())["summary"]
     summary = json.loads((work / "reports" / "compare.json").read_text())
-    assert set(summary) == {"target", "npo"} and {"kfr", "krr", "ls", "ls_forget", "ppl_forget"} <= set(summary["npo"])
+    assert set(summary) == {"target", "relearn", "npo"} and {"kfr", "krr", "ls", "ls_forget", "ppl_forget"} <= set(summary["npo"])
     for name in ("compare_kfr_krr.png", "compare_ls.png", "compare_seesaw.png"):
         assert (work / "plots" / name).stat().st_size > 1000
 
