@@ -41,6 +41,15 @@ def absolute_paths(params: dict) -> dict:
     if data.get("path"):
         data["path"] = str((ROOT / data["path"]).resolve())
     data["general_files"] = [str((ROOT / f).resolve()) for f in data.get("general_files", [])]
+    base = params["model"].get("base")
+    if base and (ROOT / base).exists():  # a local model directory or .gguf file (not a hub id)
+        params["model"]["base"] = str((ROOT / base).resolve())
+    local = params["augment"]["local"]
+    if local.get("model_path"):
+        local["model_path"] = str((ROOT / local["model_path"]).resolve())
+    for backend in ("local", "endpoint"):  # a rerun reuses this project's augmentation cache
+        cache = params["augment"][backend]
+        cache["cache_dir"] = str((ROOT / cache["cache_dir"]).resolve())
     return params
 
 
