@@ -302,3 +302,20 @@ def test_ls_reference_model_resolves_to_the_pretrained_base_when_there_is_one():
     assert parse_params({"model": pretrained[0], "robustness": pretrained[1], "evaluate": {"ppl_model": "target"}}).ppl_model() == "target"
     with pytest.raises(UserError, match="evaluate.ppl_model: 'base' needs model.base"):
         parse_params({"evaluate": {"ppl_model": "base"}})
+
+
+@pytest.mark.parametrize("profile", sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_profile_makes_valid_params(profile):
+    """A profile is merged over params.yaml by bench/compare_methods.py; a typo must not wait for a long run."""
+    import sys
+    root = profile.parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    try:
+        from compare_methods import absolute_paths, merged
+    finally:
+        sys.path.remove(str(root / "bench"))
+    params = merged(merged(Params().to_dict(), yaml.safe_load((root / "params.yaml").read_text())),
+                    yaml.safe_load(profile.read_text()))
+    params["data"]["path"] = params["data"]["path"] or "given/on/the/command/line"
+    parse_params(absolute_paths(params), profile.name)
