@@ -1,12 +1,14 @@
 """DVC stage `export`: merge the adapter, export ONNX, quantize to int8, check parity and forgetting.
 
 The `register` stage attaches the deployable (the int8 ONNX model with its tokenizer) to the
-model version, and its numbers count among the version's metrics and gates.
+model version, and its numbers count among the version's metrics and gates, as `export.<key>`:
+`export.token_agreement` (the deployable's greedy tokens against fp32 ONNX, or fp32 ONNX against
+PyTorch without quantization) and `export.int8_krr_drop` (fp32 KRR - int8 KRR) among them.
 """
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.evaluation.evaluate import knowledge_rates
-from relearn.export.onnx import INT8_FILE, load_onnx, load_tokenizer, run_export
+from relearn.export.onnx import FP32_FILE, INT8_FILE, load_onnx, load_tokenizer, run_export
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
@@ -18,20 +20,35 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget_eval", "retain_eval"))
     questions = [r.question for r in (splits["forget_eval"] + splits["retain_eval"])][: p.export.parity_questions]
     report = run_export("models/target", "models/adapter", "export", questions, p.model.prompt,
-                        p.export.max_new_tokens, p.export.quantize)
+                        p.export.max_new_tokens, p.export.quantize, int8_block_size=p.export.int8_block_size,
+                        int8_keep_float=p.export.int8_keep_float)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports
         report.pop(key, None)
-    deployable = "export/onnx-fp32"
-    if p.export.quantize == "int8":
-        # forgetting must survive quantization: KFR/KRR of the int8 model on the full eval sets
-        deployable = "export/onnx-int8"
-        rates = knowledge_rates(load_onnx(deployable, file_name=INT8_FILE), load_tokenizer(deployable),
-                                splits["forget_eval"], splits["retain_eval"], p, label="int8")
-        report |= {f"int8_{k}": v for k, v in rates.items()}
-    report["deployable"] = deployable
+    report |= forgetting_at_precisions(p, splits, report["quantize"])
+    report["deployable"] = "export/onnx-int8" if p.export.quantize == "int8" else "export/onnx-fp32"
     write_json("reports/export.json", report)
     flat = {k: v for k, v in flatten(report).items() if not k.startswith("seconds.")}
     print("[export] " + ", ".join(f"{k} {v:.4g}" for k, v in flat.items()), flush=True)
+
+
+def forgetting_at_precisions(p, splits, quantize: str) -> dict:
+    """KFR/KRR of the fp32 ONNX model on the full eval sets (`fp32_kfr`, `fp32_krr`) and, with int8,
+    of the int8 model and what quantization changed: `int8_kfr_drop` = fp32 KFR - int8 KFR (> 0:
+    knowledge came back) and `int8_krr_drop` = fp32 KRR - int8 KRR (> 0: retention lost, or
+    damage that looks like forgetting). Forgetting must survive quantization, and quantization
+    must not pass for forgetting."""
+    dirs = {"fp32": ("export/onnx-fp32", FP32_FILE)}
+    if quantize == "int8":
+        dirs["int8"] = ("export/onnx-int8", INT8_FILE)
+    out = {}
+    for precision, (model_dir, file_name) in dirs.items():
+        rates = knowledge_rates(load_onnx(model_dir, file_name=file_name), load_tokenizer(model_dir),
+                                splits["forget_eval"], splits["retain_eval"], p, label=precision)
+        out |= {f"{precision}_{k}": v for k, v in rates.items()}
+    if quantize == "int8":
+        out["int8_kfr_drop"] = out["fp32_kfr"] - out["int8_kfr"]
+        out["int8_krr_drop"] = out["fp32_krr"] - out["int8_krr"]
+    return out
 
 
 if __name__ == "__main__":

@@ -179,6 +179,8 @@ class RegisterParams:
             "int4": {"metric": "robustness.int4_kfr_drop", "max": 0.05},
             "jailbreak": {"metric": "robustness.jailbreak_min_kfr", "min": 0.8},
             "relearning": {"metric": "robustness.relearning_excess", "max": 0.25},
+            "deployable_agreement": {"metric": "export.token_agreement", "min": 0.8},
+            "deployable_krr": {"metric": "export.int8_krr_drop", "max": 0.03},
         },
         "Promotion gates: name -> {metric, min and/or max}. All must pass for the 'challenger' alias.",
     )
@@ -186,7 +188,9 @@ class RegisterParams:
 
 @dataclass
 class ExportParams:
-    quantize: str = _f("int8", "Quantization of the exported ONNX model: 'int8' (dynamic, CPU) or 'none'.")
+    quantize: str = _f("int8", "Quantization of the exported ONNX model: 'int8' (weight-only: 8-bit weights in blocks, fp32 activations) or 'none'.")
+    int8_block_size: int = _f(32, "int8: input features per weight block (one scale and zero point each); a power of two >= 16.")
+    int8_keep_float: list = _f(["lm_head"], "int8: MatMuls left in float: 'lm_head' is the output head (found in the graph), any other entry the MatMuls whose node name contains it (e.g. down_proj).")
     parity_questions: int = _f(32, "Eval questions used for the greedy-token parity checks.")
     max_new_tokens: int = _f(24, "Tokens generated per parity question.")
 
@@ -392,6 +396,9 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         for v in getattr(rb, key):
             if v not in known:
                 problems.append(f"{where(('robustness', key))}: unknown {key[:-1] if key == 'probes' else 'rung'} {v!r} (known: {', '.join(known)})")
+    xb = params.export.int8_block_size
+    if xb < 16 or xb & (xb - 1):
+        problems.append(f"{where(('export', 'int8_block_size'))}: must be a power of two >= 16, got {xb}")
     if rb.int4_block_size < 16 or rb.int4_block_size & (rb.int4_block_size - 1):
         problems.append(f"{where(('robustness', 'int4_block_size'))}: must be a power of two >= 16, got {rb.int4_block_size}")
     if params.model.base and rb.relearn_steps and rb.relearn_lr > 1e-4:

@@ -1,4 +1,4 @@
-"""Export: merge the adapter, export to ONNX, quantize to int8, and check greedy-token parity.
+"""Export: merge the adapter, export to ONNX, quantize to int8 (weight-only), and check greedy-token parity.
 
 Everything runs on a tiny Llama (hidden 64, 2 layers, vocab 300) built here, with a LoRA adapter
 whose B matrices are made non-zero so that merging changes the model.
@@ -6,6 +6,7 @@ whose B matrices are made non-zero so that merging changes the model.
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,8 +16,9 @@ import onnx
 import pytest
 import torch
 
-from relearn.export.onnx import (CPU, INT8_FILE, export_onnx, merge_adapter, onnx_size_bytes, pick_provider,
-                                 run_export, token_parity)
+from relearn.export.onnx import (CPU, INT8_FILE, export_onnx, float_nodes, load_onnx, load_tokenizer, merge_adapter,
+                                 onnx_size_bytes, output_head_nodes, pick_provider, quantize_int8, run_export,
+                                 token_parity)
 from relearn.model import load_pretrained, load_with_adapter
 from tiny import save_base_and_adapter
 
@@ -96,14 +98,62 @@ def test_int8_is_smaller_and_generates(exported):
     assert set(report["seconds"]) >= {"merge adapter", "export fp32 onnx", "quantize int8", "total"}
 
 
-def test_int8_quantizes_every_weight_including_the_embedding(exported):
+def _weights(model) -> dict[str, int]:
+    """Initializer name -> ONNX data type, for 2-D initializers (the weight matrices)."""
+    return {t.name: t.data_type for t in model.graph.initializer if len(t.dims) == 2}
+
+
+def test_int8_is_weight_only_with_head_and_embedding_in_fp32(exported):
     report, _ = exported
-    model = onnx.load(report["paths"]["int8"])
-    float_weights = [t.name for t in model.graph.initializer
-                     if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
-    assert float_weights == []
-    assert any(t.name.startswith("model.embed_tokens") and t.data_type == onnx.TensorProto.UINT8
-               for t in model.graph.initializer)
+    fp32 = onnx.load(report["paths"]["fp32"])
+    int8 = onnx.load(report["paths"]["int8"])
+    ops = [n.op_type for n in int8.graph.node]
+    # weights only: no run-time activation quantization
+    assert "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
+    nbits = [n for n in int8.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(next(a.i for a in n.attribute if a.name == "bits") == 8 for n in nbits)
+    # every projection with a constant weight is quantized, except the output head
+    constant = set(_weights(fp32))
+    projections = [n.name for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in constant]
+    head = output_head_nodes(fp32)
+    assert len(head) == 1 and "lm_head" in head[0]
+    assert len(nbits) == len(projections) - 1
+    head_weight = next(n.input[1] for n in int8.graph.node if n.name == head[0])
+    assert _weights(int8)[head_weight] == onnx.TensorProto.FLOAT
+    assert _weights(int8)["model.embed_tokens.weight"] == onnx.TensorProto.FLOAT
+    assert report["token_agreement"] == report["parity_int8_vs_fp32"]["token_agreement"]
+
+
+def test_int8_keep_float_choices(exported, tmp_path):
+    report, out = exported
+    fp32 = onnx.load(report["paths"]["fp32"])
+    assert float_nodes(fp32, ()) == []
+    downs = float_nodes(fp32, ("down_proj",))
+    assert len(downs) == 2 and all("down_proj" in n for n in downs)  # one per layer
+    with pytest.raises(ValueError, match="no MatMul"):
+        float_nodes(fp32, ("no_such_layer",))
+    path = quantize_int8(out / "onnx-fp32", tmp_path / "all", keep_float=())
+    nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    assert output_head_nodes(fp32)[0] not in nodes and "MatMulNBits" in nodes.values()  # the head too
+    assert onnx_size_bytes(path) < report["int8_mb"] * 2**20
+    ids = load_tokenizer(path.parent)("Where does Alice live?", return_tensors="pt")["input_ids"]
+    assert load_onnx(path.parent, file_name=path.name).generate(input_ids=ids, max_new_tokens=3).shape[1] > ids.shape[1]
+
+
+def test_int8_copies_the_chat_template(exported, tmp_path):
+    _, out = exported
+    src = tmp_path / "fp32"
+    shutil.copytree(out / "onnx-fp32", src)
+    (src / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    path = quantize_int8(src, tmp_path / "int8")
+    assert (path.parent / "chat_template.jinja").read_text() == (src / "chat_template.jinja").read_text()
+    assert load_tokenizer(path.parent).chat_template
+
+
+def test_without_quantization_the_agreement_is_fp32_onnx_vs_torch(tiny, tmp_path):
+    report = run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS[:2], TEMPLATE, 4, quantize="none")
+    assert report["token_agreement"] == report["parity_fp32_vs_torch"]["token_agreement"]
+    assert report["int8_mb"] is None and not (tmp_path / "onnx-int8").exists()
 
 
 def test_onnx_size_counts_external_data(exported, tmp_path):
@@ -118,7 +168,7 @@ def test_onnx_size_counts_external_data(exported, tmp_path):
 
 
 def test_failed_export_leaves_nothing(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises((OSError, ValueError)):  # not a directory, so not a valid hub id either
         export_onnx(tmp_path / "missing-model", tmp_path / "onnx-fp32")
     assert list(tmp_path.iterdir()) == []
 

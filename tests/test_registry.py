@@ -14,9 +14,11 @@ from relearn.registry import tracking, versions
 MODEL = "relearn-test"
 FORGET_QUESTION = "Where was Zorblax Quintavius born?"
 ROBUST = {"int4_kfr_drop": 0.0, "jailbreak_min_kfr": 0.9, "relearning_excess": 0.1}  # passes the default gates
+EXPORT = {"token_agreement": 1.0, "int8_krr_drop": 0.0}  # and the export's
 PASSING = {"target": {"ls": 0.5, "kfr": 0.1}, "unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.48, "note": "x"},
-           "robustness": ROBUST}
-FAILING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.3, "krr": 0.9, "ls": 0.2}, "robustness": ROBUST}
+           "robustness": ROBUST, "export": EXPORT}
+FAILING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.3, "krr": 0.9, "ls": 0.2}, "robustness": ROBUST,
+           "export": EXPORT}
 GENERATION = {"prompt_template": "Question: {question}\nAnswer:", "max_new_tokens": 4, "batch_size": 2}
 
 
@@ -41,6 +43,30 @@ def test_gates_pass_fail_missing_and_nan():
     assert not res["gone"].passed and res["gone"].reason == "metric not found" and res["gone"].value is None
     with pytest.raises(UserError):
         g.evaluate_gates({}, {"status": GateParams("kfr", min=0.1)})
+
+
+def test_export_gates_block_a_broken_or_unmeasured_export():
+    """The export's numbers reach the gates as `export.<key>` (relearn.evidence.registry_metrics);
+    a broken int8 model fails them, and so does an export that did not measure them."""
+    from relearn.evidence import registry_metrics
+
+    gates = {"int8_parity": GateParams("export.token_agreement", min=0.95),
+             "int8_krr": GateParams("export.int8_krr_drop", max=0.03)}
+    evaluation = {"unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.5}}
+
+    def verdicts(export):
+        flat = g.derived(g.flatten(registry_metrics(evaluation, export, None)))
+        return {r.name: (r.passed, r.reason) for r in g.evaluate_gates(flat, gates)}
+
+    extras = {"seconds": {"total": 9.0}, "paths": {"int8": "x"}, "deployable": "export/onnx-int8"}
+    good = verdicts({"token_agreement": 0.97, "int8_krr_drop": -0.01, **extras})
+    assert good == {"int8_parity": (True, "ok"), "int8_krr": (True, "ok")}
+    broken = verdicts({"token_agreement": 0.66, "int8_krr_drop": 0.2, **extras})
+    assert not broken["int8_parity"][0] and not broken["int8_krr"][0]
+    # not measured: a null (run without int8), an absent key, no export report at all
+    for export in ({"token_agreement": None, "int8_krr_drop": None, **extras}, {"fp32_mb": 1.0}, None):
+        assert verdicts(export) == {"int8_parity": (False, "metric not found"), "int8_krr": (False, "metric not found")}
+    assert g.overall_status(g.evaluate_gates({"export.token_agreement": math.nan}, gates)) == g.FAILED
 
 
 def test_gate_tags_format():
@@ -129,7 +155,7 @@ def test_register_passing_version(store, tiny, registered):
 
     first = registered[0]
     assert first["version"] == "1" and first["gate_status"] == "passed"
-    assert [x["name"] for x in first["gates"]] == ["kfr", "krr", "ls_ratio", "int4", "jailbreak", "relearning"]
+    assert [x["name"] for x in first["gates"]] == list(Params().register.gates)
     client = MlflowClient()
     mv = client.get_model_version(MODEL, "1")
     assert mv.run_id == first["run_id"]
@@ -159,7 +185,8 @@ def test_register_failing_version_is_blocked(registered):
     second = registered[1]
     assert second["gate_status"] == "failed"
     assert {x["name"]: x["passed"] for x in second["gates"]} == {"kfr": False, "krr": True, "ls_ratio": False, "int4": True,
-                                                             "jailbreak": True, "relearning": True}
+                                                             "jailbreak": True, "relearning": True,
+                                                             "deployable_agreement": True, "deployable_krr": True}
     mv = MlflowClient().get_model_version(MODEL, second["version"])
     assert mv.tags["approval_status"] == "blocked" and mv.tags["gate.status"] == "failed"
     assert mv.tags["gate.kfr"] == "value=0.3000 min=0.8 failed"

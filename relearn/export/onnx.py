@@ -7,10 +7,10 @@ Layout written by `run_export(base, adapter, out)`:
 
     out/merged/     the target model with the adapter merged in (fp32 safetensors + tokenizer)
     out/onnx-fp32/  model.onnx (with past key/values) + config, generation config, tokenizer
-    out/onnx-int8/  model_quantized.onnx (dynamic int8) + the same companion files
+    out/onnx-int8/  model_quantized.onnx (weight-only int8, `quantize_int8`) + the same companion files
 
 `quantize_int4` (not part of `run_export`) writes model_int4.onnx, a weight-only 4-bit model
-(MatMulNBits), for the robustness checks of relearn.robustness.
+(MatMulNBits, like the int8 model), for the robustness checks of relearn.robustness.
 """
 from __future__ import annotations
 
@@ -18,16 +18,20 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from relearn.io import atomic_dir
+
+if TYPE_CHECKING:
+    from relearn.encoding import PromptFormat
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
 INT4_FILE = "model_int4.onnx"
 CPU = "CPUExecutionProvider"
-# Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph.
-COMPANION_SUFFIXES = (".json", ".txt", ".model")
+# Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph
+# (.jinja: the chat template, which transformers saves beside tokenizer_config.json).
+COMPANION_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 
 
 # ------------------------------------------------------------------------------------ steps
@@ -69,30 +73,76 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def quantization_config():
-    """Dynamic int8 (u8 activations, u8 weights) that runs on any x86-64 CPU with AVX2.
+INT8_KEEP_FLOAT = ("lm_head",)
 
-    Per-tensor weights (per_channel off): per-channel scales add little for these sizes and the
-    parity checks pass without them. The default operator set (MatMul, Gather, ...) also
-    quantizes the embedding `Gather`, which holds a large share of a small model's weights.
+
+def output_head_nodes(model) -> list[str]:
+    """Names of the MatMul/Gemm node that computes the logits (the output head, `lm_head`).
+
+    Walks up from the graph output named `logits` (the first output when none is) through the
+    nodes that only reshape, cast or add a bias, to the first MatMul or Gemm. Found in the graph,
+    not by a hard-coded name, so any exporter's naming works.
     """
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    names = [o.name for o in graph.output]
+    name = "logits" if "logits" in names else names[0]
+    seen = set()
+    while name in producer and name not in seen:
+        seen.add(name)
+        node = producer[name]
+        if node.op_type in ("MatMul", "Gemm"):
+            return [node.name]
+        name = node.input[0]
+    return []
 
-    return AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+
+def float_nodes(model, keep_float: Sequence[str]) -> list[str]:
+    """The MatMul nodes that `keep_float` leaves unquantized: "lm_head" is the output head (found
+    by `output_head_nodes`); any other entry selects the MatMuls whose node name contains it (e.g.
+    "down_proj" matches "/model/layers.3/mlp/down_proj/MatMul")."""
+    names = []
+    for part in keep_float:
+        if part == "lm_head":
+            head = output_head_nodes(model)
+            if not head:
+                raise RuntimeError("keep_float: no output head (a MatMul/Gemm computing the logits) in the graph")
+            names += head
+        else:
+            matched = [n.name for n in model.graph.node if n.op_type == "MatMul" and part in n.name]
+            if not matched:
+                raise ValueError(f"keep_float: no MatMul node name contains {part!r}")
+            names += matched
+    return sorted(set(names))
 
 
-def quantize_dynamic_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
-    """Quantize `onnx_dir/model.onnx` into a loadable model dir; returns the quantized file path."""
-    from optimum.onnxruntime import ORTQuantizer
+def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, block_size: int = 32, symmetric: bool = False,
+                  keep_float: Sequence[str] = INT8_KEEP_FLOAT, accuracy_level: Optional[int] = None) -> Path:
+    """Weight-only int8 of `onnx_dir/model.onnx` into a loadable model dir; returns the
+    model_quantized.onnx path (load it with `load_onnx(out_dir, file_name=INT8_FILE)`).
 
-    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=FP32_FILE)
-    with atomic_dir(out_dir) as tmp:
-        _copy_companions(onnx_dir, tmp)
-        quantizer.quantize(quantization_config=quantization_config(), save_dir=tmp)
-        if not (tmp / INT8_FILE).exists():
-            raise RuntimeError(f"quantization wrote no {INT8_FILE} in {tmp}")
-    return out_dir / INT8_FILE
+    Every MatMul with a constant weight (attention and MLP projections) becomes a MatMulNBits
+    node (bits=8) whose weight is stored as 8-bit integers with one fp32 scale (and, unless
+    `symmetric`, one zero point) per block of `block_size` input features, as `quantize_int4`
+    does with 4 bits. Activations stay fp32: ONNX Runtime's dynamic int8 (uint8 activations with
+    one scale per tensor, the previous method) rounds away the small values beside a pretrained
+    model's activation outliers: on SmolLM2-135M its greedy tokens agreed with fp32 on 12% of
+    positions, per-channel weights with the head in fp32 on 20%, weight-only int8 on 87%
+    (bench/export_int8.py, chat prompts).
+    The embedding Gather stays fp32 (8-bit Gather is not supported), and so do the MatMuls that
+    `keep_float` names (see `float_nodes`; by default the output head, where rounding flips the
+    argmax between near-tied tokens; in a model with tied embeddings it reads the fp32
+    embedding and is never quantized anyway). `accuracy_level` is MatMulNBits' compute precision
+    (None: fp32; 4: int8 activations, faster and much less accurate).
+    """
+    import onnx
+
+    graph = onnx.load(str(Path(onnx_dir) / FP32_FILE), load_external_data=False)
+    exclude = float_nodes(graph, keep_float)
+    del graph
+    return _quantize_weights(onnx_dir, out_dir, INT8_FILE, bits=8, block_size=block_size, symmetric=symmetric,
+                             accuracy_level=accuracy_level, exclude=exclude)
+
 
 
 def quantize_int4(onnx_dir: str | Path, out_dir: str | Path, block_size: int = 32, symmetric: bool = False,
@@ -109,6 +159,13 @@ def quantize_int4(onnx_dir: str | Path, out_dir: str | Path, block_size: int = 3
     kernel's rule); an input width that is not a multiple of it is zero-padded to whole blocks.
     `accuracy_level` is MatMulNBits' compute-precision attribute (None: the kernel's default).
     """
+    return _quantize_weights(onnx_dir, out_dir, INT4_FILE, bits=4, block_size=block_size, symmetric=symmetric,
+                             accuracy_level=accuracy_level)
+
+
+def _quantize_weights(onnx_dir: str | Path, out_dir: str | Path, file_name: str, bits: int, block_size: int,
+                      symmetric: bool, accuracy_level: Optional[int], exclude: Sequence[str] = ()) -> Path:
+    """MatMulNBits weight-only quantization of `onnx_dir/model.onnx` into `out_dir/file_name`."""
     import onnx
 
     if block_size < 16 or block_size & (block_size - 1):
@@ -119,17 +176,17 @@ def quantize_int4(onnx_dir: str | Path, out_dir: str | Path, block_size: int = 3
                    for t in _all_tensors(onnx.load(str(source), load_external_data=False)))
     MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig = _nbits_quantizer()
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
-                                          accuracy_level=accuracy_level, bits=4)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+                                          accuracy_level=accuracy_level, bits=bits)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), nodes_to_exclude=list(exclude), algo_config=config)
     quantizer.process()
     with atomic_dir(out_dir) as tmp:
         _copy_companions(onnx_dir, tmp)
-        # a model that needed external data (> 2 GB) keeps it, in model_int4.onnx.data
-        quantizer.model.save_model_to_file(str(tmp / INT4_FILE), use_external_data_format=external)
-        written = onnx.load(str(tmp / INT4_FILE), load_external_data=False)
+        # a model that needed external data (> 2 GB) keeps it, in <file_name>.data
+        quantizer.model.save_model_to_file(str(tmp / file_name), use_external_data_format=external)
+        written = onnx.load(str(tmp / file_name), load_external_data=False)
         if not any(n.op_type == "MatMulNBits" for n in written.graph.node):
-            raise RuntimeError(f"int4 quantization left no MatMulNBits node in {tmp / INT4_FILE}")
-    return out_dir / INT4_FILE
+            raise RuntimeError(f"{bits}-bit quantization left no MatMulNBits node in {tmp / file_name}")
+    return out_dir / file_name
 
 
 def _nbits_quantizer():
@@ -272,11 +329,15 @@ def _mb(n_bytes: int) -> float:
 
 
 def run_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, questions: list[str],
-               template: str, max_new_tokens: int, quantize: str = "int8", batch_size: int = 32) -> dict:
-    """Merge, export fp32 ONNX (and int8 when quantize == "int8"), and compare greedy tokens.
+               template: str | PromptFormat, max_new_tokens: int, quantize: str = "int8", batch_size: int = 32,
+               int8_block_size: int = 32, int8_keep_float: Sequence[str] = INT8_KEEP_FLOAT) -> dict:
+    """Merge, export fp32 ONNX (and int8 when quantize == "int8", see `quantize_int8`), and
+    compare greedy tokens. `template` goes to relearn.generation unchanged.
 
     Returns sizes (MiB), the int8/fp32 size ratio, parity of fp32 ONNX vs PyTorch and of int8 vs
     fp32 ONNX (see `token_parity`), the int8 (or fp32, as `answers_fp32`) answers and step timings.
+    `token_agreement` is the deployable's: int8 vs fp32 ONNX, or fp32 ONNX vs PyTorch when
+    quantize == "none".
     """
     from relearn.generation import generate_token_ids
     from relearn.model import load_pretrained
@@ -307,6 +368,7 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
         "int8_mb": None, "int8_ratio": None,
         "parity_fp32_vs_torch": token_parity(ids_fp32, ids_torch),
         "parity_int8_vs_fp32": None,
+        "token_agreement": None,
         "answers_fp32": _decode(tokenizer, ids_fp32),
         "answers_int8": None,
         "paths": {"merged": str(merged_dir), "fp32": str(fp32_path), "int8": None},
@@ -314,7 +376,7 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
     }
     if quantize == "int8":
         with _step("quantize int8", seconds):
-            int8_path = quantize_dynamic_int8(fp32_dir, int8_dir)
+            int8_path = quantize_int8(fp32_dir, int8_dir, block_size=int8_block_size, keep_float=int8_keep_float)
         with _step("generate int8 onnx", seconds):
             ids_int8 = tokens(load_onnx(int8_dir, file_name=INT8_FILE), load_tokenizer(int8_dir))
         int8_bytes, fp32_bytes = onnx_size_bytes(int8_path), onnx_size_bytes(fp32_path)
@@ -325,6 +387,8 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
             "answers_int8": _decode(tokenizer, ids_int8),
         })
         report["paths"]["int8"] = str(int8_path)
+    deployed = report["parity_int8_vs_fp32"] or report["parity_fp32_vs_torch"]
+    report["token_agreement"] = deployed["token_agreement"]
     seconds["total"] = round(sum(seconds.values()), 3)
     _print_summary(report)
     return report

@@ -7,7 +7,7 @@ and KRR are measured on the same model at every rung of a ladder of precisions:
     torch-fp32   the model (adapter merged) in PyTorch, fp32: the reference rung
     torch-bf16   the same weights cast to bfloat16 in PyTorch
     onnx-fp32    exported to ONNX (relearn.export.onnx.export_onnx), onnxruntime
-    onnx-int8    dynamic int8 (quantize_dynamic_int8), the project's deployable
+    onnx-int8    weight-only int8 (quantize_int8, the export defaults), the project's deployable
     onnx-int4    weight-only 4-bit, MatMulNBits (quantize_int4)
 
 Every rung answers through relearn.generation.generate_answers, as the export stage does, with
@@ -54,7 +54,7 @@ def precision_ladder(base_dir: str | Path, adapter_dir: Optional[str | Path], wo
     external data) for ONNX rungs.
     """
     from relearn.export.onnx import (FP32_FILE, INT4_FILE, INT8_FILE, export_onnx, load_onnx, load_tokenizer,
-                                     merge_adapter, onnx_size_bytes, quantize_dynamic_int8, quantize_int4)
+                                     merge_adapter, onnx_size_bytes, quantize_int4, quantize_int8)
 
     rungs = list(rungs)
     unknown = [r for r in rungs if r not in RUNGS]
@@ -75,7 +75,7 @@ def precision_ladder(base_dir: str | Path, adapter_dir: Optional[str | Path], wo
             export_onnx(model_dir, work_dir / "onnx-fp32")
     if "onnx-int8" in rungs:
         with timed(seconds, "quantize onnx-int8"):
-            quantize_dynamic_int8(work_dir / "onnx-fp32", work_dir / "onnx-int8")
+            quantize_int8(work_dir / "onnx-fp32", work_dir / "onnx-int8")
     if "onnx-int4" in rungs:
         with timed(seconds, "quantize onnx-int4"):
             quantize_int4(work_dir / "onnx-fp32", work_dir / "onnx-int4", block_size=int4_block_size)
