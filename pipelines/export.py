@@ -3,12 +3,16 @@
 The `register` stage attaches the deployable (the int8 ONNX model with its tokenizer) to the
 model version, and its numbers count among the version's metrics and gates, as `export.<key>`:
 `export.token_agreement` (the deployable's greedy tokens against fp32 ONNX, or fp32 ONNX against
-PyTorch without quantization) and `export.int8_krr_drop` (fp32 KRR - int8 KRR) among them.
+PyTorch without quantization) and `export.deployable_krr_drop` (fp32 KRR - the shipped model's KRR)
+among them. Each ONNX directory gets prompt_format.json: the PromptFormat (chat template or plain
+template, system message) the model must be prompted with.
 """
+from pathlib import Path
+
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.evaluation.evaluate import knowledge_rates
-from relearn.export.onnx import FP32_FILE, INT8_FILE, load_onnx, load_tokenizer, run_export
+from relearn.export.onnx import FP32_FILE, INT8_FILE, PROMPT_FORMAT_FILE, load_onnx, load_tokenizer, run_export
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
@@ -26,6 +30,11 @@ def main() -> None:
         report.pop(key, None)
     report |= forgetting_at_precisions(p, splits, report["quantize"])
     report["deployable"] = "export/onnx-int8" if p.export.quantize == "int8" else "export/onnx-fp32"
+    # what quantization costs the shipped model's retention (0 when fp32 ships)
+    report["deployable_krr_drop"] = report.get("int8_krr_drop", 0.0)
+    for model_dir in ("export/onnx-fp32", "export/onnx-int8"):
+        if Path(model_dir).is_dir():  # how to prompt the deployable: the encoding it was trained with
+            write_json(Path(model_dir) / PROMPT_FORMAT_FILE, p.model.prompt.to_dict())
     write_json("reports/export.json", report)
     flat = {k: v for k, v in flatten(report).items() if not k.startswith("seconds.")}
     print("[export] " + ", ".join(f"{k} {v:.4g}" for k, v in flat.items()), flush=True)

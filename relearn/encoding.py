@@ -24,7 +24,6 @@ import torch
 from relearn.errors import UserError
 
 IGNORE = -100
-PROMPT_FORMATS = ("auto", "chat", "plain")
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 _PROBE = "\x00relearn-answer\x00"  # a string no template writes, to find where the answer goes
 

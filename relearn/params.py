@@ -35,7 +35,7 @@ class DataParams:
     general_files: list = _f([], "Extra general QA files (TOFU format, e.g. ../shared/data/tofu-general/world_facts_perturbed.json) added to the general split.")
     eval_fraction: float = _f(0.2, "TOFU and jsonl without eval files: share of forget/retain items held out as forget_eval/retain_eval.")
     holdout_fraction: float = _f(0.1, "KnowUnDo, TOFU and jsonl without holdout.jsonl: share of retain items never trained on by any model (the membership-inference holdout).")
-    forget_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: keep only the questions about this many people of the forget set, a seeded choice among those the eval split asks about too (0: all). The subject is the first capitalised name in the question (or answer).")
+    forget_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: keep only the questions about this many people of the forget set, a seeded choice among those the eval split asks about too (0: all). The subject is a record's `subject`, else the first capitalised name in its question (or answer).")
     retain_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: the same for the retain set (0: all).")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
@@ -76,7 +76,7 @@ class TargetParams:
     grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
     check_every: int = _f(10, "Every this many epochs, check how well the model reproduces the forget answers (0: never).")
     stop_recall: float = _f(0.98, "Stop early once this share of forget facts is reproduced by greedy answers.")
-    finetune: str = _f("full", "Pretrained base (model.base): 'full' fine-tuning, or 'lora' (an adapter of rank lora_r on every linear layer, merged into the weights when training ends). The from-scratch model is always trained in full.")
+    finetune: str = _f("full", "Pretrained base (model.base): 'full' fine-tuning, or 'lora' (an adapter of rank lora_r on every linear layer but the output head, merged into the weights when training ends). The from-scratch model is always trained in full.")
     lora_r: int = _f(64, "target.finetune 'lora': adapter rank (alpha = 2 x rank).")
 
 
@@ -180,7 +180,7 @@ class RegisterParams:
             "jailbreak": {"metric": "robustness.jailbreak_min_kfr", "min": 0.8},
             "relearning": {"metric": "robustness.relearning_excess", "max": 0.25},
             "deployable_agreement": {"metric": "export.token_agreement", "min": 0.8},
-            "deployable_krr": {"metric": "export.int8_krr_drop", "max": 0.03},
+            "deployable_krr": {"metric": "export.deployable_krr_drop", "max": 0.03},
         },
         "Promotion gates: name -> {metric, min and/or max}. All must pass for the 'challenger' alias.",
     )
@@ -396,6 +396,23 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         for v in getattr(rb, key):
             if v not in known:
                 problems.append(f"{where(('robustness', key))}: unknown {key[:-1] if key == 'probes' else 'rung'} {v!r} (known: {', '.join(known)})")
+    m = params.model
+    if not m.base:
+        for section, key, value in (("model", "prompt_format", "chat"), ("target", "finetune", "lora")):
+            if getattr(getattr(params, section), key) == value:
+                problems.append(f"{where((section, key))}: {value!r} needs model.base (a pretrained model); the "
+                                f"from-scratch model has no chat template and is always trained in full")
+    if m.prompt_format == "plain" and m.system_prompt:
+        problems.append(f"{where(('model', 'system_prompt'))}: only the chat format has a system message "
+                        f"(model.prompt_format is 'plain')")
+    if params.data.source == "builtin":
+        for key in ("forget_subjects", "retain_subjects"):
+            if getattr(params.data, key):
+                problems.append(f"{where(('data', key))}: only for KnowUnDo, TOFU and jsonl sources (the built-in "
+                                f"world is sized by data.people and data.forget_people)")
+    bad_keep = [v for v in params.export.int8_keep_float if not isinstance(v, str) or not v.strip()]
+    if bad_keep:
+        problems.append(f"{where(('export', 'int8_keep_float'))}: expected names ('lm_head' or part of a MatMul node name), got {bad_keep!r}")
     xb = params.export.int8_block_size
     if xb < 16 or xb & (xb - 1):
         problems.append(f"{where(('export', 'int8_block_size'))}: must be a power of two >= 16, got {xb}")

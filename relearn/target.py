@@ -41,8 +41,9 @@ def _pretrained(params: Params, base_dir):
 
         set_seed(params.seed)
         r = params.target.lora_r
+        # every linear layer but the output head (peft's "all-linear"), whatever the architecture calls them
         model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                 target_modules=list(params.unlearn.lora.target_modules)))
+                                                 target_modules="all-linear"))
     return model, tokenizer
 
 

@@ -127,6 +127,10 @@ def test_export_has_parity_and_int8_forgetting(project):
     assert report["parity_fp32_vs_torch"]["exact_match"] == 1.0
     assert 0.0 <= report["int8_kfr"] <= 1.0 and 0.0 <= report["int8_krr"] <= 1.0
     assert (work / "export" / "onnx-int8" / "model_quantized.onnx").exists()
+    assert report["deployable_krr_drop"] == pytest.approx(report["fp32_krr"] - report["int8_krr"])
+    # the deployable says how it must be prompted: the micro model has no chat template, so plain
+    fmt = json.loads((work / "export" / "onnx-int8" / "prompt_format.json").read_text())
+    assert fmt["mode"] == "auto" and fmt["template"] == "Question: {question}\nAnswer:"
 
 
 def test_promote_refuses_until_approved_then_moves_production(project):

@@ -14,7 +14,7 @@ from relearn.registry import tracking, versions
 MODEL = "relearn-test"
 FORGET_QUESTION = "Where was Zorblax Quintavius born?"
 ROBUST = {"int4_kfr_drop": 0.0, "jailbreak_min_kfr": 0.9, "relearning_excess": 0.1}  # passes the default gates
-EXPORT = {"token_agreement": 1.0, "int8_krr_drop": 0.0}  # and the export's
+EXPORT = {"token_agreement": 1.0, "deployable_krr_drop": 0.0}  # and the export's
 PASSING = {"target": {"ls": 0.5, "kfr": 0.1}, "unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.48, "note": "x"},
            "robustness": ROBUST, "export": EXPORT}
 FAILING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.3, "krr": 0.9, "ls": 0.2}, "robustness": ROBUST,

@@ -103,3 +103,11 @@ def test_subject_subset_keeps_whole_people_and_their_eval_questions(tmp_path):
     assert {r.question for r in splits["forget_eval"]} == {f"Who are {p}'s parents?" for p in chosen}
     assert load_source(params, seed=0)["forget"] == splits["forget"]  # seeded
     assert len(load_source(DataParams(source="knowundo", path=str(tmp_path), holdout_fraction=0.0), 0)["forget"]) == 8
+
+
+def test_asking_for_more_people_than_the_data_names_is_a_user_error(tmp_path):
+    rows = [{"text": "Where does Ann Lee live?", "labels": "In Lyon."}]
+    for name in ("unlearn_train", "unlearn_val", "retention_train", "retention_val"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    with pytest.raises(UserError, match=r"data.retain_subjects: 3 people asked for, but the data names only 1"):
+        load_source(DataParams(source="knowundo", path=str(tmp_path), retain_subjects=3), seed=0)

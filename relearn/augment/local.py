@@ -329,9 +329,13 @@ class LocalGenerator:
         self.model, self.tokenizer = model, tokenizer
 
     def _stop_ids(self) -> list[int]:
+        """eos, the generation config's eos ids and, with a chat template, the end-of-turn token."""
+        from relearn.encoding import end_of_turn_id
+
         ids: list[int] = []
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for value in (configured if isinstance(configured, list) else [configured]) + [self.tokenizer.eos_token_id]:
+        turn = [end_of_turn_id(self.tokenizer)] if getattr(self.tokenizer, "chat_template", None) else []
+        for value in (configured if isinstance(configured, list) else [configured]) + [self.tokenizer.eos_token_id] + turn:
             if isinstance(value, int) and value not in ids:
                 ids.append(value)
         return ids

@@ -73,14 +73,19 @@ def subject_of(record: QARecord) -> str:
     return record.subject or guess_subject(record.question) or guess_subject(record.answer)
 
 
-def by_subjects(train: list[QARecord], evals: list[QARecord], n: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+def by_subjects(train: list[QARecord], evals: list[QARecord], n: int, seed: int,
+                param: str = "data.forget_subjects") -> tuple[list[QARecord], list[QARecord]]:
     """The records about `n` people, a seeded choice among the people both lists ask about (all of
     `train`'s people when `evals` is empty, as for TOFU, whose eval split is held out afterwards)."""
     people = sorted({subject_of(r) for r in train} - {""})
     if evals:
         asked = {subject_of(r) for r in evals}
         people = [p for p in people if p in asked]
-    chosen = set(random.Random(seed).sample(people, min(n, len(people))))
+    if len(people) < n:
+        where = " that the eval split also asks about" if evals else ""
+        raise UserError(f"{param}: {n} people asked for, but the data names only {len(people)}{where} "
+                        f"(the subject is a record's `subject`, else the first capitalised name in its question)")
+    chosen = set(random.Random(seed).sample(people, n))
     return [r for r in train if subject_of(r) in chosen], [r for r in evals if subject_of(r) in chosen]
 
 
@@ -113,7 +118,8 @@ def load_source(params: DataParams, seed: int) -> dict[str, list[QARecord]]:
         for kind in ("forget", "retain"):
             chosen = getattr(params, f"{kind}_subjects")
             if chosen:
-                splits[kind], splits[f"{kind}_eval"] = by_subjects(splits[kind], splits[f"{kind}_eval"], chosen, seed)
+                splits[kind], splits[f"{kind}_eval"] = by_subjects(splits[kind], splits[f"{kind}_eval"], chosen, seed,
+                                                                   f"data.{kind}_subjects")
             if not splits[f"{kind}_eval"]:
                 splits[kind], splits[f"{kind}_eval"] = hold_out(splits[kind], params.eval_fraction, seed)
         if not splits["holdout"] and params.holdout_fraction > 0:

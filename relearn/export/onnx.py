@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
 INT4_FILE = "model_int4.onnx"
+PROMPT_FORMAT_FILE = "prompt_format.json"  # relearn.encoding.PromptFormat.to_dict(), written by the export stage
 CPU = "CPUExecutionProvider"
 # Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph
 # (.jinja: the chat template, which transformers saves beside tokenizer_config.json).
@@ -202,7 +203,7 @@ def _nbits_quantizer():
         from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                      MatMulNBitsQuantizer)
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(f"int4 quantization needs onnxruntime's quantization tools and their "
+        raise ModuleNotFoundError(f"int8 and int4 (MatMulNBits) quantization need onnxruntime's quantization tools and their "
                                   f"dependencies ({e.name} is missing: pip install onnx-ir ml_dtypes)") from e
     finally:
         for h in root.handlers[:]:

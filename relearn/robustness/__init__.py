@@ -33,6 +33,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 retain_eval: list[QARecord], template: str, max_new_tokens: int, batch_size: int = 32,
                 parts: Sequence[str] = PARTS, work_dir: Optional[str | Path] = None,
                 forget: Optional[list[QARecord]] = None, rungs: Sequence[str] = RUNGS, int4_block_size: int = 32,
+                int8_block_size: int = 32, int8_keep_float: Sequence[str] = ("lm_head",),
                 probes: Sequence[str] = PROBES, jailbreaks: Optional[list[Jailbreak]] = None, typo_rate: float = 0.3,
                 relearn_steps: int = 10, relearn_lr: float = 1e-3, relearn_batch_size: int = 8,
                 relearn_fraction: float = 0.5, relearn_group_by: str = "fact", max_length: int = 128,
@@ -62,6 +63,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
             aggregate["ladder"], per_item["ladder"] = precision_ladder(
                 base_dir, adapter_dir, work_dir, forget_eval, retain_eval, template=template,
                 max_new_tokens=max_new_tokens, batch_size=batch_size, rungs=rungs, int4_block_size=int4_block_size,
+                int8_block_size=int8_block_size, int8_keep_float=int8_keep_float,
                 device=device, provider=provider)
     if "probes" in parts:
         with timed(seconds, "probes"):
@@ -106,6 +108,7 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         base_dir, adapter_dir, forget_eval=splits["forget_eval"], retain_eval=splits["retain_eval"],
         forget=splits["forget"], template=params.model.prompt, max_new_tokens=params.evaluate.max_new_tokens,
         batch_size=params.evaluate.batch_size, parts=parts, work_dir=work_dir, rungs=r.ladder,
-        int4_block_size=r.int4_block_size, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
+        int4_block_size=r.int4_block_size, int8_block_size=params.export.int8_block_size,
+        int8_keep_float=params.export.int8_keep_float, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
         relearn_lr=r.relearn_lr, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
         seed=params.seed, device="cuda" if torch.cuda.is_available() else "cpu", provider=pick_provider("auto"))

@@ -7,7 +7,7 @@ and KRR are measured on the same model at every rung of a ladder of precisions:
     torch-fp32   the model (adapter merged) in PyTorch, fp32: the reference rung
     torch-bf16   the same weights cast to bfloat16 in PyTorch
     onnx-fp32    exported to ONNX (relearn.export.onnx.export_onnx), onnxruntime
-    onnx-int8    weight-only int8 (quantize_int8, the export defaults), the project's deployable
+    onnx-int8    weight-only int8 (quantize_int8 with the export stage's settings), the project's deployable
     onnx-int4    weight-only 4-bit, MatMulNBits (quantize_int4)
 
 Every rung answers through relearn.generation.generate_answers, as the export stage does, with
@@ -31,7 +31,8 @@ TORCH_DTYPES = {"torch-fp32": "float32", "torch-bf16": "bfloat16"}
 def precision_ladder(base_dir: str | Path, adapter_dir: Optional[str | Path], work_dir: str | Path,
                      forget_eval: list[QARecord], retain_eval: list[QARecord], *, template: str,
                      max_new_tokens: int, batch_size: int = 32, rungs: Sequence[str] = RUNGS,
-                     int4_block_size: int = 32, device: str = "cpu",
+                     int4_block_size: int = 32, int8_block_size: int = 32,
+                     int8_keep_float: Sequence[str] = ("lm_head",), device: str = "cpu",
                      provider: Optional[str] = None) -> tuple[dict, dict]:
     """KFR (forget_eval) and KRR (retain_eval) of one model at each rung.
 
@@ -75,7 +76,8 @@ def precision_ladder(base_dir: str | Path, adapter_dir: Optional[str | Path], wo
             export_onnx(model_dir, work_dir / "onnx-fp32")
     if "onnx-int8" in rungs:
         with timed(seconds, "quantize onnx-int8"):
-            quantize_int8(work_dir / "onnx-fp32", work_dir / "onnx-int8")
+            quantize_int8(work_dir / "onnx-fp32", work_dir / "onnx-int8", block_size=int8_block_size,
+                          keep_float=int8_keep_float)
     if "onnx-int4" in rungs:
         with timed(seconds, "quantize onnx-int4"):
             quantize_int4(work_dir / "onnx-fp32", work_dir / "onnx-int4", block_size=int4_block_size)
