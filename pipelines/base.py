@@ -1,7 +1,7 @@
 """DVC stage `base`: make models/base from params.yaml `model.base`, converted once and cached.
 
 model.base may be a .gguf file, a Hugging Face model directory (relative paths are relative to the
-project root, where DVC runs the stage) or a hub id; null leaves models/base empty and the target
+project root, where DVC runs the stage) or a hub id; null leaves only a SCRATCH note in models/base and the target
 stage builds the small from-scratch model. The conversion is cached in .cache/base by the source's
 sha256, so a repeated run only links the cached files into place.
 """

@@ -42,8 +42,8 @@ def prepare_base(source: str | None, out_dir: str | os.PathLike, cache_dir: str 
     """Make `out_dir` the safetensors model + tokenizer that `source` names; return a report."""
     start = time.perf_counter()
     if source is None:
-        with atomic_dir(out_dir):
-            pass  # an empty directory: the target stage builds the from-scratch model itself
+        with atomic_dir(out_dir) as tmp:  # no model: the target stage builds the from-scratch one itself
+            (tmp / "SCRATCH").write_text("model.base is null: the target stage builds a model from scratch\n")
         return {"source": None, "kind": "scratch"}
 
     kind, path = _resolve(source)

@@ -187,7 +187,7 @@ def test_scratch_and_user_errors(tmp_path, monkeypatch):
     (tmp_path / "models" / "base").mkdir(parents=True)
     (tmp_path / "models" / "base" / "stale").write_text("x")
     assert prepare_base(None, "models/base") == {"source": None, "kind": "scratch"}
-    assert list((tmp_path / "models" / "base").iterdir()) == []
+    assert [p.name for p in (tmp_path / "models" / "base").iterdir()] == ["SCRATCH"]  # the stale file is gone
 
     with pytest.raises(UserError) as e:
         prepare_base("models/pretrained/SmolLM2-135M-Instruct", "models/base")
