@@ -483,33 +483,23 @@ def text_params(model_dir, cache_dir, **kw) -> LocalParams:
 TASK_KIND = {task: kind for kind, task in prompts.TEXT_VARIANT_TASK.items()}
 
 
-class TextScriptedGenerator:
+class TextScriptedGenerator(ScriptedGenerator):
     """Stands in for LocalGenerator in text mode: `script(kind or 'answer', question, round seen)` gives
     the reply; the round is how often this prompt's final turn was seen before."""
 
-    dtype = "float32"
-
     def __init__(self, script):
+        super().__init__()
         self.script = script
-        self.prompts: list[list[dict]] = []
-        self.batches: list[int] = []
         self.seen: dict[str, int] = {}
-        self.model = None
 
-    def generate(self, conversations, seed=0):
-        self.batches.append(len(conversations))
-        self.prompts += conversations
-        out = []
-        for messages in conversations:
-            last = messages[-1]["content"]
-            round_ = self.seen.get(last, 0)
-            self.seen[last] = round_ + 1
-            if messages[0]["content"] == prompts.TEXT_QUESTION_SYSTEM:
-                out.append(self.script(TASK_KIND[last.splitlines()[0]], _field(last, "Question"), round_))
-            else:
-                assert messages[0]["content"] == prompts.TEXT_ANSWER_SYSTEM
-                out.append(self.script("answer", _field(last, "Question"), round_))
-        return out
+    def reply(self, messages):
+        last = messages[-1]["content"]
+        round_ = self.seen.get(last, 0)
+        self.seen[last] = round_ + 1
+        if messages[0]["content"] == prompts.TEXT_QUESTION_SYSTEM:
+            return self.script(TASK_KIND[last.splitlines()[0]], _field(last, "Question"), round_)
+        assert messages[0]["content"] == prompts.TEXT_ANSWER_SYSTEM
+        return self.script("answer", _field(last, "Question"), round_)
 
 
 def mixed_script(kind, question, round_):
