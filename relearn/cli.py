@@ -165,6 +165,50 @@ def promote(params_path: str, version: str, model_name: str | None, alias: str) 
 
 
 @main.command()
+@params_option
+@click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
+@click.option("--alias", default=None, help="Alias to serve and follow (default: serve.alias, 'production').")
+@click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None, help="Default: serve.backend.")
+@click.option("--quantization", type=click.Choice(["auto", "int8", "fp32", "int4"]), default=None,
+              help="ONNX precision (default: serve.quantization; auto: the registered deployable's).")
+@click.option("--host", default=None, help="Default: serve.host (127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Default: serve.port.")
+def serve(params_path: str, model_name: str | None, alias: str | None, backend: str | None,
+          quantization: str | None, host: str | None, port: int | None) -> None:
+    """Serve the version behind a registry alias over HTTP (OpenAI and MLflow APIs), following the alias.
+
+    Only a version whose gates passed and which is approved is served. A promotion or rollback is
+    loaded beside the serving version and takes over without a restart or a failed request.
+    """
+    import dataclasses
+    import logging
+
+    from relearn.serving.server import Service
+
+    p = _params(params_path)
+    changes = {k: v for k, v in dict(alias=alias, backend=backend, quantization=quantization, host=host,
+                                     port=port).items() if v is not None}
+    settings = dataclasses.replace(p.serve, **changes)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [serve] %(message)s", datefmt="%H:%M:%S")
+    _quiet_libraries()
+    service = Service(settings, model_name or p.register.model_name).start()
+    service.run()
+
+
+def _quiet_libraries() -> None:
+    """Library warnings that say nothing to the person running the command."""
+    import logging
+    import warnings
+
+    for name in ("mlflow", "alembic", "optimum", "transformers", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(host: str, port: int) -> None:

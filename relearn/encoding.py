@@ -86,6 +86,26 @@ def prompt_ids(tokenizer, question: str, template: "str | PromptFormat") -> list
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def messages_ids(tokenizer, messages: list[dict], template: "str | PromptFormat") -> list[int]:
+    """A conversation (OpenAI-style `{"role", "content"}` messages ending with a user turn) as
+    prompt ids. One user message gives exactly `prompt_ids` of its content. In the chat format the
+    whole conversation goes through the chat template (the format's system message is added when the
+    conversation has none); the plain format has no turns, so only the last user message is asked.
+    """
+    fmt = as_format(template)
+    if not messages or messages[-1].get("role") != "user":
+        raise UserError("the last message must be the user's")
+    if not fmt.uses_chat(tokenizer) or len(messages) == 1:
+        return prompt_ids(tokenizer, messages[-1]["content"], fmt)
+    system = [{"role": "system", "content": fmt.system}] if fmt.system and messages[0]["role"] != "system" else []
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = tokenizer.apply_chat_template(system + turns, tokenize=False, add_generation_prompt=True) + fmt.prefill
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def end_of_turn_id(tokenizer) -> int:
     """The token a chat template closes an assistant turn with (eos when it writes none)."""
     cached = getattr(tokenizer, "_relearn_end_of_turn", None)

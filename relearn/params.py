@@ -215,6 +215,26 @@ class CompareParams:
 
 
 @dataclass
+class ServeParams:
+    alias: str = _f("production", "`relearn serve`: the registry alias served and followed (models:/<register.model_name>@<alias>).")
+    backend: str = _f("onnx", "onnx: the version's ONNX deployable through onnxruntime (CUDA provider when onnxruntime-gpu has a GPU) | torch: the version's base model + adapter.")
+    quantization: str = _f("auto", "onnx backend: auto (the deployable the export stage checked and registered) | int8 | fp32 | int4; a precision other than the registered deployable's is exported from the version's model when loaded, and logged as unchecked by the export gates.")
+    host: str = _f("127.0.0.1", "Address to bind; loopback by default (a token from serve.token_env before binding elsewhere).")
+    port: int = _f(8080, "TCP port.")
+    poll_seconds: float = _f(10.0, "How often the alias is read from the registry; a move loads the new version beside the old one, then switches.")
+    max_batch_size: int = _f(8, "Dynamic batching: most requests generated together.")
+    max_wait_ms: float = _f(10.0, "Dynamic batching: longest a request waits for others to join its batch.")
+    max_queue: int = _f(64, "Requests waiting beyond the running batch; past it, 429 with Retry-After.")
+    request_timeout_s: float = _f(60.0, "A request not finished by then gets 504 (its generation stops at the next token).")
+    max_tokens: int = _f(256, "Ceiling on a request's max_tokens (and the default when it gives none).")
+    max_prompt_tokens: int = _f(1024, "Longest prompt accepted, in tokens; longer gets 400.")
+    token_env: Optional[str] = _f(None, "Name of an environment variable holding a bearer token every API request must send (null: no token). Never the token itself.")
+    webhook_secret_env: Optional[str] = _f(None, "Name of an environment variable holding the HMAC secret of an MLflow registry webhook; enables POST /webhooks/mlflow (null: route off).")
+    admin: bool = _f(False, "Enable POST /admin/reload (re-read the alias now); needs serve.token_env.")
+    cache_dir: str = _f(".cache/serve", "Where downloaded deployables (per version) are kept.")
+
+
+@dataclass
 class Params:
     seed: int = _f(0, "Seed for data generation, shuffling, initialisation and sampling.")
     data: DataParams = field(default_factory=DataParams)
@@ -227,6 +247,7 @@ class Params:
     export: ExportParams = field(default_factory=ExportParams)
     robustness: RobustnessParams = field(default_factory=RobustnessParams)
     compare: CompareParams = field(default_factory=CompareParams)
+    serve: ServeParams = field(default_factory=ServeParams)
 
     def ppl_model(self) -> str:
         """'base' or 'target': the model LS's PPL is measured under (evaluate.ppl_model, auto resolved)."""
@@ -250,6 +271,8 @@ CHOICES = {
     "augment.fallback": ("drop", "rules"),
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "export.quantize": ("int8", "none"),
+    "serve.backend": ("onnx", "torch"),
+    "serve.quantization": ("auto", "int8", "fp32", "int4"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
     "evaluate.ppl_model": ("auto", "target", "base"),
 }
@@ -338,7 +361,8 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     positive = ["data.people", "model.hidden_size", "model.layers", "model.heads", "model.vocab_size",
                 "model.max_length", "target.epochs", "target.batch_size", "target.lora_r", "unlearn.epochs",
                 "unlearn.batch_size", "unlearn.lora.r", "evaluate.batch_size", "evaluate.max_new_tokens",
-                "evaluate.rounds"]
+                "evaluate.rounds", "serve.port", "serve.max_batch_size", "serve.max_queue", "serve.max_tokens",
+                "serve.max_prompt_tokens", "serve.poll_seconds", "serve.request_timeout_s"]
     for dotted in positive:
         obj = params
         for part in dotted.split("."):
@@ -458,6 +482,10 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
             v = gate.get(bound)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 problems.append(f"{where(p + (bound,))}: expected a number, got {v!r}")
+    if params.serve.admin and not params.serve.token_env:
+        problems.append(f"{where(('serve', 'admin'))}: the admin route needs serve.token_env (a bearer token)")
+    if params.serve.max_wait_ms < 0:
+        problems.append(f"{where(('serve', 'max_wait_ms'))}: must be >= 0, got {params.serve.max_wait_ms}")
 
 
 def parse_params(raw: Any, file: str = "params.yaml", text: str = "") -> Params:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from relearn.encoding import (IGNORE, PromptFormat, as_format, encode_pair, end_of_turn_id, prompt_ids, prompt_text,
+from relearn.encoding import (IGNORE, PromptFormat, as_format, encode_pair, end_of_turn_id, messages_ids, prompt_ids,
+                              prompt_text,
                               stop_ids)
 from relearn.errors import UserError
 from relearn.model import train_tokenizer
@@ -67,3 +68,23 @@ def test_chat_without_a_template_is_a_user_error(plain_tok):
 def test_round_trip_through_a_mapping():
     fmt = PromptFormat(template="Q: {question}\nA:", mode="chat", system="s")
     assert PromptFormat.from_dict(fmt.to_dict()) == fmt
+
+
+def test_conversations_for_the_server(chat_tok, plain_tok):
+    """One user message is exactly a question's prompt; a conversation goes through the chat
+    template (with the format's system message unless it has its own); the plain format asks the
+    last user message."""
+    fmt = PromptFormat(system="Be discreet.")
+    one = [{"role": "user", "content": "Who is Bob?"}]
+    assert messages_ids(chat_tok, one, fmt) == prompt_ids(chat_tok, "Who is Bob?", fmt)
+    talk = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Who is Bob?"}]
+    assert chat_tok.decode(messages_ids(chat_tok, talk, fmt)) == (
+        "<|im_start|>system\nBe discreet.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello."
+        "<|im_end|>\n<|im_start|>user\nWho is Bob?<|im_end|>\n<|im_start|>assistant\n")
+    own = [{"role": "system", "content": "Terse."}] + talk
+    assert chat_tok.decode(messages_ids(chat_tok, own, fmt)).startswith("<|im_start|>system\nTerse.<|im_end|>\n<|im_start|>user")
+    plain = PromptFormat(template="Q: {question}\nA:")
+    assert messages_ids(plain_tok, talk, plain) == prompt_ids(plain_tok, "Who is Bob?", plain)
+    with pytest.raises(UserError, match="last message"):
+        messages_ids(chat_tok, talk[:2], fmt)

@@ -105,7 +105,7 @@ def test_unknown_nested_key_names_file_line_and_key(tmp_path):
 def test_unknown_top_level_key(tmp_path):
     path = _write(tmp_path, "seed: 1\nmodle:\n  layers: 2\n")
     assert _problems(path) == [f"{path}:2: modle: unknown key (known keys here: augment, compare, data, evaluate, export, "
-                               "model, register, robustness, seed, target, unlearn)"]
+                               "model, register, robustness, seed, serve, target, unlearn)"]
 
 
 def test_wrong_type_names_line(tmp_path):
@@ -319,3 +319,12 @@ def test_every_profile_makes_valid_params(profile):
                     yaml.safe_load(profile.read_text()))
     params["data"]["path"] = params["data"]["path"] or "given/on/the/command/line"
     parse_params(absolute_paths(params), profile.name)
+
+
+def test_serve_checks(tmp_path):
+    path = _write(tmp_path, "serve:\n  backend: tensorrt\n  max_queue: 0\n  admin: true\n  max_wait_ms: -1\n")
+    problems = _problems(path)
+    assert f"{path}:2: serve.backend: 'tensorrt' is not one of onnx, torch" in problems
+    assert f"{path}:3: serve.max_queue: must be > 0, got 0" in problems
+    assert f"{path}:4: serve.admin: the admin route needs serve.token_env (a bearer token)" in problems
+    assert f"{path}:5: serve.max_wait_ms: must be >= 0, got -1.0" in problems

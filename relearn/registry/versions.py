@@ -33,7 +33,6 @@ import relearn
 from relearn.errors import UserError
 from relearn.params import Params
 from relearn.registry.gates import FAILED, PASSED, derived, evaluate_gates, flatten, gate_tags, parse_gate_tag
-from relearn.registry.pyfunc import GENERATION_KEYS, UnlearnedModel
 from relearn.registry.tracking import client as project_client
 from relearn.registry.tracking import setup, tracking_uri
 
@@ -152,6 +151,8 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
 
     Returns `{"version", "run_id", "gate_status", "gates": [GateResult as dict, ...]}`.
     """
+    from relearn.registry.pyfunc import GENERATION_KEYS, UnlearnedModel  # here: status and promote never load it
+
     base_model_dir, adapter_dir = Path(base_model_dir), Path(adapter_dir)
     for what, d in (("base model", base_model_dir), ("adapter", adapter_dir)):
         if not d.is_dir():
@@ -220,6 +221,22 @@ def version_status(model_name: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ promote
+def release_problem(model_name: str, mv: ModelVersion) -> str | None:
+    """Why `mv` may not reach production (its gates did not pass, or no one approved it), or None.
+    `promote` refuses such a version, and `relearn serve` never loads one."""
+    label = f"version {mv.version} of {model_name!r}"
+    tags = dict(mv.tags or {})
+    if _normal(tags.get("gate.status")) != PASSED:
+        failed = [f"{name}: {value}" for name, value in _failed_gate_tags(tags).items()]
+        detail = f" ({'; '.join(failed)})" if failed else f" (gate.status={tags.get('gate.status', 'missing')})"
+        return f"{label} did not pass its gates{detail}"
+    approval = tags.get(APPROVAL_TAG)
+    if _normal(approval) != APPROVED:
+        return (f"{label} is not approved ({APPROVAL_TAG}={(approval or 'missing').strip()}): an approver "
+                f"sets {APPROVAL_TAG}={APPROVED} on the version page in the MLflow UI")
+    return None
+
+
 def promote(model_name: str, version: str, alias: str = PRODUCTION) -> dict:
     """Move `alias` onto `version` if its gates passed and a person approved it.
 
@@ -228,17 +245,9 @@ def promote(model_name: str, version: str, alias: str = PRODUCTION) -> dict:
     """
     client = project_client()
     mv = _version(client, model_name, version)
-    label = f"version {mv.version} of {model_name!r}"
-    tags = dict(mv.tags or {})
-    gate_status = _normal(tags.get("gate.status"))
-    if gate_status != PASSED:
-        failed = [f"{name}: {value}" for name, value in _failed_gate_tags(tags).items()]
-        detail = f" ({'; '.join(failed)})" if failed else f" (gate.status={tags.get('gate.status', 'missing')})"
-        raise UserError(f"{label} did not pass its gates{detail}: it cannot be promoted")
-    approval = tags.get(APPROVAL_TAG)
-    if _normal(approval) != APPROVED:
-        raise UserError(f"{label} is not approved ({APPROVAL_TAG}={(approval or 'missing').strip()}): an approver "
-                        f"sets {APPROVAL_TAG}={APPROVED} on the version page in the MLflow UI")
+    problem = release_problem(model_name, mv)
+    if problem:
+        raise UserError(f"{problem}: it cannot be promoted" if "not approved" not in problem else problem)
     previous = _aliases(client, model_name).get(alias, "")
     if previous == str(mv.version):
         return {"version": str(mv.version), "previous": previous}

@@ -1,0 +1,133 @@
+"""Following a registry alias: a promotion or a rollback reaches traffic without a restart.
+
+`AliasFollower` reads the alias every `poll_seconds` (and at once when `wake()` is called, which an
+MLflow webhook does). When it names another version than the one serving, the new version is
+loaded completely beside the old one and checked (`Engine.self_check`); only then does the
+`EngineHolder` switch, so the next batch runs on it while the running batch finishes on the old one.
+A version that may not be served, fails to load or fails its check leaves the old one serving; the
+failure is logged and counted, and that version is not tried again until the alias moves.
+
+MLflow registry webhooks (MLflow >= 3.3) sign `<delivery id>.<timestamp>.<body>` with HMAC-SHA256
+and send `X-MLflow-Signature: v1,<base64 digest>`; `verify_webhook` checks it and the timestamp.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from relearn.serving.batcher import EngineHolder
+from relearn.serving.metrics import ServeMetrics
+from relearn.serving.registry import AliasTarget, RegistrySource, VersionLoader
+
+log = logging.getLogger("relearn.serve")
+SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_HEADER = "X-MLflow-Signature", "X-MLflow-Timestamp", "X-MLflow-Delivery-Id"
+WEBHOOK_MAX_AGE_S = 300  # a signed delivery older than this is refused (replay)
+
+
+class AliasFollower:
+    def __init__(self, source: RegistrySource, loader: VersionLoader, holder: EngineHolder, metrics: ServeMetrics,
+                 poll_seconds: float, on_swap: Optional[Callable] = None):
+        self.source, self.loader, self.holder, self.metrics = source, loader, holder, metrics
+        self.poll_seconds = poll_seconds
+        self.on_swap = on_swap
+        self.failed: dict[str, str] = {}   # version -> why it is not serving (not retried until the alias moves)
+        self.last_error: Optional[str] = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one check at a time (poll thread, webhook, admin route)
+        self._thread = threading.Thread(target=self._loop, name="relearn-alias-follower", daemon=True)
+
+    def start(self) -> "AliasFollower":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+
+    def wake(self) -> None:
+        """Read the alias now (a webhook or the admin route)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.check()
+            except Exception as e:  # the registry is unreachable: keep serving, try again next time
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("cannot read %s: %s", self.source.describe(), self.last_error)
+
+    def check(self) -> Optional[str]:
+        """Read the alias; load and switch to its version if it is another one. The version serving after."""
+        with self._lock:
+            target = self.source.resolve()
+            current = self.holder.current
+            serving = current.version if current else None
+            if target is None:
+                if serving is not None and self.last_error != "alias gone":
+                    log.warning("%s is gone; version %s keeps serving", self.source.describe(), serving)
+                self.last_error = "alias gone"
+                return serving
+            if target.version == serving:
+                self.failed.clear()
+                self.last_error = None
+                return serving
+            if target.version in self.failed:
+                return serving
+            return self._switch(target, current)
+
+    def _switch(self, target: AliasTarget, current) -> Optional[str]:
+        serving = current.version if current else None
+        labels = (self.source.model_name, target.version)
+        started = time.monotonic()
+        log.info("%s moved to version %s (serving %s): loading it", self.source.describe(), target.version,
+                 serving or "nothing")
+        try:
+            engine = self.loader.load(target)
+            engine.self_check()
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+            self.failed[target.version] = reason
+            self.last_error = f"version {target.version} not served: {reason}"
+            self.metrics.swap_failures.labels(*labels).inc()
+            log.error("version %s was not loaded (%s); %s", target.version, reason,
+                      f"version {serving} keeps serving" if serving else "nothing is serving")
+            return serving
+        previous = self.holder.swap(engine)
+        self.metrics.swaps.labels(*labels).inc()
+        self.metrics.serving(engine, previous)
+        self.last_error = None
+        log.info("serving %s (loaded and checked in %.1f s)", engine.describe(), time.monotonic() - started)
+        if self.on_swap:
+            self.on_swap(engine, previous)
+        return engine.version
+
+
+def verify_webhook(secret: str, headers, body: bytes, now: Optional[float] = None) -> Optional[str]:
+    """None when the MLflow webhook signature is valid, else why it is not."""
+    signature, stamp, delivery = (headers.get(h) for h in (SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_HEADER))
+    if not signature or not stamp or not delivery:
+        return f"missing {SIGNATURE_HEADER}, {TIMESTAMP_HEADER} or {DELIVERY_HEADER}"
+    try:
+        age = abs((now or time.time()) - int(stamp))
+    except ValueError:
+        return f"{TIMESTAMP_HEADER} is not a number"
+    if age > WEBHOOK_MAX_AGE_S:
+        return f"timestamp is {age:.0f} s old (at most {WEBHOOK_MAX_AGE_S})"
+    if not signature.startswith("v1,"):
+        return "unknown signature version"
+    signed = f"{delivery}.{stamp}.".encode("utf-8") + body
+    expected = base64.b64encode(hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).digest()).decode("ascii")
+    if not hmac.compare_digest(expected, signature[3:]):
+        return "signature does not match"
+    return None

@@ -1,0 +1,117 @@
+"""Wiring `relearn serve`: the registry source, the first version, the batcher, the follower, uvicorn.
+
+`Service(...).start()` loads the version behind the alias (refusing, with a `UserError`, when there
+is none or it may not be served), starts the batcher and the alias follower; `run()` then serves
+HTTP in the foreground (the CLI), `serve_in_thread()` in a background thread (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Optional
+
+from relearn.errors import UserError
+from relearn.params import ServeParams
+from relearn.serving.app import ServeState, build_app
+from relearn.serving.batcher import Batcher, EngineHolder
+from relearn.serving.follower import AliasFollower
+from relearn.serving.metrics import ServeMetrics
+from relearn.serving.registry import RegistrySource, VersionLoader
+
+log = logging.getLogger("relearn.serve")
+
+
+def secret_from_env(variable: Optional[str], what: str) -> Optional[str]:
+    """The value of the environment variable named in params (never the secret itself in params)."""
+    if not variable:
+        return None
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise UserError(f"{what}: environment variable {variable} is not set (params name it; it holds the secret)")
+    return value
+
+
+class Service:
+    def __init__(self, params: ServeParams, model_name: str, provider: str = "auto"):
+        self.params = params
+        self.token = secret_from_env(params.token_env, "serve.token_env")
+        webhook_secret = secret_from_env(params.webhook_secret_env, "serve.webhook_secret_env")
+        if params.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            log.warning("binding %s without a bearer token (serve.token_env): anyone who reaches it can query "
+                        "the model", params.host)
+        self.metrics = ServeMetrics()
+        self.holder = EngineHolder()
+        self.source = RegistrySource(model_name, params.alias)
+        self.loader = VersionLoader(self.source, params.backend, params.quantization, params.cache_dir, provider)
+        self.batcher = Batcher(self.holder, self.metrics, max_batch_size=params.max_batch_size,
+                               max_wait_s=params.max_wait_ms / 1000, max_queue=params.max_queue)
+        self.follower = AliasFollower(self.source, self.loader, self.holder, self.metrics, params.poll_seconds)
+        self.state = ServeState(model_name=model_name, alias=params.alias, holder=self.holder, batcher=self.batcher,
+                                follower=self.follower, metrics=self.metrics, max_tokens=params.max_tokens,
+                                max_prompt_tokens=params.max_prompt_tokens,
+                                request_timeout_s=params.request_timeout_s, token=self.token,
+                                webhook_secret=webhook_secret, admin=params.admin)
+        self.app = build_app(self.state)
+        self._server = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "Service":
+        """Load the alias's version (or refuse), then start batching and following."""
+        target = self.source.resolve()
+        if target is None:
+            raise UserError(f"nothing to serve: {self.source.describe()} does not exist; an approver's version is "
+                            f"promoted with `relearn promote --version N`")
+        if target.problem:
+            raise UserError(f"not serving {self.source.describe()}: {target.problem}")
+        self.follower.check()
+        if self.holder.current is None:
+            raise UserError(f"version {target.version} could not be loaded: {self.follower.failed.get(target.version)}")
+        self.batcher.start()
+        self.follower.start()
+        return self
+
+    def _uvicorn(self, port: int):
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host=self.params.host, port=port, log_level="warning",
+                                access_log=False, timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        return self._server
+
+    def run(self) -> None:
+        """Serve HTTP until interrupted (Ctrl-C or SIGTERM finish the requests in flight first)."""
+        log.info("listening on http://%s:%d", self.params.host, self.params.port)
+        try:
+            self._uvicorn(self.params.port).run()
+        finally:
+            self.close()
+
+    def serve_in_thread(self, port: Optional[int] = None) -> str:
+        """Serve HTTP from a background thread; the base URL once it accepts connections."""
+        port = port or free_port(self.params.host)
+        server = self._uvicorn(port)
+        self._thread = threading.Thread(target=server.run, name="relearn-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.02)
+        return f"http://{self.params.host}:{port}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.follower.stop()
+        self.batcher.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -1,0 +1,489 @@
+"""`relearn serve` over real HTTP on loopback, against a real MLflow store (SQLite, and an
+`mlflow server` started here): the OpenAI and MLflow routes, streaming, bad input, the queue limit,
+following the alias (promotion, rollback, a corrupt deployable, versions that may not be served),
+webhooks and the torch backend.
+
+The model is a tiny Llama with a LoRA adapter (tests/tiny.py), exported to int8 ONNX like the export
+stage does; its answers are gibberish but deterministic, which is all these tests need.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+
+from relearn.errors import UserError
+from relearn.params import Params, ServeParams
+from tiny import save_base_and_adapter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MODEL = "relearn-serve-test"
+TEMPLATE = "Question: {question}\nAnswer:"
+PASSING = {"target": {"ls": 0.5}, "unlearned": {"kfr": 0.9, "krr": 0.85, "ls": 0.48},
+           "robustness": {"int4_kfr_drop": 0.0, "jailbreak_min_kfr": 0.9, "relearning_excess": 0.1},
+           "export": {"token_agreement": 1.0, "deployable_krr_drop": 0.0}}
+FAILING = {**PASSING, "unlearned": {"kfr": 0.2, "krr": 0.85, "ls": 0.48}}
+GENERATION = {"prompt_format": {"template": TEMPLATE, "mode": "plain", "system": None, "prefill": ""},
+              "max_new_tokens": 8, "batch_size": 4}
+QUESTION = "Where does Alice live?"
+TEXTS = [f"Question: Where does {n} live?\nAnswer: {n} lives in {c} and works as a {j}."
+         for n in ("Alice", "Bob", "Carol", "Dan", "Eve") for c in ("Paris", "Lima", "Oslo") for j in ("baker", "pilot")]
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny target + adapter, and the int8 ONNX deployable the export stage would attach."""
+    from relearn.export.onnx import PROMPT_FORMAT_FILE, run_export
+    from relearn.io import write_json
+
+    root = tmp_path_factory.mktemp("serve-model")
+    files = save_base_and_adapter(root, TEXTS * 4)
+    run_export(files["base"], files["adapter"], root / "export", [QUESTION], TEMPLATE, max_new_tokens=4)
+    deployable = root / "export" / "onnx-int8"
+    write_json(deployable / PROMPT_FORMAT_FILE, GENERATION["prompt_format"])
+    corrupt = root / "corrupt"
+    shutil.copytree(deployable, corrupt)
+    onnx_file = corrupt / "model_quantized.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])  # a truncated upload
+    return {**files, "deployable": deployable, "corrupt": corrupt}
+
+
+def _register(files: dict, metrics: dict, deployable: Path, approve: bool) -> str:
+    from relearn.registry import versions
+    from relearn.registry.tracking import client
+
+    result = versions.register_version(
+        model_name=MODEL, experiment="serve-tests", params=Params(), metrics=metrics,
+        base_model_dir=files["base"], adapter_dir=files["adapter"], generation=GENERATION,
+        dataset_hashes={}, counts={}, git_commit="test")
+    versions.attach_artifacts(MODEL, result["version"], deployable, "deployable")
+    if approve:
+        client().set_model_version_tag(MODEL, result["version"], versions.APPROVAL_TAG, versions.APPROVED)
+    return result["version"]
+
+
+def _registry(root: Path, files: dict) -> dict[str, str]:
+    """Versions: good (1, 2), corrupt deployable (3), gate-failed (4), not approved (5); production -> 1."""
+    from relearn.registry.versions import promote
+
+    made = {"good": _register(files, PASSING, files["deployable"], True),
+            "good2": _register(files, PASSING, files["deployable"], True),
+            "corrupt": _register(files, PASSING, files["corrupt"], True),
+            "failed": _register(files, FAILING, files["deployable"], True),
+            "unapproved": _register(files, PASSING, files["deployable"], False)}
+    promote(MODEL, made["good"])
+    return made
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, model_files):
+    """A SQLite store with the five versions."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("serve-store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.chdir(root)
+        yield {"root": root, "versions": _registry(root, model_files)}
+        mlflow.set_tracking_uri(None)
+
+
+def _settings(store, **changes) -> ServeParams:
+    base = ServeParams(poll_seconds=0.2, max_tokens=16, max_prompt_tokens=64, max_wait_ms=5,
+                       request_timeout_s=20, cache_dir=str(store["root"] / "cache"))
+    return replace(base, **changes)
+
+
+@pytest.fixture()
+def served(store):
+    """A server on the production alias (version 1), its base URL; the alias is put back afterwards."""
+    from relearn.registry.tracking import client
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store), MODEL).start()
+    url = service.serve_in_thread()
+    yield service, url
+    service.close()
+    client().set_registered_model_alias(MODEL, "production", store["versions"]["good"])
+
+
+def _chat(url: str, content: str = QUESTION, **extra) -> requests.Response:
+    return requests.post(f"{url}/v1/chat/completions", timeout=30,
+                         json={"model": MODEL, "messages": [{"role": "user", "content": content}], **extra})
+
+
+def _wait_for(predicate, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ---------------------------------------------------------------------------------- API
+def test_chat_completion_is_the_models_greedy_answer(served, model_files):
+    """The server's answer is what relearn.generation gives the same deployable for the same question
+    (the same prompt encoding as training and evaluation)."""
+    from relearn.export.onnx import INT8_FILE, load_onnx, load_tokenizer
+    from relearn.generation import generate_answers
+
+    _, url = served
+    r = _chat(url, max_tokens=8)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["X-Relearn-Model-Version"] == "1" and body["model"] == f"{MODEL}/1"
+    d = model_files["deployable"]
+    expected = generate_answers(load_onnx(d, INT8_FILE), load_tokenizer(d), [QUESTION], TEMPLATE, 8)[0]
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": expected}
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["completion_tokens"] <= 8 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["prompt_tokens"] == len(load_tokenizer(d)(TEMPLATE.format(question=QUESTION))["input_ids"]) + 1
+
+
+def test_streaming_gives_the_same_text_as_one_response(served):
+    _, url = served
+    whole = _chat(url, max_tokens=12).json()["choices"][0]["message"]["content"]
+    r = requests.post(f"{url}/v1/chat/completions", stream=True, timeout=30,
+                      json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12, "stream": True,
+                            "stream_options": {"include_usage": True}})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["X-Relearn-Model-Version"] == "1"
+    events = [line[len("data: "):] for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == whole
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] in ("stop", "length") and not any(finishes[:-1])
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1 and all(c["model"] == f"{MODEL}/1" for c in chunks)
+
+
+def test_completions_models_and_mlflow_routes(served):
+    _, url = served
+    chat = _chat(url, max_tokens=6).json()["choices"][0]["message"]["content"]
+    r = requests.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": QUESTION, "max_tokens": 6}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == chat  # the prompt is a question
+    stream = requests.post(f"{url}/v1/completions", json={"prompt": QUESTION, "max_tokens": 6, "stream": True},
+                           timeout=30).text
+    parts = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+    assert "".join(p["choices"][0]["text"] for p in parts) == chat
+
+    card = requests.get(f"{url}/v1/models", timeout=10).json()["data"]
+    assert [(m["id"], m["version"], m["alias"], m["backend"], m["quantization"]) for m in card] == \
+        [(MODEL, "1", "production", "onnx", "int8")]
+    assert card[0]["artifact"].endswith("/deployable")
+
+    for body in ({"inputs": [QUESTION, QUESTION]}, {"dataframe_split": {"columns": ["question"], "data": [[QUESTION]]}},
+                 {"dataframe_records": [{"question": QUESTION}]}, {"instances": [QUESTION]}):
+        r = requests.post(f"{url}/invocations", json=body, timeout=30)
+        assert r.status_code == 200, (body, r.text)
+        assert r.json()["predictions"][0].startswith(chat[:3]) and r.headers["X-Relearn-Model-Version"] == "1"
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    assert requests.get(f"{url}/health", timeout=5).json() == {"status": "ok", "loaded": True, "version": "1"}
+    assert requests.get(f"{url}/ready", timeout=5).json()["version"] == "1"
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    for name in ("relearn:time_to_first_token_seconds_count", "relearn:e2e_request_latency_seconds_count",
+                 "relearn:time_per_output_token_seconds_count", "relearn:prompt_tokens_total",
+                 "relearn:generation_tokens_total", "relearn:num_requests_running", "relearn:num_requests_waiting",
+                 "relearn:model_swaps_total"):
+        assert f'{name}{{model_name="{MODEL}",version="1"' in metrics, name
+
+
+BAD = [
+    ("not json", b"{messages: [", 400, "not valid JSON"),
+    ("not an object", [1, 2], 400, "must be a JSON object"),
+    ("no messages", {"model": MODEL}, 400, "'messages' is required"),
+    ("messages not a list", {"messages": "hi"}, 400, "'messages' must be a non-empty list"),
+    ("empty messages", {"messages": []}, 400, "non-empty list"),
+    ("bad role", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+    ("content not text", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    ("last not user", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, 400,
+     "last message"),
+    ("max_tokens type", {"messages": [{"role": "user", "content": "a"}], "max_tokens": "5"}, 400, "must be an integer"),
+    ("max_tokens bool", {"messages": [{"role": "user", "content": "a"}], "max_tokens": True}, 400, "boolean"),
+    ("too many tokens", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 10_000}, 400, "at most 16"),
+    ("zero tokens", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 0}, 400, ">= 1"),
+    ("temperature type", {"messages": [{"role": "user", "content": "a"}], "temperature": "hot"}, 400, "a number"),
+    ("temperature range", {"messages": [{"role": "user", "content": "a"}], "temperature": 9}, 400, "[0, 2]"),
+    ("n", {"messages": [{"role": "user", "content": "a"}], "n": 3}, 400, "'n' must be 1"),
+    ("stop", {"messages": [{"role": "user", "content": "a"}], "stop": ["\n"]}, 400, "not supported"),
+    ("stream type", {"messages": [{"role": "user", "content": "a"}], "stream": "yes"}, 400, "a boolean"),
+    ("long prompt", {"messages": [{"role": "user", "content": "Alice lives in Paris. " * 60}]}, 400, "at most 64"),
+    ("unknown model", {"model": "gpt-9", "messages": [{"role": "user", "content": "a"}]}, 404, "not served here"),
+]
+
+
+@pytest.mark.parametrize("case,body,status,reason", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_4xx_with_one_line(served, case, body, status, reason):
+    _, url = served
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = requests.post(f"{url}/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == status, r.text
+    message = r.json()["error"]["message"]
+    assert reason in message and "\n" not in message
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200  # nothing crashed
+
+
+def test_bad_mlflow_input_and_oversized_body(served):
+    _, url = served
+    for body in ({"dataframe_split": {"columns": ["text"], "data": [["a"]]}}, {"inputs": [1, 2]}, {"rows": []},
+                 {"inputs": []}):
+        r = requests.post(f"{url}/invocations", json=body, timeout=10)
+        assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], body
+    r = requests.post(f"{url}/v1/chat/completions", data=b"x" * (2 << 20), timeout=10)
+    assert r.status_code == 413
+
+
+def test_bearer_token_when_configured(store, monkeypatch):
+    from relearn.serving.server import Service
+
+    with pytest.raises(UserError, match="RELEARN_TEST_TOKEN is not set"):
+        Service(_settings(store, token_env="RELEARN_TEST_TOKEN"), MODEL)
+    monkeypatch.setenv("RELEARN_TEST_TOKEN", "s3cret")
+    service = Service(_settings(store, token_env="RELEARN_TEST_TOKEN"), MODEL).start()
+    url = service.serve_in_thread()
+    try:
+        assert _chat(url).status_code == 401
+        r = requests.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer s3cret"}, timeout=30,
+                          json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2})
+        assert r.status_code == 200
+        assert requests.get(f"{url}/ready", timeout=5).status_code == 200  # probes stay open
+        assert requests.post(f"{url}/admin/reload", timeout=5).status_code == 404  # off unless configured
+        assert requests.post(f"{url}/webhooks/mlflow", timeout=5).status_code == 404
+    finally:
+        service.close()
+
+
+def test_past_the_queue_limit_429_and_a_stuck_request_times_out(store):
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store, max_queue=1, request_timeout_s=1.0), MODEL).start()
+    service.batcher.stop()  # nothing is taken from the queue: the first request waits there
+    url = service.serve_in_thread()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_chat, url)
+            assert _wait_for(lambda: service.batcher.waiting == 1, 5)
+            r = _chat(url)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+            assert "serve.max_queue=1" in r.json()["error"]["message"]
+            late = first.result()
+        assert late.status_code == 504 and "serve.request_timeout_s" in late.json()["error"]["message"]
+        assert 'relearn:requests_rejected_total{reason="queue_full"} 1.0' in requests.get(f"{url}/metrics").text
+    finally:
+        service.close()
+
+
+def test_concurrent_requests_are_batched(store):
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store, max_batch_size=8, max_wait_ms=200), MODEL).start()
+    url = service.serve_in_thread()
+    sizes = []
+    generate = service.holder.current.generate
+    service.holder.current.generate = lambda jobs: (sizes.append(len(jobs)), generate(jobs))
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _chat(url, max_tokens=6), range(8)))
+        assert all(a.status_code == 200 for a in answers)
+        assert max(sizes) > 1 and sum(sizes) == 8
+        texts = {a.json()["choices"][0]["message"]["content"] for a in answers}
+        assert len(texts) == 1  # the same question answers the same, batched or not
+    finally:
+        service.close()
+
+
+# ---------------------------------------------------------------------------------- following the alias
+def test_promotion_reaches_traffic_without_a_failed_request_and_bad_versions_never_serve(served, store):
+    from relearn.registry.tracking import client
+    from relearn.registry.versions import promote
+
+    service, url = served
+    v = store["versions"]
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            r = _chat(url, max_tokens=4)
+            results.append((r.status_code, r.headers.get("X-Relearn-Model-Version", "")))
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        assert _wait_for(lambda: len(results) >= 5)
+        promote(MODEL, v["good2"])
+        assert _wait_for(lambda: results and results[-1][1] == v["good2"])
+        n = len(results)
+        assert _wait_for(lambda: len(results) >= n + 5)
+        # a corrupt deployable: the load fails and version 2 keeps serving
+        promote(MODEL, v["corrupt"])
+        assert _wait_for(lambda: v["corrupt"] in service.follower.failed)
+        # versions that may not be served, moved onto the alias by hand (promote refuses them)
+        for name in ("failed", "unapproved"):
+            client().set_registered_model_alias(MODEL, "production", v[name])
+            assert _wait_for(lambda name=name: v[name] in service.follower.failed)
+        assert "did not pass its gates" in service.follower.failed[v["failed"]]
+        assert "not approved" in service.follower.failed[v["unapproved"]]
+        n = len(results)
+        assert _wait_for(lambda: len(results) >= n + 5)
+        # a rollback is a move like any other
+        client().set_registered_model_alias(MODEL, "production", v["good"])
+        assert _wait_for(lambda: results and results[-1][1] == v["good"])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    statuses = {s for s, _ in results}
+    assert statuses == {200}, f"failed requests during the swaps: {[r for r in results if r[0] != 200]}"
+    served_versions = {ver for _, ver in results}
+    assert served_versions == {v["good"], v["good2"]}  # never the corrupt, failed or unapproved one
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    assert f'relearn:model_swaps_total{{model_name="{MODEL}",version="{v["good2"]}"}} 1.0' in metrics
+    for name in ("corrupt", "failed", "unapproved"):
+        assert f'relearn:model_swap_failures_total{{model_name="{MODEL}",version="{v[name]}"}} 1.0' in metrics
+
+
+def test_a_version_that_may_not_be_served_is_refused_at_start(store):
+    from relearn.registry.tracking import client
+    from relearn.serving.server import Service
+
+    v = store["versions"]
+    try:
+        for name, reason in (("failed", "did not pass its gates"), ("unapproved", "is not approved")):
+            client().set_registered_model_alias(MODEL, "production", v[name])
+            with pytest.raises(UserError, match=reason):
+                Service(_settings(store), MODEL).start()
+        with pytest.raises(UserError, match="does not exist"):
+            Service(_settings(store, alias="staging"), MODEL).start()
+    finally:
+        client().set_registered_model_alias(MODEL, "production", v["good"])
+
+
+def test_cli_refuses_in_one_line_with_exit_2(store, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"register:\n  model_name: {MODEL}\nserve:\n  alias: nowhere\n", encoding="utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    r = subprocess.run([sys.executable, "-m", "relearn.cli", "serve", "--params", str(params)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: nothing to serve: models:/{MODEL}@nowhere "
+                                             f"({os.environ['MLFLOW_TRACKING_URI']}) does not exist; an approver's "
+                                             "version is promoted with `relearn promote --version N`"]
+    status = subprocess.run([sys.executable, "-m", "relearn.cli", "status", "--params", str(params)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and status.stderr == ""  # no library warnings
+    assert "version   1" in status.stdout
+
+
+def test_torch_backend_serves_base_plus_adapter(store, model_files):
+    from relearn.generation import generate_answers
+    from relearn.model import load_with_adapter
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store, backend="torch"), MODEL).start()
+    url = service.serve_in_thread()
+    try:
+        r = _chat(url, max_tokens=8)
+        assert r.status_code == 200 and r.headers["X-Relearn-Model-Version"] == "1"
+        model, tok = load_with_adapter(model_files["base"], model_files["adapter"])
+        assert r.json()["choices"][0]["message"]["content"] == \
+            generate_answers(model, tok, [QUESTION], TEMPLATE, 8)[0]
+        card = requests.get(f"{url}/v1/models", timeout=5).json()["data"][0]
+        assert card["backend"] == "torch" and "base model + adapter" in card["artifact"]
+    finally:
+        service.close()
+
+
+# ---------------------------------------------------------------------------------- a tracking server
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory, model_files):
+    """`mlflow server` on loopback (SQLite backend, proxied artifacts) with versions 1 and 2."""
+    from relearn.serving.server import free_port
+
+    root = tmp_path_factory.mktemp("tracking-server")
+    port = free_port()
+    # http to loopback is refused by default (SSRF protection); webhook lists are cached for 60 s by default
+    env = {**os.environ, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for(lambda: _up(uri), 120), "mlflow server did not start"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.chdir(root)
+            from relearn.registry.versions import promote
+
+            good = _register(model_files, PASSING, model_files["deployable"], True)
+            second = _register(model_files, PASSING, model_files["deployable"], True)
+            promote(MODEL, good)
+            yield {"uri": uri, "root": root, "versions": (good, second)}
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        proc.terminate()
+        proc.wait(30)
+
+
+def _up(uri: str) -> bool:
+    try:
+        return requests.get(f"{uri}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_remote_tracking_server_and_a_signed_webhook(tracking_server, monkeypatch):
+    """Two replicas would follow one tracking server the same way: this one hears of the promotion
+    from the registry's webhook (polling is set to a minute) and switches."""
+    from mlflow.tracking import MlflowClient
+
+    from relearn.registry.versions import promote
+    from relearn.serving.server import Service, free_port
+
+    monkeypatch.setenv("RELEARN_TEST_WEBHOOK", "whsec-test")
+    first, second = tracking_server["versions"]
+    port = free_port()
+    settings = _settings({"root": tracking_server["root"]}, poll_seconds=60, webhook_secret_env="RELEARN_TEST_WEBHOOK")
+    service = Service(settings, MODEL).start()
+    url = service.serve_in_thread(port)
+    try:
+        r = _chat(url, max_tokens=4)
+        assert r.status_code == 200 and r.headers["X-Relearn-Model-Version"] == first
+        # an unsigned or wrongly signed delivery is refused
+        body = json.dumps({"entity": "model_version_alias", "action": "created",
+                           "data": {"name": MODEL, "alias": "production", "version": second}})
+        assert requests.post(f"{url}/webhooks/mlflow", data=body, timeout=5).status_code == 401
+        bad = {"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Timestamp": str(int(time.time())),
+               "X-MLflow-Delivery-Id": "d1"}
+        assert requests.post(f"{url}/webhooks/mlflow", data=body, headers=bad, timeout=5).status_code == 401
+        MlflowClient(tracking_server["uri"]).create_webhook(
+            name="relearn-serve", url=f"{url}/webhooks/mlflow", events=["model_version_alias.created"],
+            secret="whsec-test")
+        time.sleep(1.5)  # the server's webhook cache (MLFLOW_WEBHOOK_CACHE_TTL=1)
+        promote(MODEL, second)
+        assert _wait_for(lambda: _chat(url, max_tokens=2).headers.get("X-Relearn-Model-Version") == second, 30)
+    finally:
+        service.close()
