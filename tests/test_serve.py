@@ -250,6 +250,26 @@ def test_bad_mlflow_input_and_oversized_body(served):
     assert r.status_code == 413
 
 
+def test_without_max_tokens_answers_fit_the_context(store):
+    """A ceiling above the model's context (128 positions here): a request without max_tokens gets
+    what fits; one asking for more than fits gets 400."""
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store, max_tokens=1000), MODEL).start()
+    url = service.serve_in_thread()
+    try:
+        assert service.holder.current.max_positions == 128
+        r = requests.post(f"{url}/invocations", json={"inputs": [QUESTION]}, timeout=60)
+        assert r.status_code == 200, r.text
+        r = requests.post(f"{url}/v1/chat/completions", timeout=60,
+                          json={"messages": [{"role": "user", "content": QUESTION}]})
+        assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 128
+        r = _chat(url, max_tokens=500)
+        assert r.status_code == 400 and "context of 128 tokens" in r.json()["error"]["message"]
+    finally:
+        service.close()
+
+
 def test_bearer_token_when_configured(store, monkeypatch):
     from relearn.serving.server import Service
 
@@ -487,3 +507,33 @@ def test_remote_tracking_server_and_a_signed_webhook(tracking_server, monkeypatc
         assert _wait_for(lambda: _chat(url, max_tokens=2).headers.get("X-Relearn-Model-Version") == second, 30)
     finally:
         service.close()
+
+
+def test_webhook_signature_matches_mlflows_own_signing():
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    from relearn.serving.follower import verify_webhook
+
+    body = '{"entity": "model_version_alias", "action": "created", "data": {}}'
+    now = int(time.time())
+    headers = {"X-MLflow-Signature": _generate_hmac_signature("k", "d-1", str(now), body),
+               "X-MLflow-Timestamp": str(now), "X-MLflow-Delivery-Id": "d-1"}
+    assert verify_webhook("k", headers, body.encode()) is None
+    assert verify_webhook("other", headers, body.encode()) == "signature does not match"
+    assert verify_webhook("k", headers, body.encode() + b" ") == "signature does not match"
+    assert "old" in verify_webhook("k", headers, body.encode(), now=now + 3600)  # a replayed delivery
+    assert "missing" in verify_webhook("k", {}, body.encode())
+
+
+def test_sampled_and_greedy_requests_are_not_batched_together(store):
+    from relearn.serving.batcher import Batcher, EngineHolder
+    from relearn.serving.engine import Job
+    from relearn.serving.metrics import ServeMetrics
+
+    batcher = Batcher(EngineHolder(), ServeMetrics(), max_batch_size=4, max_wait_s=0.0, max_queue=8)
+    jobs = [Job([1], 2), Job([1], 2, temperature=0.7), Job([1], 2), Job([1], 2, temperature=0.7, top_p=0.9)]
+    for job in jobs:
+        batcher.submit(job)
+    assert batcher._take_batch() == [jobs[0], jobs[2]]
+    assert batcher._take_batch() == [jobs[1]]
+    assert batcher._take_batch() == [jobs[3]]

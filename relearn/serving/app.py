@@ -105,13 +105,17 @@ def _sampling(body: dict, state: ServeState) -> dict:
     """max_tokens, temperature and top_p of an OpenAI request, checked."""
     max_tokens = _typed(body, "max_completion_tokens", (int,), "an integer")
     max_tokens = _typed(body, "max_tokens", (int,), "an integer", max_tokens)
-    if max_tokens is None:
-        max_tokens = state.max_tokens
+    if max_tokens is None:  # as many as fit, up to the ceiling (Pending knows the prompt's length)
+        return {"max_tokens": None, **_decoding(body)}
     if max_tokens < 1:
         raise BadRequest(400, f"'max_tokens' must be >= 1, got {max_tokens}", param="max_tokens")
     if max_tokens > state.max_tokens:
         raise BadRequest(400, f"'max_tokens' is {max_tokens}; this server allows at most {state.max_tokens} "
                               "(serve.max_tokens)", param="max_tokens")
+    return {"max_tokens": max_tokens, **_decoding(body)}
+
+
+def _decoding(body: dict) -> dict:
     temperature = float(_typed(body, "temperature", (int, float), "a number", 0.0))
     if not 0 <= temperature <= 2:
         raise BadRequest(400, f"'temperature' must be in [0, 2], got {temperature}", param="temperature")
@@ -126,7 +130,7 @@ def _sampling(body: dict, state: ServeState) -> dict:
         raise BadRequest(400, "'stop' sequences are not supported: answers end at the model's end-of-turn token",
                          param="stop")
     _typed(body, "stream", (bool,), "a boolean", False)
-    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+    return {"temperature": temperature, "top_p": top_p}
 
 
 def _check_model(body: dict, state: ServeState) -> None:
@@ -175,7 +179,13 @@ class Pending:
         if len(prompt) > state.max_prompt_tokens:
             raise BadRequest(400, f"the prompt is {len(prompt)} tokens; at most {state.max_prompt_tokens} "
                                   "(serve.max_prompt_tokens)", param="messages", code="context_length_exceeded")
-        if len(prompt) + sampling["max_tokens"] > engine.max_positions:
+        room = engine.max_positions - len(prompt)
+        if room < 1:
+            raise BadRequest(400, f"the prompt is {len(prompt)} tokens: no room left in the model's context of "
+                                  f"{engine.max_positions} tokens", param="messages", code="context_length_exceeded")
+        if sampling["max_tokens"] is None:
+            sampling = {**sampling, "max_tokens": min(state.max_tokens, room)}
+        if sampling["max_tokens"] > room:
             raise BadRequest(400, f"prompt ({len(prompt)} tokens) + max_tokens ({sampling['max_tokens']}) exceeds "
                                   f"the model's context of {engine.max_positions} tokens",
                              param="max_tokens", code="context_length_exceeded")
@@ -321,7 +331,7 @@ def build_app(state: ServeState) -> Starlette:
     async def invocations(request: Request):
         body = await _json_body(request)
         questions = _questions(body)
-        sampling = {"max_tokens": state.max_tokens, "temperature": 0.0, "top_p": 1.0}
+        sampling = {"max_tokens": None, "temperature": 0.0, "top_p": 1.0}
         params = body.get("params")
         if isinstance(params, dict) and params:
             sampling = _sampling({**params, "stream": False}, state)

@@ -90,8 +90,11 @@ class AliasFollower:
         serving = current.version if current else None
         labels = (self.source.model_name, target.version)
         started = time.monotonic()
-        log.info("%s moved to version %s (serving %s): loading it", self.source.describe(), target.version,
-                 serving or "nothing")
+        if serving is None:
+            log.info("loading version %s of %s", target.version, self.source.describe())
+        else:
+            log.info("%s moved to version %s (serving %s): loading it beside it", self.source.describe(),
+                     target.version, serving)
         try:
             engine = self.loader.load(target)
             engine.self_check()

@@ -1,0 +1,268 @@
+"""Load on `relearn serve` with the demo's deployable: throughput, latency, a promotion mid-run, batching.
+
+    python bench/serve_load.py [--requests 64] [--max-tokens 24] [--json FILE]
+
+Needs `make demo` first (export/onnx-int8, models/target, models/adapter, data/splits). The demo's
+version is blocked by its relearning gate, so this registers the demo's deployable twice in a
+scratch MLflow store (a temporary SQLite file; gates reduced to one that passes, approved by the
+script) and promotes version 1. The server is the real CLI (`relearn serve`, a separate process);
+the clients are threads here sending streamed OpenAI chat requests with the demo's eval questions.
+
+It prints, for concurrency 1, 8 and 32 (--requests each, at most): requests/s, output tokens/s,
+p50/p95 end-to-end latency and p50 time to first token. During the concurrency-8 level the
+production alias moves to version 2: every request must succeed (`failed_during_swap`), and the
+answering version must change. Then concurrency 16 with dynamic batching against a server with
+serve.max_batch_size 1 (`batching_speedup_c16`, output tokens/s ratio), and the per-token latency
+(time per output token after the first, at concurrency 1) of the ONNX int8 deployable against the
+torch fp32 base + adapter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "relearn-serve-bench"
+
+
+# ---------------------------------------------------------------------------------- set-up
+def register_demo(store: Path) -> list[str]:
+    """Two approved versions of the demo's target + adapter with its int8 deployable; production -> 1."""
+    from relearn.io import read_json
+    from relearn.params import load_params
+    from relearn.registry import versions
+
+    p = load_params(ROOT / "params.yaml")
+    p.register.gates = {"kfr": {"metric": "unlearned.kfr", "min": 0.0}}
+    evaluation = read_json(ROOT / "reports/evaluation.json")
+    made = []
+    for _ in range(2):
+        result = versions.register_version(
+            model_name=MODEL, experiment="serve-bench", params=p, metrics={"unlearned": evaluation["unlearned"]},
+            base_model_dir=ROOT / "models/target", adapter_dir=ROOT / "models/adapter",
+            generation={"prompt_format": p.model.prompt.to_dict(), "max_new_tokens": p.evaluate.max_new_tokens,
+                        "batch_size": p.evaluate.batch_size},
+            dataset_hashes={}, counts={}, git_commit=None)
+        versions.attach_artifacts(MODEL, result["version"], ROOT / "export/onnx-int8", "deployable")
+        versions.project_client().set_model_version_tag(MODEL, result["version"], versions.APPROVAL_TAG,
+                                                        versions.APPROVED)
+        made.append(result["version"])
+    versions.promote(MODEL, made[0])
+    return made
+
+
+class Server:
+    """`relearn serve` in a subprocess with its own params file."""
+
+    def __init__(self, work: Path, port: int, **serve):
+        settings = {"port": port, "poll_seconds": 0.5, "max_tokens": 64, "max_queue": 256,
+                    "cache_dir": str(work / "cache"), **serve}
+        params = work / f"params-{port}.yaml"
+        lines = [f"register:\n  model_name: {MODEL}\nserve:"] + [f"  {k}: {v}" for k, v in settings.items()]
+        params.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(work / f"serve-{port}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "relearn.cli", "serve", "--params", str(params)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy(), cwd=work)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"relearn serve exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if requests.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"relearn serve did not get ready; see {self.log.name}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------- load
+def one_request(session: requests.Session, url: str, question: str, max_tokens: int) -> dict:
+    start = time.perf_counter()
+    first = None
+    usage, version, status, error = None, "", 0, ""
+    try:
+        with session.post(f"{url}/v1/chat/completions", stream=True, timeout=120,
+                          json={"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                                "stream": True, "stream_options": {"include_usage": True}}) as r:
+            status, version = r.status_code, r.headers.get("X-Relearn-Model-Version", "")
+            for line in r.iter_lines(decode_unicode=True):
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    error = chunk["error"]["message"]
+                elif chunk.get("usage"):
+                    usage = chunk["usage"]
+                elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter()
+    except requests.RequestException as e:
+        error = f"{type(e).__name__}: {e}"
+    end = time.perf_counter()
+    tokens = usage["completion_tokens"] if usage else 0
+    ok = status == 200 and not error and usage is not None
+    return {"ok": ok, "status": status, "error": error, "version": version, "latency": end - start,
+            "ttft": (first - start) if first else None, "tokens": tokens,
+            "tpot": (end - first) / (tokens - 1) if first and tokens > 1 else None, "start": start, "end": end}
+
+
+def level(url: str, questions: list[str], concurrency: int, n: int, max_tokens: int, midway=None) -> dict:
+    """n requests from `concurrency` threads; `midway()` is called once half of them have finished."""
+    results: list[dict] = []
+    lock = threading.Lock()
+    fired = threading.Event()
+    local = threading.local()
+
+    def work(i: int) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        r = one_request(local.session, url, questions[i % len(questions)], max_tokens)
+        with lock:
+            results.append(r)
+            if midway and len(results) >= n // 2 and not fired.is_set():
+                fired.set()
+                threading.Thread(target=midway).start()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(work, range(n)))
+    wall = time.perf_counter() - start
+    ok = [r for r in results if r["ok"]]
+    latencies = sorted(r["latency"] for r in ok)
+    ttfts = [r["ttft"] for r in ok if r["ttft"] is not None]
+    tpots = [r["tpot"] for r in ok if r["tpot"] is not None]
+    return {
+        "concurrency": concurrency, "requests": n, "failed": n - len(ok), "seconds": round(wall, 2),
+        "req_per_s": round(len(ok) / wall, 2), "output_tok_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "p50_latency_s": round(_pct(latencies, 50), 4), "p95_latency_s": round(_pct(latencies, 95), 4),
+        "p50_ttft_s": round(_pct(sorted(ttfts), 50), 4) if ttfts else None,
+        "p50_tpot_ms": round(1000 * statistics.median(tpots), 2) if tpots else None,
+        "versions": sorted({r["version"] for r in results}),
+        "errors": sorted({f"{r['status']} {r['error']}" for r in results if not r["ok"]})[:5],
+        "_results": results,
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def questions_of_the_demo() -> list[str]:
+    out = []
+    for split in ("retain_eval", "forget_eval"):
+        with open(ROOT / "data/splits" / f"{split}.jsonl", encoding="utf-8") as f:
+            out += [json.loads(line)["question"] for line in f if line.strip()]
+    return out
+
+
+def _row(r: dict) -> str:
+    return (f"  c={r['concurrency']:<3} {r['requests']:>4} req  {r['req_per_s']:>7.2f} req/s  "
+            f"{r['output_tok_per_s']:>8.1f} tok/s  p50 {r['p50_latency_s']:.3f} s  p95 {r['p95_latency_s']:.3f} s  "
+            f"ttft p50 {r['p50_ttft_s']} s  tpot p50 {r['p50_tpot_ms']} ms  failed {r['failed']}  "
+            f"versions {','.join(r['versions'])}")
+
+
+# ---------------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=64, help="Requests per concurrency level (at most).")
+    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--json", dest="json_path", default=None)
+    args = ap.parse_args()
+    for needed in ("export/onnx-int8", "models/target", "models/adapter", "data/splits/retain_eval.jsonl"):
+        if not (ROOT / needed).exists():
+            raise SystemExit(f"{ROOT / needed} is missing: run `make demo` first")
+
+    from relearn.registry.versions import promote
+    from relearn.serving.server import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="relearn-serve-bench-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    first, second = register_demo(work)
+    questions = questions_of_the_demo()
+    n, mt = args.requests, args.max_tokens
+    print(f"[serve-bench] scratch store {work}; {len(questions)} questions; max_tokens {mt}; {os.cpu_count()} CPUs",
+          flush=True)
+
+    report: dict = {"levels": [], "max_tokens": mt}
+    server = Server(work, free_port(), max_batch_size=args.max_batch_size, max_wait_ms=10)
+    try:
+        level(server.url, questions, 4, 8, mt)  # warm-up
+        swap = {}
+
+        def move_alias():
+            swap["at"] = time.perf_counter()
+            promote(MODEL, second)
+
+        for c in (1, 8, 32):
+            r = level(server.url, questions, c, n if c > 1 else max(8, n // 4), mt,
+                      midway=move_alias if c == 8 else None)
+            if c == 8:
+                after = [x for x in r["_results"] if x["version"] == second]
+                report["failed_during_swap"] = r["failed"]
+                report["swap_seen_after_s"] = round(min(x["end"] for x in after) - swap["at"], 2) if after else None
+                report["versions_during_swap"] = r["versions"]
+            print(_row(r), flush=True)
+            report["levels"].append({k: v for k, v in r.items() if not k.startswith("_")})
+        batched = level(server.url, questions, 16, n, mt)
+    finally:
+        server.close()
+    print(f"[serve-bench] alias moved to version {second} during c=8: failed requests {report['failed_during_swap']}, "
+          f"first answer from version {second} {report['swap_seen_after_s']} s after the promotion", flush=True)
+
+    server = Server(work, free_port(), max_batch_size=1, max_wait_ms=0)
+    try:
+        level(server.url, questions, 4, 8, mt)
+        single = level(server.url, questions, 16, n, mt)
+    finally:
+        server.close()
+    report["c16_batched"] = {k: v for k, v in batched.items() if not k.startswith("_")}
+    report["c16_one_at_a_time"] = {k: v for k, v in single.items() if not k.startswith("_")}
+    report["batching_speedup_c16"] = round(batched["output_tok_per_s"] / max(single["output_tok_per_s"], 1e-9), 2)
+    print(_row(batched) + "  (dynamic batching)", flush=True)
+    print(_row(single) + "  (max_batch_size 1)", flush=True)
+    print(f"[serve-bench] batching speedup at c=16: {report['batching_speedup_c16']}x (aim >= 3)", flush=True)
+
+    server = Server(work, free_port(), backend="torch", max_batch_size=args.max_batch_size)
+    try:
+        level(server.url, questions, 1, 4, mt)
+        torch_c1 = level(server.url, questions, 1, max(8, n // 4), mt)
+    finally:
+        server.close()
+    onnx_c1 = report["levels"][0]
+    report["tpot_ms"] = {"onnx_int8": onnx_c1["p50_tpot_ms"], "torch_fp32": torch_c1["p50_tpot_ms"]}
+    report["onnx_int8_over_torch_fp32_tpot"] = round(onnx_c1["p50_tpot_ms"] / torch_c1["p50_tpot_ms"], 3) \
+        if onnx_c1["p50_tpot_ms"] and torch_c1["p50_tpot_ms"] else None
+    print(_row(torch_c1) + "  (torch fp32 base + adapter)", flush=True)
+    print(f"[serve-bench] per-token latency at c=1: ONNX int8 {onnx_c1['p50_tpot_ms']} ms, torch fp32 "
+          f"{torch_c1['p50_tpot_ms']} ms (ratio {report['onnx_int8_over_torch_fp32_tpot']})", flush=True)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"[serve-bench] wrote {args.json_path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
