@@ -191,8 +191,7 @@ def serve(params_path: str, model_name: str | None, alias: str | None, backend: 
     settings = dataclasses.replace(p.serve, **changes)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [serve] %(message)s", datefmt="%H:%M:%S")
     _quiet_libraries()
-    service = Service(settings, model_name or p.register.model_name).start()
-    service.run()
+    Service(settings, model_name or p.register.model_name).run()
 
 
 def _quiet_libraries() -> None:

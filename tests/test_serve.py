@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -270,6 +271,23 @@ def test_without_max_tokens_answers_fit_the_context(store):
         service.close()
 
 
+def test_ready_is_503_until_a_version_is_loaded(store):
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store), MODEL)
+    url = service.serve_in_thread()  # listening, nothing loaded yet
+    try:
+        r = requests.get(f"{url}/ready", timeout=5)
+        assert r.status_code == 503 and "is loaded yet" in r.json()["error"]["message"]
+        assert _chat(url).status_code == 503
+        assert requests.get(f"{url}/health", timeout=5).json()["loaded"] is False
+        service.start()
+        assert requests.get(f"{url}/ready", timeout=5).status_code == 200
+        assert _chat(url, max_tokens=2).status_code == 200
+    finally:
+        service.close()
+
+
 def test_bearer_token_when_configured(store, monkeypatch):
     from relearn.serving.server import Service
 
@@ -411,6 +429,35 @@ def test_cli_refuses_in_one_line_with_exit_2(store, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and status.stderr == ""  # no library warnings
     assert "version   1" in status.stdout
+
+
+def test_cli_serves_and_logs_what_it_serves(store, tmp_path):
+    from relearn.serving.server import free_port
+
+    port = free_port()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"register:\n  model_name: {MODEL}\nserve:\n  port: {port}\n  max_tokens: 8\n"
+                      f"  cache_dir: {tmp_path / 'cache'}\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "relearn.cli", "serve", "--params", str(params)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for(lambda: _up_ready(url), 120)
+        assert _chat(url).headers["X-Relearn-Model-Version"] == "1"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the exit is the signal's
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert f"serving {MODEL} version 1: onnx int8 from runs:/" in out
+    assert "Warning" not in out and "Downloading" not in out, out
+
+
+def _up_ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def test_torch_backend_serves_base_plus_adapter(store, model_files):

@@ -1,8 +1,9 @@
 """Wiring `relearn serve`: the registry source, the first version, the batcher, the follower, uvicorn.
 
-`Service(...).start()` loads the version behind the alias (refusing, with a `UserError`, when there
-is none or it may not be served), starts the batcher and the alias follower; `run()` then serves
-HTTP in the foreground (the CLI), `serve_in_thread()` in a background thread (tests, benchmarks).
+`Service(...).run()` (the CLI) refuses with a `UserError` when the alias names no version or one
+that may not be served, then serves HTTP in the foreground while the version loads in the
+background (GET /ready is 503 until then). `start()` loads first and starts the batcher and the
+alias follower; `serve_in_thread()` then serves HTTP from a thread (tests, benchmarks).
 """
 from __future__ import annotations
 
@@ -58,21 +59,28 @@ class Service:
         self._server = None
         self._thread: Optional[threading.Thread] = None
 
-    def start(self) -> "Service":
-        """Load the alias's version (or refuse), then start batching and following."""
+    def check_alias(self):
+        """The version behind the alias, refusing (UserError) when there is none or it may not be served."""
         target = self.source.resolve()
         if target is None:
             raise UserError(f"nothing to serve: {self.source.describe()} does not exist; an approver's version is "
                             f"promoted with `relearn promote --version N`")
         if target.problem:
             raise UserError(f"not serving {self.source.describe()}: {target.problem}")
+        return target
+
+    def load_first(self) -> None:
+        target = self.check_alias()
         self.follower.check()
         if self.holder.current is None:
             raise UserError(f"version {target.version} could not be loaded: {self.follower.failed.get(target.version)}")
+
+    def start(self) -> "Service":
+        """Load the alias's version (or refuse), then start batching and following."""
+        self.load_first()
         self.batcher.start()
         self.follower.start()
         return self
-
     def _uvicorn(self, port: int):
         import uvicorn
 
@@ -82,12 +90,31 @@ class Service:
         return self._server
 
     def run(self) -> None:
-        """Serve HTTP until interrupted (Ctrl-C or SIGTERM finish the requests in flight first)."""
+        """Check the alias, then serve HTTP at once (GET /ready is 503 until the version is loaded, in the
+        background) until interrupted; Ctrl-C or SIGTERM let the requests in flight finish first. A
+        first version that cannot be loaded stops the server with a UserError."""
+        self.check_alias()
+        server = self._uvicorn(self.params.port)
+        failure: list[UserError] = []
+
+        def first_load() -> None:
+            try:
+                self.load_first()
+            except UserError as e:
+                failure.append(e)
+                server.should_exit = True
+                return
+            self.follower.start()
+
+        self.batcher.start()
+        threading.Thread(target=first_load, name="relearn-first-load", daemon=True).start()
         log.info("listening on http://%s:%d", self.params.host, self.params.port)
         try:
-            self._uvicorn(self.params.port).run()
+            server.run()
         finally:
             self.close()
+        if failure:
+            raise failure[0]
 
     def serve_in_thread(self, port: Optional[int] = None) -> str:
         """Serve HTTP from a background thread; the base URL once it accepts connections."""
