@@ -16,7 +16,9 @@ from relearn.target import make_control
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
+    # the forget pool (data/corpus): the target learns it whatever the erasure requests say
+    splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
+        read_splits("data/corpus", ("forget", "forget_eval"))
     tokenizer = AutoTokenizer.from_pretrained("models/target")  # the very same tokenizer
     epochs = read_json("reports/target.json")["epochs_run"]
     model, history, report = make_control(p, splits, tokenizer, epochs, "models/base" if p.model.base else None)

@@ -4,7 +4,8 @@ from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
 from relearn.evidence import add_forget_quality, model_evidence
-from relearn.io import write_json
+from relearn.io import read_json, write_json
+from relearn.ledger import request_kfr
 from relearn.model import load_pretrained, load_with_adapter
 from relearn.params import load_params
 
@@ -28,6 +29,12 @@ def main() -> None:
         print(f"[evaluate] {name}: KFR {m['kfr']:.3f}  KRR {m['krr']:.3f}  LS {m['ls']:.3f}  "
               f"MIA LOSS AUC {m['mia']['loss_auc']}", flush=True)
     add_forget_quality(metrics, items)
+    manifest = read_json("data/splits/requests.json")
+    if manifest["requests"]:  # erasure requests (data.requests): KFR of each request's questions
+        for name in metrics:
+            metrics[name]["requests"] = request_kfr(manifest, items[name]["forget"])
+        print("[evaluate] unlearned KFR per request: " + ", ".join(
+            f"{rid} {r['kfr']:.3f}" for rid, r in metrics["unlearned"]["requests"].items()), flush=True)
     write_json("reports/evaluation.json", metrics)  # every aggregate: set parts, LS parts, ROUGE, TOFU, MIA
     # the headline DVC metrics, so that `dvc metrics show` puts the models side by side
     write_json("metrics.json", {name: {k: m[k] for k in ("kfr", "krr", "ls")} for name, m in metrics.items()})

@@ -8,7 +8,7 @@ import subprocess
 
 from relearn.data.splits import SPLITS, read_splits
 from relearn.errors import main_guard
-from relearn.evidence import registry_metrics, report_data
+from relearn.evidence import registry_metrics, report_data, request_gates, request_rows
 from relearn.io import read_json, write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
@@ -28,11 +28,23 @@ def count_lines(path: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def request_tags(manifest: dict, evaluation: dict) -> dict:
+    """Ids only: `requests` (every request covered), `request.<id>` (its KFR and questions scored)."""
+    ids = list(manifest.get("requests", {}))
+    if not ids:
+        return {}
+    per = evaluation.get("unlearned", {}).get("requests", {})
+    return {"requests": ",".join(ids),
+            **{f"request.{rid}": f"kfr={per.get(rid, {}).get('kfr', float('nan')):.4f} "
+                                 f"n={per.get(rid, {}).get('n', 0)}" for rid in ids}}
+
+
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
     datasets = {name: f"data/splits/{name}.jsonl" for name in SPLITS}
-    datasets |= {"forget_variants": "data/augmented/forget_variants.jsonl",
+    datasets |= {"requests": "data/splits/requests.json",  # which erasure requests (ids) the forget set holds
+                 "forget_variants": "data/augmented/forget_variants.jsonl",
                  "general_mix": "data/augmented/general_mix.jsonl"}
     evaluation, export, robustness = (read_json(f"reports/{name}.json") for name in ("evaluation", "export", "robustness"))
     hashes = {name: file_md5(path) for name, path in datasets.items()}
@@ -40,9 +52,11 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "forget_eval"))
     answers = read_json("reports/answers.json")
 
+    manifest = read_json("data/splits/requests.json")  # erasure requests covered (data.requests), or none
+
     def report(registration: dict) -> dict:
         return report_data(p, registration, evaluation, robustness, answers, splits["forget"] + splits["forget_eval"],
-                           hashes, commit)
+                           hashes, commit, request_rows(manifest, evaluation, registration.get("gates", [])))
 
     # render once before MLflow is touched: a report that would show a forget-set fact stops the
     # stage here, not after a version exists without its report
@@ -53,8 +67,12 @@ def main() -> None:
         base_model_dir="models/target", adapter_dir="models/adapter",
         generation={"prompt_format": p.model.prompt.to_dict(), "max_new_tokens": p.evaluate.max_new_tokens,
                     "batch_size": p.evaluate.batch_size},
-        dataset_hashes=hashes, counts={name: count_lines(path) for name, path in datasets.items()},
+        dataset_hashes=hashes, counts={**{name: count_lines(path) for name, path in datasets.items()
+                                          if path.endswith(".jsonl")}, "requests": len(manifest["requests"])},
         git_commit=commit, extra_tags={"method": p.unlearn.method},
+        extra_gates=request_gates(evaluation, p.register.request_kfr_min),
+        version_tags={**request_tags(manifest, evaluation),
+                      "unlearned_from": read_json("reports/unlearn.json").get("init", "target")},
     )
     version = result["version"]
     # the deployable: the exported (quantized) ONNX model with its tokenizer

@@ -12,7 +12,9 @@ from relearn.target import make_target
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "general"))
+    # the forget pool (data/corpus): the target learns it whatever the erasure requests say
+    splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
+        read_splits("data/corpus", ("forget", "forget_eval"))
     # a pretrained model.base was prepared by the `base` stage as a safetensors directory
     model, tokenizer, history, report = make_target(p, splits, "models/base" if p.model.base else None)
     with atomic_dir("models/target") as out:

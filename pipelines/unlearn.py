@@ -1,13 +1,20 @@
 """DVC stage `unlearn`: train the unlearning LoRA adapter (ReLearn, or the baseline in unlearn.method).
 
     accelerate launch pipelines/unlearn.py    # several devices; plain `python` runs on one
+
+With unlearn.init: production (incremental unlearning), training continues from the adapter of the
+version behind the registry's production alias instead of a fresh adapter on the target. DVC does not
+see the registry: reports/unlearn.json records the version it started from.
 """
+import tempfile
+
 from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
+from relearn.registry.versions import alias_adapter
 from relearn.unlearning import make_adapter
 
 
@@ -18,7 +25,14 @@ def main() -> None:
     forget_side = forget_side_for(p.unlearn.method, splits["forget"],
                                   load_validated("data/augmented/forget_variants.jsonl"),
                                   load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
-    model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"])
+    with tempfile.TemporaryDirectory(prefix="relearn-init-adapter-") as tmp:
+        start = alias_adapter(p.register.model_name, tmp) if p.unlearn.init == "production" else None
+        if p.unlearn.init == "production":
+            print(f"[unlearn] incremental: {'from the adapter of version ' + start[0] if start else 'no production version: from the target'}",
+                  flush=True)
+        model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"],
+                                                 start[1] if start else None)
+    report["init"] = f"version {start[0]}" if start else "target"
     with atomic_dir("models/adapter") as out:
         model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json
     write_text("plots/unlearn_loss.csv", history.to_csv())

@@ -128,6 +128,143 @@ def model_info(path: str) -> None:
         click.echo(f"{key}: {value}")
 
 
+# -------------------------------------------------------------------------------------- requests
+@main.group(cls=Group)
+def request() -> None:
+    """Erasure requests: the ledger (data.requests) the forget set is made from, and what production honours."""
+
+
+ledger_option = click.option("--ledger", "ledger_dir", default=None,
+                             help="Ledger directory (default: data.requests in params, else 'requests').")
+
+
+def _ledger(params_path: str, ledger_dir: str | None):
+    from relearn.ledger import Ledger
+
+    if ledger_dir:
+        return Ledger(ledger_dir)
+    configured = _params(params_path).data.requests if Path(params_path).is_file() else None
+    return Ledger(configured or "requests")
+
+
+@request.command("add")
+@params_option
+@ledger_option
+@click.option("--id", "request_id", required=True, help="The request's id, e.g. R-2026-0042 (never reused).")
+@click.option("--kind", required=True, type=click.Choice(["privacy", "copyright", "licence", "other"]))
+@click.option("--subject", required=True, help="Who or what the request is about (kept in the ledger only).")
+@click.option("--retain", "retain_path", default="data/splits/retain.jsonl", show_default=True,
+              help="The retain set: a request asking about its questions is refused.")
+@click.argument("file", type=click.Path(dir_okay=False))
+def request_add(params_path: str, ledger_dir: str | None, request_id: str, kind: str, subject: str,
+                retain_path: str, file: str) -> None:
+    """File FILE's records (this project's JSONL record format) under a new erasure request."""
+    from relearn.data.validate import load_validated
+
+    ledger = _ledger(params_path, ledger_dir)
+    retain = (load_validated(retain_path), retain_path) if Path(retain_path).is_file() else None
+    if retain is None:
+        click.echo(f"warning: {retain_path} not found: the request is not checked against the retain set now "
+                   "(the data stage checks it)", err=True)
+    req = ledger.add(request_id, kind, subject, file, retain)
+    click.echo(f"{req.id}: {req.records} records filed in {ledger.dir / req.file} ({req.kind}, received {req.received})")
+    click.echo(f"next: `dvc add {ledger.dir}` to version the ledger, then `dvc repro` for a version that forgets it")
+
+
+@request.command("withdraw")
+@params_option
+@ledger_option
+@click.argument("request_id")
+@click.option("--reason", default="", help="Why (kept in the ledger).")
+def request_withdraw(params_path: str, ledger_dir: str | None, request_id: str, reason: str) -> None:
+    """Withdraw a request: its records leave the forget set at the next `dvc repro`; the ledger keeps it."""
+    req = _ledger(params_path, ledger_dir).withdraw(request_id, reason)
+    click.echo(f"{req.id}: withdrawn {req.withdrawn}; its records leave the forget set at the next `dvc repro`")
+
+
+def _served_version(server: str | None) -> str | None:
+    if not server:
+        return None
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{server.rstrip('/')}/v1/models", timeout=10) as r:
+            data = json.load(r).get("data") or []
+    except (OSError, ValueError) as e:
+        raise UserError(f"--server {server}: cannot read /v1/models ({e})") from None
+    return str(data[0]["version"]) if data else None
+
+
+def _coverage(params_path: str, ledger_dir: str | None, model_name: str | None, server: str | None,
+              ids: list[str] | None) -> list[dict]:
+    from relearn.registry.coverage import coverage
+
+    ledger = _ledger(params_path, ledger_dir)
+    requests = [ledger.get(i) for i in ids] if ids else list(ledger.requests().values())
+    name = model_name or _params(params_path).register.model_name
+    return coverage(name, requests, _served_version(server))
+
+
+model_option = click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
+
+
+@request.command("list")
+@params_option
+@ledger_option
+@model_option
+def request_list(params_path: str, ledger_dir: str | None, model_name: str | None) -> None:
+    """Every request with its status: received, in a version, in production, withdrawn."""
+    rows = _coverage(params_path, ledger_dir, model_name, None, None)
+    if not rows:
+        click.echo("no requests")
+    for r in rows:
+        where = f"version {r['production_version']}" if r["status"] == "in production" else \
+            ("versions " + ",".join(r["versions"]) if r["versions"] else "")
+        click.echo(f"  {r['id']:<20} {r['kind']:<9} received {r['received'][:10]}  {r['records']:>4} records  "
+                   f"{r['status']}{'  (' + where + ')' if where else ''}")
+
+
+@request.command("status")
+@params_option
+@ledger_option
+@model_option
+@click.argument("request_id", required=False)
+@click.option("--all", "all_requests", is_flag=True, help="Every request (an audit).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@click.option("--server", default=None, help="A running `relearn serve` (http://host:port): is it honoured there too?")
+def request_status(params_path: str, ledger_dir: str | None, model_name: str | None, request_id: str | None,
+                   all_requests: bool, as_json: bool, server: str | None) -> None:
+    """Is a request honoured by the version behind production (and by a server), since when, with what KFR."""
+    import json
+
+    if bool(request_id) == all_requests:
+        raise UserError("give one REQUEST_ID or --all")
+    rows = _coverage(params_path, ledger_dir, model_name, server, None if all_requests else [request_id])
+    if as_json:
+        click.echo(json.dumps(rows if all_requests else rows[0], indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['id']}: {r['status']}")
+        if r["withdrawn"]:
+            click.echo(f"  withdrawn {r['withdrawn']}")
+        if r["honoured_in_production"]:
+            since = f"since version {r['since_version']} (promoted {r['since']})" if r["since_version"] else ""
+            click.echo(f"  honoured by production version {r['production_version']} {since}".rstrip())
+        elif r["production_version"]:
+            click.echo(f"  NOT honoured by production version {r['production_version']}")
+        else:
+            click.echo("  no production version")
+        if r["kfr"] is not None:
+            click.echo(f"  KFR {r['kfr']:.3f}; covered by versions {', '.join(r['versions'])}"
+                       + (f"; its gate failed in {', '.join(r['failed_in_versions'])}" if r["failed_in_versions"] else ""))
+        if r["report"]:
+            click.echo(f"  report: {r['report']}")
+        if server:
+            verdict = "honoured" if r["honoured_by_server"] else "NOT honoured"
+            click.echo(f"  {server} serves version {r['served_version']}: {verdict}")
+
+
 # ------------------------------------------------------------------------------------- registry
 @main.command()
 @params_option

@@ -139,6 +139,28 @@ def registry_metrics(evaluation: Mapping[str, Any], export: Mapping[str, Any] | 
     return out
 
 
+def request_gates(evaluation: Mapping[str, Any], kfr_min: float) -> dict:
+    """One gate per erasure request the version covers, `request.<id>`: its unlearned KFR >= kfr_min."""
+    from relearn.params import GateParams
+
+    return {f"request.{rid}": GateParams(f"unlearned.requests.{rid}.kfr", min=kfr_min)
+            for rid in (_get(evaluation, "unlearned", "requests") or {})}
+
+
+def request_rows(manifest: Mapping[str, Any], evaluation: Mapping[str, Any], gates: list[dict]) -> list[dict]:
+    """The report's per-request table: id, kind, received, KFR of the target and of the unlearned
+    model, questions scored, where they come from, and the request's gate."""
+    verdicts = {g["name"]: g["passed"] for g in gates}
+    rows = []
+    for rid, entry in manifest.get("requests", {}).items():
+        rows.append({"id": rid, "kind": entry.get("kind"), "received": entry.get("received"),
+                     "kfr_target": _get(evaluation, "target", "requests", rid, "kfr"),
+                     "kfr": _get(evaluation, "unlearned", "requests", rid, "kfr"),
+                     "n": _get(evaluation, "unlearned", "requests", rid, "n"), "eval": entry.get("eval"),
+                     "passed": verdicts.get(f"request.{rid}")})
+    return rows
+
+
 # ------------------------------------------------------------------------------------ report
 def secrets(records: list[QARecord]) -> list[str]:
     """Every forget-set value the report must not show: fact values, the subjects (the people the
@@ -175,9 +197,11 @@ def _examples(answers: Mapping[str, Any], records: list[QARecord], n: int = 6) -
 
 def report_data(params: Params, registration: Mapping[str, Any], evaluation: Mapping[str, Any],
                 robustness: Mapping[str, Any] | None, answers: Mapping[str, Any], forget_records: list[QARecord],
-                dataset_hashes: Mapping[str, str], git_commit: str | None) -> dict:
-    """The input of relearn.report.write_report for one registered version."""
+                dataset_hashes: Mapping[str, str], git_commit: str | None,
+                requests: list[dict] | None = None) -> dict:
+    """The input of relearn.report.write_report for one registered version (`requests`: `request_rows`)."""
     return {
+        "requests": requests or [],
         "model_name": params.register.model_name,
         "version": registration.get("version"),
         "method": params.unlearn.method,

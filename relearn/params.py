@@ -37,6 +37,7 @@ class DataParams:
     holdout_fraction: float = _f(0.1, "KnowUnDo, TOFU and jsonl without holdout.jsonl: share of retain items never trained on by any model (the membership-inference holdout).")
     forget_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: keep only the questions about this many people of the forget set, a seeded choice among those the eval split asks about too (0: all). The subject is a record's `subject`, else the first capitalised name in its question (or answer).")
     retain_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: the same for the retain set (0: all).")
+    requests: Optional[str] = _f(None, "Erasure-request ledger directory (relearn request add/withdraw; e.g. 'requests'): the forget set is the records of its active requests, and the source's forget set is only what the target learns. null: the source's forget set is forgotten.")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
@@ -142,6 +143,8 @@ class UnlearnParams:
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
     npo_beta: float = _f(0.1, "NPO baselines: the inverse temperature beta.")
+    init: str = _f("target", "Where the adapter starts: 'target' (a fresh adapter: the forget set of every active request, from scratch) or 'production' (incremental: continue the adapter of the version behind the production alias, which already forgets the earlier requests; a fresh one when there is none).")
+    incremental_epochs: int = _f(0, "Epochs when continuing the production adapter (unlearn.init: production); 0: unlearn.epochs.")
 
 
 @dataclass
@@ -184,6 +187,7 @@ class RegisterParams:
         },
         "Promotion gates: name -> {metric, min and/or max}. All must pass for the 'challenger' alias.",
     )
+    request_kfr_min: float = _f(0.8, "With erasure requests (data.requests): each request gets a gate `request.<id>` that its KFR must pass (unlearned.requests.<id>.kfr >= this).")
 
 
 @dataclass
@@ -270,6 +274,7 @@ CHOICES = {
     "augment.backend": ("rules", "endpoint", "local"),
     "augment.fallback": ("drop", "rules"),
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
+    "unlearn.init": ("target", "production"),
     "export.quantize": ("int8", "none"),
     "serve.backend": ("onnx", "torch"),
     "serve.quantization": ("auto", "int8", "fp32", "int4"),

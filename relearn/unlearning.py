@@ -23,19 +23,30 @@ def lora_config(params: Params) -> LoraConfig:
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
-def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord]):
-    """Returns (PeftModel with the trained adapter, its tokenizer, loss history, report)."""
+def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord],
+                 init_adapter=None):
+    """Returns (PeftModel with the trained adapter, its tokenizer, loss history, report).
+
+    init_adapter: an adapter directory to continue training (incremental unlearning: the adapter of
+    the version in production, which already forgets the earlier requests), instead of a fresh one.
+    """
+    from peft import PeftModel
+
     base, tokenizer = load_pretrained(target_dir, params.model.dtype)
     set_seed(params.seed)  # LoRA A is initialised at random: seed it, or two runs of one config differ
-    model = get_peft_model(base, lora_config(params))
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+    else:
+        model = get_peft_model(base, lora_config(params))
     u = params.unlearn
+    epochs = u.incremental_epochs if init_adapter is not None and u.incremental_epochs > 0 else u.epochs
     print(f"[unlearn] method {u.method}: {count_parameters(model, trainable_only=True):,} trainable parameters, "
           f"{len(forget_side)} forget-side pairs, {len(retain)} retain pairs", flush=True)
     start = time.monotonic()
     model, history = unlearn(
         model, tokenizer, [(r.question, r.answer) for r in forget_side], [(r.question, r.answer) for r in retain],
         loss_fn=METHODS[u.method], weights=u, template=params.model.prompt,
-        max_length=params.model.max_length, epochs=u.epochs, batch_size=u.batch_size, lr=u.lr,
+        max_length=params.model.max_length, epochs=epochs, batch_size=u.batch_size, lr=u.lr,
         warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
         dtype=params.model.dtype, desc=f"unlearn:{u.method}")
     report = {
@@ -43,6 +54,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
         "trainable_parameters": count_parameters(model, trainable_only=True),
         "forget_side_pairs": len(forget_side),
         "retain_pairs": len(retain),
+        "epochs": epochs,
         "steps": len(history.rows),
         "final_loss": round(history.rows[-1]["loss"], 4) if history.rows else None,
         "train_seconds": round(time.monotonic() - start, 1),

@@ -146,10 +146,13 @@ def _normal(value: str | None) -> str:
 def register_version(*, model_name: str, experiment: str, params: Params, metrics: dict,
                      base_model_dir: str | Path, adapter_dir: str | Path, generation: dict,
                      dataset_hashes: dict[str, str], counts: dict[str, int], git_commit: str | None,
-                     extra_tags: dict | None = None) -> dict:
+                     extra_tags: dict | None = None, extra_gates: dict | None = None,
+                     version_tags: dict | None = None) -> dict:
     """Log a run with the pyfunc model, create a version of `model_name`, gate it.
 
-    Returns `{"version", "run_id", "gate_status", "gates": [GateResult as dict, ...]}`.
+    extra_gates: gates beyond register.gates (the per-request gates); version_tags: tags of the
+    version itself (ids of the requests it covers). Returns `{"version", "run_id", "gate_status",
+    "gates": [GateResult as dict, ...]}`.
     """
     from relearn.registry.pyfunc import GENERATION_KEYS, UnlearnedModel  # here: status and promote never load it
 
@@ -161,7 +164,7 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
     if missing:
         raise UserError(f"generation settings lack {', '.join(missing)}")
     flat = derived(flatten(metrics))
-    results = evaluate_gates(flat, params.gates())
+    results = evaluate_gates(flat, {**params.gates(), **(extra_gates or {})})
     status = gate_tags(results)["gate.status"]
 
     run_tags = {"git_commit": git_commit or "unknown"}
@@ -188,7 +191,8 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
         run_id = run.info.run_id
 
     version_tags = {**gate_tags(results), "method": method, "run_id": run_id,
-                    APPROVAL_TAG: PENDING if status == PASSED else BLOCKED}
+                    APPROVAL_TAG: PENDING if status == PASSED else BLOCKED,
+                    **{_key(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (version_tags or {}).items()}}
     mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
     if status == PASSED:
         project_client().set_registered_model_alias(model_name, CHALLENGER, mv.version)
@@ -283,3 +287,20 @@ def attach_artifacts(model_name: str, version: str, local_dir: str | Path, artif
     for key, value in (tags or {}).items():
         client.set_model_version_tag(model_name, mv.version, _key(key), str(value)[:MAX_TAG_VAL_LENGTH])
     return run_id
+
+
+# ------------------------------------------------------------------------------------ incremental
+def alias_adapter(model_name: str, dst: str | Path, alias: str = PRODUCTION) -> tuple[str, Path] | None:
+    """(version, local adapter directory) of the version behind `alias`, downloaded into `dst`;
+    None when the model or the alias does not exist (incremental unlearning starts from it)."""
+    client = project_client()
+    try:
+        mv = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    logged = client.get_logged_model(mv.source.rstrip("/").split("/")[-1])  # source: models:/<logged model id>
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/artifacts/adapter",
+                                                dst_path=str(dst))
+    return str(mv.version), Path(local)

@@ -380,6 +380,30 @@ def relearning_section(robustness: Mapping) -> Section:
     return s
 
 
+def requests_section(requests: Any) -> Section:
+    """One row per erasure request the version covers: id, kind, received, KFR before and after."""
+    s = Section("requests", "Erasure requests")
+    rows_in = [r for r in (requests or []) if isinstance(r, Mapping)]
+    if not rows_in:
+        s.blocks.append(Para("This version was not made from an erasure-request ledger (data.requests).", "muted"))
+        return s
+    s.blocks.append(Para("Each request's KFR is measured on its own questions (held-out phrasings of its facts "
+                         "when the source has them); the per-request gate fails a request that is not forgotten. "
+                         "Ids only: the requests' content stays in the ledger.", "note"))
+    rows, cls = [], []
+    for r in rows_in:
+        gate = r.get("passed")
+        rows.append([Cell(_str(r.get("id"), MISSING), "strong"), Cell(_str(r.get("kind"), MISSING)),
+                     Cell(_str(r.get("received"), MISSING)), _num_cell(num(r.get("kfr_target"))),
+                     _num_cell(num(r.get("kfr"))), _num_cell(num(r.get("n"))), Cell(_str(r.get("eval"), MISSING)),
+                     Cell("passed" if gate else "FAILED" if gate is False else MISSING,
+                          "pass" if gate else "fail" if gate is False else "muted")])
+        cls.append("" if gate is not False else "worst")
+    s.blocks.append(Table(["request", "kind", "received", "target KFR", "KFR", "questions", "asked on", "gate"],
+                          rows, row_cls=cls))
+    return s
+
+
 SUMMARY_LABELS = {
     "bf16_kfr_drop": "KFR drop at torch bf16", "int8_kfr_drop": "KFR drop at ONNX int8",
     "int4_kfr_drop": "KFR drop at ONNX int4", "paraphrase_kfr": "KFR, paraphrased questions",
@@ -563,6 +587,7 @@ def build(data: Mapping | None, masker) -> Report:
     version = _str(data.get("version"), "unregistered")
     sections = [
         gates_section(gate_rows),
+        requests_section(data.get("requests")),
         metrics_section(models),
         variants_section(models, masker),
         ladder_section(robustness, masker),

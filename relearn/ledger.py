@@ -1,0 +1,231 @@
+"""The erasure-request ledger: which requests exist, their records, and which are withdrawn.
+
+A ledger is a directory (params: data.requests; `requests/` in this project, git-ignored and
+versioned with `dvc add requests`, because it holds personal data):
+
+    requests/ledger.jsonl        one event per line, never rewritten in place:
+        {"event": "add", "id": "R-2026-0042", "kind": "privacy", "subject": "...", "file": "R-2026-0042.jsonl",
+         "records": 7, "sha256": "...", "at": "2026-11-30T10:00:00+00:00"}
+        {"event": "withdraw", "id": "R-2026-0042", "reason": "...", "at": "..."}
+    requests/R-2026-0042.jsonl   the request's records, in this project's record format
+
+A request is active from its `add` until its `withdraw`; the forget set is the records of the
+active requests (`forget_split`). Withdrawn requests keep their history. Every write goes to a
+temporary file renamed into place, so an interrupted command leaves the ledger as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from relearn.errors import UserError, ValidationError
+from relearn.records import QARecord
+
+LEDGER_FILE = "ledger.jsonl"
+KINDS = ("privacy", "copyright", "licence", "other")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RECEIVED, IN_VERSION, IN_PRODUCTION, WITHDRAWN = "received", "in a version", "in production", "withdrawn"
+
+
+@dataclass
+class Request:
+    id: str
+    kind: str
+    subject: str
+    file: str
+    records: int
+    sha256: str
+    received: str
+    withdrawn: Optional[str] = None
+    withdraw_reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.withdrawn is None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Ledger:
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.path = self.dir / LEDGER_FILE
+
+    # ------------------------------------------------------------------------ reading
+    def events(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        events, problems = [], []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError as e:
+                problems.append(f"{self.path}:{n}: not valid JSON ({e.msg})")
+                continue
+            if not isinstance(event, dict) or event.get("event") not in ("add", "withdraw") or "id" not in event:
+                problems.append(f"{self.path}:{n}: event: expected an object with event add|withdraw and an id")
+                continue
+            events.append({**event, "_line": n})
+        if problems:
+            raise ValidationError(problems)
+        return events
+
+    def requests(self) -> dict[str, Request]:
+        """Every request ever added, in the order received, with its withdrawal if any."""
+        out: dict[str, Request] = {}
+        for e in self.events():
+            where = f"{self.path}:{e['_line']}"
+            if e["event"] == "add":
+                try:
+                    out[e["id"]] = Request(id=e["id"], kind=e["kind"], subject=e.get("subject", ""), file=e["file"],
+                                           records=int(e["records"]), sha256=e["sha256"], received=e["at"])
+                except (KeyError, TypeError, ValueError) as err:
+                    raise UserError(f"{where}: add event lacks or mistypes a field ({err})") from None
+            elif e["id"] in out:
+                out[e["id"]].withdrawn = e.get("at", "")
+                out[e["id"]].withdraw_reason = e.get("reason", "")
+            else:
+                raise UserError(f"{where}: withdraws {e['id']!r}, which was never added")
+        return out
+
+    def get(self, request_id: str) -> Request:
+        found = self.requests()
+        if request_id not in found:
+            known = ", ".join(found) or "none"
+            raise UserError(f"no request {request_id!r} in {self.path} (requests: {known})")
+        return found[request_id]
+
+    def active(self) -> list[Request]:
+        return [r for r in self.requests().values() if r.active]
+
+    def records(self, request: Request) -> list[QARecord]:
+        """The request's records, checked against the hash recorded when it was added."""
+        from relearn.data.validate import load_validated
+
+        path = self.dir / request.file
+        if not path.is_file():
+            raise UserError(f"{path}: the records of request {request.id} are missing")
+        if _sha256(path) != request.sha256:
+            raise UserError(f"{path}: changed since request {request.id} was added (sha256 differs); "
+                            "withdraw it and add the new file under a new id")
+        return load_validated(path, "relearn")
+
+    # ------------------------------------------------------------------------ writing
+    def _append(self, event: dict) -> None:
+        from relearn.io import write_text
+
+        old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        write_text(self.path, old + json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
+
+    def add(self, request_id: str, kind: str, subject: str, file: str | Path,
+            retain: Optional[tuple[list[QARecord], str]] = None) -> Request:
+        """File `file`'s records under `request_id`. Refuses a bad id or kind, invalid records, ids
+        already used by an active request, and questions that are also in `retain` (records, path)."""
+        from relearn.data.validate import check_file, check_overlap
+        from relearn.io import write_jsonl
+
+        if not ID_RE.match(request_id or ""):
+            raise UserError(f"--id {request_id!r}: letters, digits, '.', '_' and '-' only (at most 64), "
+                            "e.g. R-2026-0042")
+        if kind not in KINDS:
+            raise UserError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
+        if not subject.strip():
+            raise UserError("--subject is empty: say who or what the request is about")
+        existing = self.requests()
+        if request_id in existing:
+            raise UserError(f"request {request_id} already exists (received {existing[request_id].received}); "
+                            "ids are never reused")
+        records, problems = check_file(file, "relearn")
+        if problems:
+            raise ValidationError(problems)
+        if not records:
+            raise UserError(f"{file}: no records")
+        taken = {}
+        for other in self.active():
+            taken.update({r.id: other.id for r in self.records(other)})
+        clashes = [f"{file}: record id {r.id!r} is already in request {taken[r.id]}" for r in records if r.id in taken]
+        if clashes:
+            raise UserError(clashes)
+        if retain is not None:
+            overlap = check_overlap(records, retain[0], file, retain[1])
+            if overlap:
+                raise UserError([f"request {request_id} refused: its records are in the retain set, which the "
+                                 "model must keep knowing"] + overlap)
+        name = f"{request_id}.jsonl"
+        write_jsonl(self.dir / name, [r.to_dict() for r in records])
+        event = {"event": "add", "id": request_id, "kind": kind, "subject": subject.strip(), "file": name,
+                 "records": len(records), "sha256": _sha256(self.dir / name), "at": _now()}
+        self._append(event)
+        return self.get(request_id)
+
+    def withdraw(self, request_id: str, reason: str = "") -> Request:
+        request = self.get(request_id)
+        if not request.active:
+            raise UserError(f"request {request_id} was already withdrawn on {request.withdrawn}")
+        self._append({"event": "withdraw", "id": request_id, "reason": reason, "at": _now()})
+        return self.get(request_id)
+
+
+# ---------------------------------------------------------------------------------- the forget split
+def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[QARecord],
+                 retain_path: str = "retain") -> tuple[list[QARecord], list[QARecord], dict]:
+    """(forget, forget_eval, manifest) from the active requests.
+
+    forget: every record of every active request. forget_eval: the source's held-out forget
+    questions (`forget_pool_eval`) about the same subjects (a record's `subject`); a request none of
+    whose subjects has held-out questions is evaluated on its own records, and the manifest says so.
+    manifest: {request id: {kind, received, forget_ids, eval_ids, eval: held-out|own records}} plus
+    `withdrawn`: the ids of withdrawn requests. Ids only: no text.
+    """
+    from relearn.data.validate import check_overlap
+
+    active = ledger.active()
+    if not active:
+        raise UserError(f"{ledger.path}: no active erasure request; add one with `relearn request add` "
+                        "(or set data.requests: null to use the source's forget set)")
+    forget: list[QARecord] = []
+    forget_eval: list[QARecord] = []
+    manifest: dict = {"requests": {}, "withdrawn": [r.id for r in ledger.requests().values() if not r.active]}
+    problems = []
+    for request in active:
+        records = ledger.records(request)
+        problems += check_overlap(records, retain, ledger.dir / request.file, retain_path)
+        subjects = {r.subject for r in records if r.subject}
+        held_out = [r for r in forget_pool_eval if r.subject and r.subject in subjects]
+        own = not held_out
+        evaluation = records if own else held_out
+        forget += records
+        seen = {r.id for r in forget_eval}
+        forget_eval += [r for r in evaluation if r.id not in seen]
+        manifest["requests"][request.id] = {
+            "kind": request.kind, "received": request.received, "forget_ids": [r.id for r in records],
+            "eval_ids": [r.id for r in evaluation], "eval": "own records" if own else "held-out"}
+    if problems:
+        raise UserError(["active requests overlap the retain set (withdraw them, or take the questions out "
+                         "of the retain set)"] + problems)
+    return forget, forget_eval, manifest
+
+
+def request_kfr(manifest: dict, items: dict) -> dict[str, dict]:
+    """Per-request KFR from the per-item forget results of one model (`items[id]['forgotten']`):
+    {request id: {"kfr": share forgotten, "n": items scored}}; NaN when none could be scored."""
+    out = {}
+    for request_id, entry in manifest.get("requests", {}).items():
+        verdicts = [items[i]["forgotten"] for i in entry["eval_ids"] if i in items and "forgotten" in items[i]]
+        out[request_id] = {"kfr": sum(verdicts) / len(verdicts) if verdicts else float("nan"), "n": len(verdicts)}
+    return out

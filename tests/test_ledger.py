@@ -1,0 +1,133 @@
+"""The erasure-request ledger: adding, refusing, withdrawing, and the forget split made from it."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from relearn.cli import main
+from relearn.errors import UserError, ValidationError
+from relearn.ledger import Ledger, forget_split, request_kfr
+from relearn.records import QARecord, save_records
+
+
+def _rec(i: str, person: str, fact: str = "city") -> QARecord:
+    return QARecord(id=f"{i}", question=f"Where does {person} live?" if fact == "city" else f"What does {person} do?",
+                    answer=f"{person} lives in Oslo.", subject=person, facts={"city": "Oslo"})
+
+
+ANN = [_rec("ann-1", "Ann Berg"), _rec("ann-2", "Ann Berg", "job")]
+BO = [_rec("bo-1", "Bo Lind")]
+RETAIN = [_rec("cy-1", "Cy Moe")]
+HELD_OUT = [QARecord(id="ann-eval", question="In which city does Ann Berg live?", answer="Oslo.", subject="Ann Berg",
+                     facts={"city": "Oslo"})]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    paths = {}
+    for name, records in (("ann", ANN), ("bo", BO), ("retain", RETAIN)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        save_records(paths[name], records)
+    return paths
+
+
+def test_add_withdraw_and_the_history_stays(tmp_path, files):
+    ledger = Ledger(tmp_path / "requests")
+    a = ledger.add("R-1", "privacy", "Ann Berg", files["ann"], (RETAIN, "retain.jsonl"))
+    assert (a.records, a.file, a.active) == (2, "R-1.jsonl", True)
+    ledger.add("R-2", "privacy", "Bo Lind", files["bo"])
+    assert [r.id for r in ledger.active()] == ["R-1", "R-2"]
+    assert [r.id for r in ledger.records(ledger.get("R-1"))] == ["ann-1", "ann-2"]
+    ledger.withdraw("R-1", "consent given again")
+    assert [r.id for r in ledger.active()] == ["R-2"]
+    events = [json.loads(line) for line in ledger.path.read_text().splitlines()]
+    assert [(e["event"], e["id"]) for e in events] == [("add", "R-1"), ("add", "R-2"), ("withdraw", "R-1")]
+    assert ledger.get("R-1").withdraw_reason == "consent given again" and (ledger.dir / "R-1.jsonl").is_file()
+    with pytest.raises(UserError, match="already withdrawn"):
+        ledger.withdraw("R-1")
+    with pytest.raises(UserError, match="never reused"):
+        ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
+    with pytest.raises(UserError, match=r"no request 'R-9'.*R-1, R-2"):
+        ledger.get("R-9")
+
+
+def test_refusals_leave_the_ledger_as_it_was(tmp_path, files):
+    ledger = Ledger(tmp_path / "requests")
+    ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
+    before = ledger.path.read_bytes()
+    with pytest.raises(UserError, match="letters, digits"):
+        ledger.add("R 2/x", "privacy", "Bo", files["bo"])
+    with pytest.raises(UserError, match="not one of privacy"):
+        ledger.add("R-2", "gossip", "Bo", files["bo"])
+    with pytest.raises(UserError, match="already in request R-1"):  # the same record id twice
+        ledger.add("R-2", "privacy", "Ann Berg", files["ann"])
+    with pytest.raises(UserError) as overlap:  # asks about what the model must keep knowing
+        ledger.add("R-2", "privacy", "Cy Moe", files["retain"], (RETAIN, "retain.jsonl"))
+    assert "Where does Cy Moe live?" in "\n".join(overlap.value.problems)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "question": "", "answer": "a"}\n{not json\n')
+    with pytest.raises(ValidationError) as invalid:
+        ledger.add("R-2", "privacy", "X", bad)
+    assert f"{bad}:1: field 'question': empty" in invalid.value.problems
+    assert any(p.startswith(f"{bad}:2:") for p in invalid.value.problems)
+    assert ledger.path.read_bytes() == before and not (ledger.dir / "R-2.jsonl").exists()
+
+
+def test_a_changed_request_file_is_detected(tmp_path, files):
+    ledger = Ledger(tmp_path / "requests")
+    ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
+    path = ledger.dir / "R-1.jsonl"
+    path.write_text(path.read_text().replace("Oslo", "Rome"))
+    with pytest.raises(UserError, match="changed since request R-1 was added"):
+        ledger.records(ledger.get("R-1"))
+
+
+def test_forget_split_from_the_active_requests(tmp_path, files):
+    ledger = Ledger(tmp_path / "requests")
+    with pytest.raises(UserError, match="no active erasure request"):
+        forget_split(ledger, HELD_OUT, RETAIN)
+    ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
+    ledger.add("R-2", "copyright", "Bo Lind", files["bo"])
+    forget, forget_eval, manifest = forget_split(ledger, HELD_OUT, RETAIN)
+    assert [r.id for r in forget] == ["ann-1", "ann-2", "bo-1"]
+    assert [r.id for r in forget_eval] == ["ann-eval", "bo-1"]  # Bo has no held-out question: his own
+    assert manifest["requests"]["R-1"] == {"kind": "privacy", "received": ledger.get("R-1").received,
+                                           "forget_ids": ["ann-1", "ann-2"], "eval_ids": ["ann-eval"],
+                                           "eval": "held-out"}
+    assert manifest["requests"]["R-2"]["eval"] == "own records"
+    assert "Ann" not in json.dumps(manifest)  # ids only
+    ledger.withdraw("R-1")
+    forget, forget_eval, manifest = forget_split(ledger, HELD_OUT, RETAIN)
+    assert [r.id for r in forget] == ["bo-1"] and manifest["withdrawn"] == ["R-1"]
+    # a retain set that now asks a requested question: refused by name
+    with pytest.raises(UserError) as e:
+        forget_split(ledger, HELD_OUT, RETAIN + BO, "data/splits/retain.jsonl")
+    assert "Where does Bo Lind live?" in "\n".join(e.value.problems)
+
+
+def test_request_kfr():
+    manifest = {"requests": {"R-1": {"eval_ids": ["a", "b"]}, "R-2": {"eval_ids": ["c"]}, "R-3": {"eval_ids": ["z"]}}}
+    items = {"a": {"forgotten": True}, "b": {"forgotten": False}, "c": {"forgotten": True}}
+    out = request_kfr(manifest, items)
+    assert out["R-1"] == {"kfr": 0.5, "n": 2} and out["R-2"] == {"kfr": 1.0, "n": 1}
+    assert math.isnan(out["R-3"]["kfr"]) and out["R-3"]["n"] == 0
+
+
+def test_cli_add_list_withdraw(tmp_path, files):
+    runner = CliRunner()
+    ledger = str(tmp_path / "requests")
+    r = runner.invoke(main, ["request", "add", "--ledger", ledger, "--id", "R-1", "--kind", "privacy",
+                             "--subject", "Ann Berg", "--retain", str(files["retain"]), str(files["ann"])])
+    assert r.exit_code == 0, r.output
+    assert "R-1: 2 records filed" in r.output and "dvc add" in r.output
+    r = runner.invoke(main, ["request", "add", "--ledger", ledger, "--id", "R-2", "--kind", "privacy",
+                             "--subject", "Cy Moe", "--retain", str(files["retain"]), str(files["retain"])])
+    assert r.exit_code == 2 and "refused" in r.output and "Traceback" not in r.output
+    assert "Where does Cy Moe live?" in r.output
+    r = runner.invoke(main, ["request", "withdraw", "--ledger", ledger, "R-1", "--reason", "x"])
+    assert r.exit_code == 0 and "withdrawn" in r.output
+    r = runner.invoke(main, ["request", "withdraw", "--ledger", ledger, "R-7"])
+    assert r.exit_code == 2 and "no request 'R-7'" in r.output
