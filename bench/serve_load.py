@@ -2,7 +2,8 @@
 
     python bench/serve_load.py [--requests 64] [--max-tokens 24] [--json FILE]
 
-Needs `make demo` first (export/onnx-int8, models/target, models/adapter, data/splits). The demo's
+Needs `make demo` first (export/onnx-int8, models/target, models/adapter, data/splits; --target,
+--adapter and --deployable point at another model's). The demo's
 version is blocked by its relearning gate, so this registers the demo's deployable twice in a
 scratch MLflow store (a temporary SQLite file; gates reduced to one that passes, approved by the
 script) and promotes version 1. The server is the real CLI (`relearn serve`, a separate process);
@@ -37,24 +38,23 @@ MODEL = "relearn-serve-bench"
 
 
 # ---------------------------------------------------------------------------------- set-up
-def register_demo(store: Path) -> list[str]:
-    """Two approved versions of the demo's target + adapter with its int8 deployable; production -> 1."""
-    from relearn.io import read_json
+def register_demo(store: Path, target: Path, adapter: Path, deployable: Path) -> list[str]:
+    """Two approved versions of a target + adapter with an int8 deployable (the demo's by default);
+    production -> 1. The gates are reduced to one that passes: this measures serving, not forgetting."""
     from relearn.params import load_params
     from relearn.registry import versions
 
     p = load_params(ROOT / "params.yaml")
-    p.register.gates = {"kfr": {"metric": "unlearned.kfr", "min": 0.0}}
-    evaluation = read_json(ROOT / "reports/evaluation.json")
+    p.register.gates = {"always": {"metric": "unlearned.kfr", "min": 0.0}}
     made = []
     for _ in range(2):
         result = versions.register_version(
-            model_name=MODEL, experiment="serve-bench", params=p, metrics={"unlearned": evaluation["unlearned"]},
-            base_model_dir=ROOT / "models/target", adapter_dir=ROOT / "models/adapter",
+            model_name=MODEL, experiment="serve-bench", params=p, metrics={"unlearned": {"kfr": 1.0}},
+            base_model_dir=target, adapter_dir=adapter,
             generation={"prompt_format": p.model.prompt.to_dict(), "max_new_tokens": p.evaluate.max_new_tokens,
                         "batch_size": p.evaluate.batch_size},
             dataset_hashes={}, counts={}, git_commit=None)
-        versions.attach_artifacts(MODEL, result["version"], ROOT / "export/onnx-int8", "deployable")
+        versions.attach_artifacts(MODEL, result["version"], deployable, "deployable")
         versions.project_client().set_model_version_tag(MODEL, result["version"], versions.APPROVAL_TAG,
                                                         versions.APPROVED)
         made.append(result["version"])
@@ -188,11 +188,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="Requests per concurrency level (at most).")
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--target", default=str(ROOT / "models/target"), help="Base model directory of the versions.")
+    ap.add_argument("--adapter", default=str(ROOT / "models/adapter"), help="Their LoRA adapter.")
+    ap.add_argument("--deployable", default=str(ROOT / "export/onnx-int8"),
+                    help="Their ONNX deployable (an export stage's onnx-int8 directory with prompt_format.json).")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
-    for needed in ("export/onnx-int8", "models/target", "models/adapter", "data/splits/retain_eval.jsonl"):
-        if not (ROOT / needed).exists():
-            raise SystemExit(f"{ROOT / needed} is missing: run `make demo` first")
+    for needed in (args.deployable, args.target, args.adapter, ROOT / "data/splits/retain_eval.jsonl"):
+        if not Path(needed).exists():
+            raise SystemExit(f"{needed} is missing: run `make demo` first")
 
     from relearn.registry.versions import promote
     from relearn.serving.server import free_port
@@ -201,13 +205,13 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    first, second = register_demo(work)
+    first, second = register_demo(work, Path(args.target), Path(args.adapter), Path(args.deployable))
     questions = questions_of_the_demo()
     n, mt = args.requests, args.max_tokens
     print(f"[serve-bench] scratch store {work}; {len(questions)} questions; max_tokens {mt}; {os.cpu_count()} CPUs",
           flush=True)
 
-    report: dict = {"levels": [], "max_tokens": mt}
+    report: dict = {"levels": [], "max_tokens": mt, "deployable": str(args.deployable)}
     server = Server(work, free_port(), max_batch_size=args.max_batch_size, max_wait_ms=10)
     try:
         level(server.url, questions, 4, 8, mt)  # warm-up

@@ -72,7 +72,9 @@ def main() -> None:
         git_commit=commit, extra_tags={"method": p.unlearn.method},
         extra_gates=request_gates(evaluation, p.register.request_kfr_min),
         version_tags={**request_tags(manifest, evaluation),
-                      "unlearned_from": read_json("reports/unlearn.json").get("init", "target")},
+                      "unlearned_from": read_json("reports/unlearn.json").get("init", "target"),
+                      # incremental unlearning continues an adapter only on the target it was made on
+                      "target_md5": file_md5("models/target")},
     )
     version = result["version"]
     # the deployable: the exported (quantized) ONNX model with its tokenizer

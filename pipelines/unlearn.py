@@ -14,7 +14,7 @@ from relearn.data.validate import load_validated
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
-from relearn.registry.versions import alias_adapter
+from relearn.registry.versions import alias_adapter, file_md5
 from relearn.unlearning import make_adapter
 
 
@@ -27,9 +27,13 @@ def main() -> None:
                                   load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
     with tempfile.TemporaryDirectory(prefix="relearn-init-adapter-") as tmp:
         start = alias_adapter(p.register.model_name, tmp) if p.unlearn.init == "production" else None
-        if p.unlearn.init == "production":
-            print(f"[unlearn] incremental: {'from the adapter of version ' + start[0] if start else 'no production version: from the target'}",
-                  flush=True)
+        if start and start[2].get("target_md5") != file_md5("models/target"):
+            print(f"[unlearn] incremental: version {start[0]} was trained on another target model: "
+                  "a fresh adapter instead", flush=True)
+            start = None
+        elif p.unlearn.init == "production":
+            print(f"[unlearn] incremental: {'from the adapter of version ' + start[0] if start else 'no production version: from the target'}"
+                  " (its LoRA settings, not unlearn.lora)", flush=True)
         model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"],
                                                  start[1] if start else None)
     report["init"] = f"version {start[0]}" if start else "target"

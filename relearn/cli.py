@@ -182,18 +182,26 @@ def request_withdraw(params_path: str, ledger_dir: str | None, request_id: str, 
     click.echo(f"{req.id}: withdrawn {req.withdrawn}; its records leave the forget set at the next `dvc repro`")
 
 
-def _served_version(server: str | None) -> str | None:
+def _served_version(server: str | None, model_name: str) -> str | None:
+    """The version a `relearn serve` answers with, from its open /ready route (no token needed)."""
     if not server:
         return None
     import json
+    import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{server.rstrip('/')}/v1/models", timeout=10) as r:
-            data = json.load(r).get("data") or []
+        with urllib.request.urlopen(f"{server.rstrip('/')}/ready", timeout=10) as r:
+            ready = json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code == 503:
+            return None  # up, nothing loaded
+        raise UserError(f"--server {server}: /ready answered {e.code}") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"--server {server}: cannot read /v1/models ({e})") from None
-    return str(data[0]["version"]) if data else None
+        raise UserError(f"--server {server}: cannot read /ready ({e})") from None
+    if ready.get("model") != model_name:
+        raise UserError(f"--server {server} serves {ready.get('model')!r}, not {model_name!r}")
+    return str(ready["version"])
 
 
 def _coverage(params_path: str, ledger_dir: str | None, model_name: str | None, server: str | None,
@@ -203,7 +211,7 @@ def _coverage(params_path: str, ledger_dir: str | None, model_name: str | None, 
     ledger = _ledger(params_path, ledger_dir)
     requests = [ledger.get(i) for i in ids] if ids else list(ledger.requests().values())
     name = model_name or _params(params_path).register.model_name
-    return coverage(name, requests, _served_version(server))
+    return coverage(name, requests, _served_version(server, name))
 
 
 model_option = click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")

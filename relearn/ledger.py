@@ -7,17 +7,19 @@ versioned with `dvc add requests`, because it holds personal data):
         {"event": "add", "id": "R-2026-0042", "kind": "privacy", "subject": "...", "file": "R-2026-0042.jsonl",
          "records": 7, "sha256": "...", "at": "2026-11-30T10:00:00+00:00"}
         {"event": "withdraw", "id": "R-2026-0042", "reason": "...", "at": "..."}
-    requests/R-2026-0042.jsonl   the request's records, in this project's record format
+    requests/records/R-2026-0042.jsonl   the request's records, in this project's record format
 
 A request is active from its `add` until its `withdraw`; the forget set is the records of the
 active requests (`forget_split`). Withdrawn requests keep their history. Every write goes to a
-temporary file renamed into place, so an interrupted command leaves the ledger as it was.
+temporary file renamed into place, under a lock file, so an interrupted or concurrent command
+leaves the ledger whole.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +29,7 @@ from relearn.errors import UserError, ValidationError
 from relearn.records import QARecord
 
 LEDGER_FILE = "ledger.jsonl"
+RECORDS_DIR = "records"
 KINDS = ("privacy", "copyright", "licence", "other")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RECEIVED, IN_VERSION, IN_PRODUCTION, WITHDRAWN = "received", "in a version", "in production", "withdrawn"
@@ -124,6 +127,19 @@ class Ledger:
         return load_validated(path, "relearn")
 
     # ------------------------------------------------------------------------ writing
+    @contextmanager
+    def _locked(self):
+        """One writer at a time (two `request add` at once must not lose an event)."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _append(self, event: dict) -> None:
         from relearn.io import write_text
 
@@ -136,9 +152,6 @@ class Ledger:
             retain: Optional[tuple[list[QARecord], str]] = None) -> Request:
         """File `file`'s records under `request_id`. Refuses a bad id or kind, invalid records, ids
         already used by an active request, and questions that are also in `retain` (records, path)."""
-        from relearn.data.validate import check_file, check_overlap
-        from relearn.io import write_jsonl
-
         if not ID_RE.match(request_id or ""):
             raise UserError(f"--id {request_id!r}: letters, digits, '.', '_' and '-' only (at most 64), "
                             "e.g. R-2026-0042")
@@ -146,9 +159,18 @@ class Ledger:
             raise UserError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
         if not subject.strip():
             raise UserError("--subject is empty: say who or what the request is about")
+        with self._locked():
+            return self._add(request_id, kind, subject, file, retain)
+
+    def _add(self, request_id: str, kind: str, subject: str, file: str | Path,
+             retain: Optional[tuple[list[QARecord], str]]) -> Request:
+        from relearn.data.validate import check_file, check_overlap
+        from relearn.io import write_jsonl
+
         existing = self.requests()
-        if request_id in existing:
-            raise UserError(f"request {request_id} already exists (received {existing[request_id].received}); "
+        same = [r for r in existing if r.lower() == request_id.lower()]  # one file per id, on any file system
+        if same:
+            raise UserError(f"request {same[0]} already exists (received {existing[same[0]].received}); "
                             "ids are never reused")
         records, problems = check_file(file, "relearn")
         if problems:
@@ -166,7 +188,7 @@ class Ledger:
             if overlap:
                 raise UserError([f"request {request_id} refused: its records are in the retain set, which the "
                                  "model must keep knowing"] + overlap)
-        name = f"{request_id}.jsonl"
+        name = f"{RECORDS_DIR}/{request_id}.jsonl"
         write_jsonl(self.dir / name, [r.to_dict() for r in records])
         event = {"event": "add", "id": request_id, "kind": kind, "subject": subject.strip(), "file": name,
                  "records": len(records), "sha256": _sha256(self.dir / name), "at": _now()}
@@ -174,10 +196,11 @@ class Ledger:
         return self.get(request_id)
 
     def withdraw(self, request_id: str, reason: str = "") -> Request:
-        request = self.get(request_id)
-        if not request.active:
-            raise UserError(f"request {request_id} was already withdrawn on {request.withdrawn}")
-        self._append({"event": "withdraw", "id": request_id, "reason": reason, "at": _now()})
+        with self._locked():
+            request = self.get(request_id)
+            if not request.active:
+                raise UserError(f"request {request_id} was already withdrawn on {request.withdrawn}")
+            self._append({"event": "withdraw", "id": request_id, "reason": reason, "at": _now()})
         return self.get(request_id)
 
 

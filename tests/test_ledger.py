@@ -37,7 +37,7 @@ def files(tmp_path):
 def test_add_withdraw_and_the_history_stays(tmp_path, files):
     ledger = Ledger(tmp_path / "requests")
     a = ledger.add("R-1", "privacy", "Ann Berg", files["ann"], (RETAIN, "retain.jsonl"))
-    assert (a.records, a.file, a.active) == (2, "R-1.jsonl", True)
+    assert (a.records, a.file, a.active) == (2, "records/R-1.jsonl", True)
     ledger.add("R-2", "privacy", "Bo Lind", files["bo"])
     assert [r.id for r in ledger.active()] == ["R-1", "R-2"]
     assert [r.id for r in ledger.records(ledger.get("R-1"))] == ["ann-1", "ann-2"]
@@ -45,7 +45,7 @@ def test_add_withdraw_and_the_history_stays(tmp_path, files):
     assert [r.id for r in ledger.active()] == ["R-2"]
     events = [json.loads(line) for line in ledger.path.read_text().splitlines()]
     assert [(e["event"], e["id"]) for e in events] == [("add", "R-1"), ("add", "R-2"), ("withdraw", "R-1")]
-    assert ledger.get("R-1").withdraw_reason == "consent given again" and (ledger.dir / "R-1.jsonl").is_file()
+    assert ledger.get("R-1").withdraw_reason == "consent given again" and (ledger.dir / "records" / "R-1.jsonl").is_file()
     with pytest.raises(UserError, match="already withdrawn"):
         ledger.withdraw("R-1")
     with pytest.raises(UserError, match="never reused"):
@@ -58,6 +58,8 @@ def test_refusals_leave_the_ledger_as_it_was(tmp_path, files):
     ledger = Ledger(tmp_path / "requests")
     ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
     before = ledger.path.read_bytes()
+    with pytest.raises(UserError, match="request R-1 already exists"):  # ids differing only by case share a file
+        ledger.add("r-1", "privacy", "Bo", files["bo"])
     with pytest.raises(UserError, match="letters, digits"):
         ledger.add("R 2/x", "privacy", "Bo", files["bo"])
     with pytest.raises(UserError, match="not one of privacy"):
@@ -73,13 +75,20 @@ def test_refusals_leave_the_ledger_as_it_was(tmp_path, files):
         ledger.add("R-2", "privacy", "X", bad)
     assert f"{bad}:1: field 'question': empty" in invalid.value.problems
     assert any(p.startswith(f"{bad}:2:") for p in invalid.value.problems)
-    assert ledger.path.read_bytes() == before and not (ledger.dir / "R-2.jsonl").exists()
+    assert ledger.path.read_bytes() == before and not (ledger.dir / "records" / "R-2.jsonl").exists()
+
+
+def test_an_id_named_like_the_ledger_cannot_overwrite_it(tmp_path, files):
+    ledger = Ledger(tmp_path / "requests")
+    ledger.add("ledger", "privacy", "Ann Berg", files["ann"])
+    ledger.add("R-2", "privacy", "Bo Lind", files["bo"])
+    assert [r.id for r in ledger.active()] == ["ledger", "R-2"]
 
 
 def test_a_changed_request_file_is_detected(tmp_path, files):
     ledger = Ledger(tmp_path / "requests")
     ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
-    path = ledger.dir / "R-1.jsonl"
+    path = ledger.dir / "records" / "R-1.jsonl"
     path.write_text(path.read_text().replace("Oslo", "Rome"))
     with pytest.raises(UserError, match="changed since request R-1 was added"):
         ledger.records(ledger.get("R-1"))
@@ -131,3 +140,17 @@ def test_cli_add_list_withdraw(tmp_path, files):
     assert r.exit_code == 0 and "withdrawn" in r.output
     r = runner.invoke(main, ["request", "withdraw", "--ledger", ledger, "R-7"])
     assert r.exit_code == 2 and "no request 'R-7'" in r.output
+
+
+def test_since_follows_the_promotions_back():
+    from relearn.registry.coverage import _since
+
+    def v(n, promoted_from="", at="t"):
+        return {"version": n, "promoted_from": promoted_from, "promoted_at": at}
+
+    honouring = {"2": v("2", "1", "t2"), "3": v("3", "2", "t3"), "5": v("5", "4", "t5")}
+    assert _since(honouring["3"], honouring)["version"] == "2"  # 1 did not honour it
+    assert _since(honouring["5"], honouring)["version"] == "5"  # 4 did not
+    loop = {"1": v("1", "2", "t1b"), "2": v("2", "1", "t2")}  # 1 -> 2 -> back to 1
+    assert _since(loop["1"], loop)["version"] == "2"  # understated, never overstated
+    assert _since(None, honouring) is None

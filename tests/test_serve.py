@@ -399,6 +399,33 @@ def test_promotion_reaches_traffic_without_a_failed_request_and_bad_versions_nev
         assert f'relearn:model_swap_failures_total{{model_name="{MODEL}",version="{v[name]}"}} 1.0' in metrics
 
 
+def test_approval_is_read_at_every_poll(served, store):
+    """A version refused for lacking approval is served once approved; the version serving stops
+    answering when its approval is revoked."""
+    from relearn.registry.tracking import client
+    from relearn.registry.versions import APPROVAL_TAG
+
+    service, url = served
+    pending = store["versions"]["unapproved"]
+    try:
+        client().set_registered_model_alias(MODEL, "production", pending)
+        assert _wait_for(lambda: pending in service.follower.failed)
+        assert _chat(url, max_tokens=2).headers["X-Relearn-Model-Version"] == "1"
+        client().set_model_version_tag(MODEL, pending, APPROVAL_TAG, "approved")
+        assert _wait_for(lambda: _chat(url, max_tokens=2).headers.get("X-Relearn-Model-Version") == pending)
+        client().set_model_version_tag(MODEL, pending, APPROVAL_TAG, "pending")
+        assert _wait_for(lambda: requests.get(f"{url}/ready", timeout=5).status_code == 503)
+        assert _chat(url).status_code == 503
+    finally:
+        client().set_model_version_tag(MODEL, pending, APPROVAL_TAG, "pending")
+
+
+def test_closing_a_service_that_never_started(store):
+    from relearn.serving.server import Service
+
+    Service(_settings(store), MODEL).close()  # nothing to join, nothing raised
+
+
 def test_a_version_that_may_not_be_served_is_refused_at_start(store):
     from relearn.registry.tracking import client
     from relearn.serving.server import Service

@@ -7,7 +7,8 @@ with their content. `coverage` reads those tags back for `relearn request status
 - covered: the versions whose forget set held the request;
 - honoured by a version: covered, and the request's gate passed there;
 - in production: honoured by the version behind the `production` alias;
-- since: the first version that honoured it and was promoted (`promoted_at`), with that date.
+- since: the first version of the unbroken run of promotions up to production that all honoured it
+  (followed back through `promoted_from`), with its `promoted_at` date.
 """
 from __future__ import annotations
 
@@ -57,12 +58,13 @@ def coverage(model_name: str, requests: list[Request], served_version: Optional[
             created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
             entry = {"version": str(mv.version), "kfr": _kfr(tag), "gate_passed": passed,
                      "created": created.isoformat(timespec="seconds"), "promoted_at": tags.get("promoted_at"),
+                     "promoted_from": tags.get("promoted_from"),
                      "report": f"runs:/{mv.run_id}/{tags['report']}" if tags.get("report") and mv.run_id else None}
             covering.append(entry)
             if passed:
                 honouring.append(entry)
         in_production = next((e for e in honouring if e["version"] == production), None)
-        promoted = sorted((e for e in honouring if e["promoted_at"]), key=lambda e: e["promoted_at"])
+        since = _since(in_production, {e["version"]: e for e in honouring})
         if not request.active:
             status = WITHDRAWN
         elif in_production:
@@ -76,8 +78,8 @@ def coverage(model_name: str, requests: list[Request], served_version: Optional[
             "id": request.id, "kind": request.kind, "received": request.received, "records": request.records,
             "withdrawn": request.withdrawn, "status": status,
             "production_version": production, "honoured_in_production": in_production is not None,
-            "since_version": promoted[0]["version"] if in_production and promoted else None,
-            "since": promoted[0]["promoted_at"] if in_production and promoted else None,
+            "since_version": since["version"] if since else None,
+            "since": since["promoted_at"] if since else None,
             "kfr": latest["kfr"] if latest else None,
             "report": latest["report"] if latest else None,
             "versions": [e["version"] for e in covering],
@@ -86,3 +88,18 @@ def coverage(model_name: str, requests: list[Request], served_version: Optional[
             "honoured_by_server": (served_version in {e["version"] for e in honouring}) if served_version else None,
         })
     return out
+
+
+def _since(production: Optional[dict], honouring: dict[str, dict]) -> Optional[dict]:
+    """The first version of the unbroken run of promotions, ending with the production version,
+    that all honoured the request (followed back through `promoted_from`). A version promoted again
+    keeps only its last promotion's tags, so after a rollback the run may start later than it did:
+    `since` can understate how long a request has been honoured, never overstate it."""
+    if production is None:
+        return None
+    entry, seen = production, {production["version"]}
+    while entry["promoted_from"] in honouring and entry["promoted_from"] not in seen:
+        entry = honouring[entry["promoted_from"]]
+        seen.add(entry["version"])
+    return entry if entry["promoted_at"] else None
+

@@ -290,9 +290,9 @@ def attach_artifacts(model_name: str, version: str, local_dir: str | Path, artif
 
 
 # ------------------------------------------------------------------------------------ incremental
-def alias_adapter(model_name: str, dst: str | Path, alias: str = PRODUCTION) -> tuple[str, Path] | None:
-    """(version, local adapter directory) of the version behind `alias`, downloaded into `dst`;
-    None when the model or the alias does not exist (incremental unlearning starts from it)."""
+def alias_adapter(model_name: str, dst: str | Path, alias: str = PRODUCTION) -> tuple[str, Path, dict] | None:
+    """(version, local adapter directory, version tags) of the version behind `alias`, downloaded
+    into `dst`; None when the model or the alias does not exist (incremental unlearning starts from it)."""
     client = project_client()
     try:
         mv = client.get_model_version_by_alias(model_name, alias)
@@ -303,4 +303,4 @@ def alias_adapter(model_name: str, dst: str | Path, alias: str = PRODUCTION) -> 
     logged = client.get_logged_model(mv.source.rstrip("/").split("/")[-1])  # source: models:/<logged model id>
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/artifacts/adapter",
                                                 dst_path=str(dst))
-    return str(mv.version), Path(local)
+    return str(mv.version), Path(local), dict(mv.tags or {})

@@ -74,13 +74,22 @@ def _error(e: BadRequest, metrics: ServeMetrics) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------------------- input checks
-async def _json_body(request: Request) -> dict:
+async def _body(request: Request) -> bytes:
+    """The request body, refused past MAX_BODY_BYTES without reading the rest."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise BadRequest(413, f"body is {length} bytes; at most {MAX_BODY_BYTES}")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(413, f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(413, f"body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await _body(request)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -175,7 +184,11 @@ class Pending:
         engine = state.holder.current
         if engine is None:
             raise BadRequest(503, "no model version is loaded yet", kind="server_error")
-        prompt = engine.chat_prompt(messages)
+        try:
+            prompt = engine.chat_prompt(messages)
+        except Exception as e:  # a template that refuses this conversation (e.g. roles out of order)
+            raise BadRequest(400, f"the model's chat template refused these messages: {e}".splitlines()[0],
+                             param="messages") from None
         if len(prompt) > state.max_prompt_tokens:
             raise BadRequest(400, f"the prompt is {len(prompt)} tokens; at most {state.max_prompt_tokens} "
                                   "(serve.max_prompt_tokens)", param="messages", code="context_length_exceeded")
@@ -263,7 +276,8 @@ def build_app(state: ServeState) -> Starlette:
         if not state.token:
             return
         given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), state.token)):
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode("utf-8", "surrogateescape"),
+                                                                     state.token.encode("utf-8"))):
             raise BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                              kind="authentication_error", headers={"WWW-Authenticate": "Bearer"})
 
@@ -331,6 +345,9 @@ def build_app(state: ServeState) -> Starlette:
     async def invocations(request: Request):
         body = await _json_body(request)
         questions = _questions(body)
+        if len(questions) > state.batcher.max_queue:  # it could never be queued whole: no point retrying
+            raise BadRequest(400, f"{len(questions)} questions in one request; this server queues at most "
+                                  f"{state.batcher.max_queue} (serve.max_queue)")
         sampling = {"max_tokens": None, "temperature": 0.0, "top_p": 1.0}
         params = body.get("params")
         if isinstance(params, dict) and params:
@@ -368,7 +385,7 @@ def build_app(state: ServeState) -> Starlette:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def webhook(request: Request):
-        raw = await request.body()
+        raw = await _body(request)
         problem = verify_webhook(state.webhook_secret or "", request.headers, raw)
         if problem:
             log.warning("webhook refused: %s", problem)

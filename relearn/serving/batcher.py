@@ -39,6 +39,13 @@ class EngineHolder:
         with self._lock:
             return self._engine
 
+    def clear(self) -> Optional[Engine]:
+        """Stop serving: requests get 503 until the next swap."""
+        with self._lock:
+            previous, self._engine = self._engine, None
+        self.loaded.clear()
+        return previous
+
     def swap(self, engine: Engine) -> Optional[Engine]:
         with self._lock:
             previous, self._engine = self._engine, engine
@@ -65,7 +72,8 @@ class Batcher:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     @property
     def waiting(self) -> int:

@@ -93,10 +93,20 @@ class Engine:
         from relearn.generation import _left_pad
 
         now = time.monotonic()
+        ready = []
         for job in jobs:
             job.version, job.started = self.version, now
             if job.messages is not None and job.encoded_by != self.version:  # queued across a switch
-                job.prompt, job.encoded_by = self.chat_prompt(job.messages), self.version
+                try:
+                    job.prompt, job.encoded_by = self.chat_prompt(job.messages), self.version
+                except Exception as e:
+                    job.finish_reason, job.finished = "error", time.monotonic()
+                    job.on_event("error", f"the model's chat template refused these messages: {e}".splitlines()[0])
+                    continue
+            ready.append(job)
+        jobs = ready
+        if not jobs:
+            return
         ids, mask = _left_pad([job.prompt for job in jobs], self.pad_id)
         decoded = [""] * len(jobs)
         done = [False] * len(jobs)

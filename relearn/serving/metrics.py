@@ -56,6 +56,11 @@ class ServeMetrics:
     def serving(self, engine, previous=None) -> None:
         if previous is not None:
             self.info.remove(previous.model_name, previous.version, previous.backend, previous.quantization)
+            for gauge in (self.waiting, self.running):  # its queue is the new version's now
+                try:
+                    gauge.remove(previous.model_name, previous.version)
+                except KeyError:
+                    pass
         self.info.labels(engine.model_name, engine.version, engine.backend, engine.quantization).set(1)
 
     def render(self) -> bytes:

@@ -85,7 +85,8 @@ class Service:
         import uvicorn
 
         config = uvicorn.Config(self.app, host=self.params.host, port=port, log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=5)
+                                access_log=False,  # requests in flight may finish on shutdown
+                                timeout_graceful_shutdown=int(self.params.request_timeout_s) + 1)
         self._server = uvicorn.Server(config)
         return self._server
 
@@ -98,12 +99,18 @@ class Service:
         failure: list[UserError] = []
 
         def first_load() -> None:
-            try:
-                self.load_first()
-            except UserError as e:
-                failure.append(e)
-                server.should_exit = True
-                return
+            while not server.should_exit:
+                try:
+                    self.load_first()
+                    break
+                except UserError as e:  # nothing servable, or it does not load: stop
+                    failure.append(e)
+                    server.should_exit = True
+                    return
+                except Exception as e:  # the registry is unreachable for now: try again
+                    log.warning("cannot read %s yet (%s: %s); trying again in %g s", self.source.describe(),
+                                type(e).__name__, str(e).splitlines()[0] if str(e) else "", self.params.poll_seconds)
+                    time.sleep(self.params.poll_seconds)
             self.follower.start()
 
         self.batcher.start()
