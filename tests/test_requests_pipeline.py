@@ -3,7 +3,8 @@ configuration, one version per change of the ledger, per-request tags and gates,
 status` against the real SQLite registry, and the report's request table.
 
 Requests 1 and 2 arrive one by one; request 1 is then withdrawn and request 3 arrives. The second
-step raises register.request_kfr_min above 1, so that its version fails the request gates by name.
+step raises register.request_kfr_min above 1, so that its version fails the request gates by name;
+the third continues the production adapter (unlearn.init: production).
 """
 from __future__ import annotations
 
@@ -143,14 +144,17 @@ def test_a_sequence_of_requests(project):
     table = (work / "reports" / "report" / "report.md").read_text()
     assert "R-2" in table and "FAILED" in table
 
-    # 3. request 1 withdrawn, request 3 arrives: version 3 forgets 2 and 3 only
-    _set_params(work, **{"register.request_kfr_min": 0.0})
+    # 3. request 1 withdrawn, request 3 arrives: version 3 forgets 2 and 3 only, continuing the
+    #    production adapter (incremental unlearning)
+    _set_params(work, **{"register.request_kfr_min": 0.0, "unlearn.init": "production", "unlearn.incremental_epochs": 1})
     _relearn(work, env, "request", "withdraw", "R-1", "--reason", "the data subject withdrew the request")
     _relearn(work, env, "request", "add", "--id", "R-3", "--kind", "privacy", "--subject", p3, str(f3))
     reg = _step(work, env)
     assert reg["version"] == "3" and reg["gate_status"] == "passed"
     tags = _tags(work, env, "3")
     assert tags["requests"] == "R-2,R-3" and "request.R-1" not in tags
+    assert tags["unlearned_from"] == "version 1" and tags["target_md5"] == _tags(work, env, "1")["target_md5"]
+    assert json.loads((work / "reports" / "unlearn.json").read_text())["epochs"] == 1
     ids = {json.loads(line)["id"] for line in (work / "data/splits/forget.jsonl").read_text().splitlines()}
     assert not ids & set(manifest["requests"]["R-1"]["forget_ids"])
     audit = json.loads(_relearn(work, env, "request", "status", "--all", "--json").stdout)
