@@ -51,16 +51,18 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict]:
-    work = tmp_path_factory.mktemp("project")
+def micro_project(work: Path, overrides: dict, gitignore: str = "") -> dict:
+    """A copy of the project in `work` (library, stages, the full params schema with `overrides`),
+    committed to a fresh git + DVC repository; the environment to run its commands with."""
     for name in ("relearn", "pipelines"):
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
     # DVC wants every key a stage names to be in params.yaml: write the full schema, micro-sized
     from relearn.params import Params
 
-    (work / "params.yaml").write_text(yaml.safe_dump(merged(Params().to_dict(), MICRO)))
+    (work / "params.yaml").write_text(yaml.safe_dump(merged(Params().to_dict(), overrides)))
+    if gitignore:
+        (work / ".gitignore").write_text(gitignore)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(work)  # the copy's library, not the checkout's
@@ -70,6 +72,13 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     run([str(BIN / "dvc"), "init", "-q"], work, env)
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "micro"], work, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("project")
+    env = micro_project(work, MICRO)
     result = run([str(BIN / "dvc"), "repro"], work, env)
     (work / "repro.log").write_text(result.stdout + result.stderr)
     return work, env

@@ -9,8 +9,6 @@ the third continues the production adapter (unlearn.init: production).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import BIN, MICRO, ROOT, merged, run
+from test_pipeline import BIN, MICRO, merged, micro_project, run
 
 pytestmark = pytest.mark.slow
 REQUESTS_MICRO = merged(MICRO, {
@@ -60,13 +58,7 @@ def project(tmp_path_factory):
     from relearn.records import save_records
 
     work = tmp_path_factory.mktemp("requests-project")
-    for name in ("relearn", "pipelines"):
-        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
-    from relearn.params import Params
-
-    (work / "params.yaml").write_text(yaml.safe_dump(merged(Params().to_dict(), REQUESTS_MICRO)))
-    (work / ".gitignore").write_text("/requests/\n")
+    env = micro_project(work, REQUESTS_MICRO, gitignore="/requests/\n")
     params = parse_params(yaml.safe_load((work / "params.yaml").read_text()))
     by_person = defaultdict(list)
     for record in load_source(params.data, params.seed)["forget"]:  # what the data owners would send
@@ -77,15 +69,6 @@ def project(tmp_path_factory):
     for i, (person, records) in enumerate(sorted(by_person.items()), 1):
         save_records(incoming / f"person{i}.jsonl", records)
         files.append((person, incoming / f"person{i}.jsonl"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(work)
-    env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    run(["git", "init", "-q"], work, env)
-    run([str(BIN / "dvc"), "init", "-q"], work, env)
-    run(["git", "add", "-A"], work, env)
-    run(["git", "commit", "-qm", "micro"], work, env)
     return work, env, files
 
 
