@@ -611,3 +611,32 @@ def test_sampled_and_greedy_requests_are_not_batched_together(store):
     assert batcher._take_batch() == [jobs[0], jobs[2]]
     assert batcher._take_batch() == [jobs[1]]
     assert batcher._take_batch() == [jobs[3]]
+
+
+def test_request_status_asks_the_running_server(served, store, tmp_path):
+    """`relearn request status --server` reads the open /ready route: the version answering there
+    honours a request its tags say it forgets."""
+    from click.testing import CliRunner
+
+    from relearn.cli import main
+    from relearn.ledger import Ledger
+    from relearn.records import QARecord, save_records
+    from relearn.registry.tracking import client
+
+    _, url = served
+    records = tmp_path / "r.jsonl"
+    save_records(records, [QARecord(id="q1", question="Where does Zed Orm live?", answer="Zed Orm lives in Lund.")])
+    Ledger(tmp_path / "requests").add("R-77", "privacy", "Zed Orm", records)
+    client().set_model_version_tag(MODEL, "1", "request.R-77", "kfr=1.0000 n=1")
+    client().set_model_version_tag(MODEL, "1", "gate.request.R-77", "value=1.0000 min=0.8 passed")
+    args = ["request", "status", "R-77", "--ledger", str(tmp_path / "requests"), "--model", MODEL, "--server", url]
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    status = json.loads(r.output)
+    assert (status["status"], status["served_version"], status["honoured_by_server"]) == ("in production", "1", True)
+    assert status["since_version"] == "1" and status["kfr"] == 1.0
+    r = CliRunner().invoke(main, args[:-1] + ["http://127.0.0.1:9"])  # nothing listens there
+    assert r.exit_code == 2 and "cannot read /ready" in r.output
+    r = CliRunner().invoke(main, ["request", "status", "R-77", "--ledger", str(tmp_path / "requests"),
+                                  "--model", "another-model", "--server", url])
+    assert r.exit_code == 2 and "serves 'relearn-serve-test', not 'another-model'" in r.output
