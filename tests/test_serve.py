@@ -525,7 +525,7 @@ def tracking_server(tmp_path_factory, model_files):
     uri = f"http://127.0.0.1:{port}"
     try:
         assert _wait_for(lambda: _up(uri), 120), "mlflow server did not start"
-        with pytest.MonkeyPatch.context() as mp:
+        with pytest.MonkeyPatch.context() as mp:  # only while registering: later tests keep their store
             mp.setenv("MLFLOW_TRACKING_URI", uri)
             mp.chdir(root)
             from relearn.registry.versions import promote
@@ -533,7 +533,7 @@ def tracking_server(tmp_path_factory, model_files):
             good = _register(model_files, PASSING, model_files["deployable"], True)
             second = _register(model_files, PASSING, model_files["deployable"], True)
             promote(MODEL, good)
-            yield {"uri": uri, "root": root, "versions": (good, second)}
+        yield {"uri": uri, "root": root, "versions": (good, second)}
     finally:
         import mlflow
 
@@ -558,6 +558,8 @@ def test_remote_tracking_server_and_a_signed_webhook(tracking_server, monkeypatc
     from relearn.serving.server import Service, free_port
 
     monkeypatch.setenv("RELEARN_TEST_WEBHOOK", "whsec-test")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server["uri"])
+    monkeypatch.chdir(tracking_server["root"])
     first, second = tracking_server["versions"]
     port = free_port()
     settings = _settings({"root": tracking_server["root"]}, poll_seconds=60, webhook_secret_env="RELEARN_TEST_WEBHOOK")
