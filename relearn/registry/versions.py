@@ -98,6 +98,16 @@ def _not_found(e: MlflowException) -> bool:
     return e.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The version behind `alias`, or None when the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
 def _aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
     """alias -> version (search_model_versions does not fill in aliases)."""
     try:
@@ -294,12 +304,9 @@ def alias_adapter(model_name: str, dst: str | Path, alias: str = PRODUCTION) -> 
     """(version, local adapter directory, version tags) of the version behind `alias`, downloaded
     into `dst`; None when the model or the alias does not exist (incremental unlearning starts from it)."""
     client = project_client()
-    try:
-        mv = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
+    mv = version_by_alias(client, model_name, alias)
+    if mv is None:
+        return None
     logged = client.get_logged_model(mv.source.rstrip("/").split("/")[-1])  # source: models:/<logged model id>
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/artifacts/adapter",
                                                 dst_path=str(dst))

@@ -204,6 +204,7 @@ class Pending:
                              param="max_tokens", code="context_length_exceeded")
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
+        self._first: Optional[tuple] = None  # an event taken by first_event, not yet yielded
         self.job = Job(prompt=prompt, messages=messages, encoded_by=engine.version, on_event=self._post,
                        deadline=time.monotonic() + state.request_timeout_s, **sampling)
         self.state = state
@@ -222,25 +223,26 @@ class Pending:
         self._first = await self._next()
         self._check(*self._first)
 
+    def _timed_out(self) -> BadRequest:
+        return BadRequest(504, f"no answer within {self.state.request_timeout_s:g} s (serve.request_timeout_s)",
+                          kind="timeout")
+
     async def _next(self) -> tuple:
-        timeout = self.state.request_timeout_s
         try:
-            return await asyncio.wait_for(self.events.get(), timeout + 1.0)
+            return await asyncio.wait_for(self.events.get(), self.state.request_timeout_s + 1.0)
         except asyncio.TimeoutError:
             self.job.cancelled.set()
-            raise BadRequest(504, f"no answer within {timeout:g} s (serve.request_timeout_s)",
-                             kind="timeout") from None
+            raise self._timed_out() from None
 
     def _check(self, kind: str, payload) -> None:
         if kind == "error":
             raise BadRequest(500, str(payload), kind="server_error")
         if kind == "done" and payload == "cancelled":
-            timeout = self.state.request_timeout_s
-            raise BadRequest(504, f"no answer within {timeout:g} s (serve.request_timeout_s)", kind="timeout")
+            raise self._timed_out()
 
     async def events_until_done(self):
         """(kind, payload) events; raises BadRequest on timeout or a failed generation."""
-        first, self._first = getattr(self, "_first", None), None
+        first, self._first = self._first, None
         while True:
             if first is not None:
                 (kind, payload), first = first, None
@@ -381,7 +383,7 @@ def build_app(state: ServeState) -> Starlette:
                             headers=_headers(state, engine.version))
 
     async def prometheus(request: Request):
-        state.batcher._gauges()
+        state.batcher.update_gauges()
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def webhook(request: Request):

@@ -85,9 +85,9 @@ class Batcher:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (serve.max_queue={self.max_queue})")
             self._waiting.append(job)
             self._cv.notify_all()
-        self._gauges()
+        self.update_gauges()
 
-    def _gauges(self) -> None:
+    def update_gauges(self) -> None:
         engine = self.holder.current
         if engine is not None:
             self.metrics.waiting.labels(engine.model_name, engine.version).set(len(self._waiting))
@@ -140,7 +140,7 @@ class Batcher:
             self.running = len(live)
             gauge = self.metrics.running.labels(engine.model_name, engine.version)
             gauge.set(len(live))
-            self._gauges()
+            self.update_gauges()
             try:
                 engine.generate(live)
             except Exception:  # Engine.generate reports its own failures; this is a bug, keep serving

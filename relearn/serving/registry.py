@@ -51,16 +51,11 @@ class RegistrySource:
 
     def resolve(self) -> Optional[AliasTarget]:
         """The version behind the alias (None when the alias or the model does not exist)."""
-        from mlflow.exceptions import MlflowException
+        from relearn.registry.versions import release_problem, version_by_alias
 
-        from relearn.registry.versions import release_problem
-
-        try:
-            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
-        except MlflowException as e:
-            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
+        mv = version_by_alias(self.client, self.model_name, self.alias)
+        if mv is None:
+            return None
         return AliasTarget(str(mv.version), mv.run_id or (mv.tags or {}).get("run_id", ""), mv.source,
                            release_problem(self.model_name, mv))
 
