@@ -17,6 +17,7 @@ from relearn.io import atomic_dir, read_json, write_json
 from relearn.model import load_pretrained
 from relearn.params import CHOICES, load_params
 from relearn.robustness import probe_with_params
+from relearn.hardening import negative_triples
 from relearn.unlearning import make_adapter
 
 
@@ -32,7 +33,8 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     forget_side = forget_side_for(method, splits["forget"], variants, load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
-    model, tokenizer, history, train_report = make_adapter(p, "models/target", forget_side, splits["retain"])
+    model, tokenizer, history, train_report = make_adapter(p, "models/target", forget_side, splits["retain"],
+                                                           negatives=negative_triples(variants, splits["forget"]))
     with atomic_dir(f"models/compare/{method}") as out:
         model.save_pretrained(out)
     reference, _ = load_pretrained("models/base" if p.ppl_model() == "base" else "models/target", p.model.dtype)

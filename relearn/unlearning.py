@@ -5,6 +5,7 @@ the retain set. The method (relearn.methods) decides what loss the two batches g
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from accelerate.utils import set_seed
@@ -24,11 +25,13 @@ def lora_config(params: Params) -> LoraConfig:
 
 
 def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord],
-                 init_adapter=None):
+                 init_adapter=None, negatives: list[tuple[str, str, str]] | None = None):
     """Returns (PeftModel with the trained adapter, its tokenizer, loss history, report).
 
     init_adapter: an adapter directory to continue training (incremental unlearning: the adapter of
     the version in production, which already forgets the earlier requests), instead of a fresh one.
+    negatives: (question, vague answer, original answer) triples for unlearn.harden.negative
+    (relearn.hardening.negative_triples); unused when it is 'none'.
     """
     from peft import PeftModel
 
@@ -48,13 +51,16 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
         loss_fn=METHODS[u.method], weights=u, template=params.model.prompt,
         max_length=params.model.max_length, epochs=epochs, batch_size=u.batch_size, lr=u.lr,
         warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
-        dtype=params.model.dtype, desc=f"unlearn:{u.method}")
+        dtype=params.model.dtype, desc=f"unlearn:{u.method}",
+        negatives=negatives if u.harden.negative != "none" else None)
     report = {
         "method": u.method,
         "trainable_parameters": count_parameters(model, trainable_only=True),
         "forget_side_pairs": len(forget_side),
         "retain_pairs": len(retain),
         "epochs": epochs,
+        "harden": {k: v for k, v in dataclasses.asdict(u.harden).items()},
+        "lora_r": u.lora.r,
         "steps": len(history.rows),
         "final_loss": round(history.rows[-1]["loss"], 4) if history.rows else None,
         "train_seconds": round(time.monotonic() - start, 1),

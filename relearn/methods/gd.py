@@ -11,4 +11,5 @@ from relearn.methods._parts import Terms
 
 def loss(model, forget, retain, reference, weights):
     terms = Terms(model, forget, retain, reference, weights)
-    return terms.result(-weights.forget_weight * terms.forget_ce() + weights.retain_weight * terms.retain_ce())
+    return terms.result(forget=-weights.forget_weight * terms.forget_ce(),
+                        retain=weights.retain_weight * terms.retain_ce())

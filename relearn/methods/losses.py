@@ -55,3 +55,34 @@ def npo_loss(logp_theta: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> t
     """
     log_ratio = logp_theta - logp_ref                              # (B,)
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()  # ()
+
+
+def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al., 2023) with the vague answer chosen and the original answer rejected:
+
+        -mean_b log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r)))
+
+    All inputs (B,): sequence log-probabilities (`sequence_logprob`) of the chosen and rejected
+    answers to the same question, under the model and the frozen reference. Equal margins give
+    log 2; the loss falls as the model prefers the chosen answer more than the reference did.
+    """
+    margin = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)   # (B,)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def simnpo_loss(logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al., 2024): NPO without a reference model, on length-normalised log-probability:
+
+        -(2 / beta) * mean_b log sigmoid(-(beta / |y_b|) * logp_b - gamma)
+
+    logp: (B,) sequence log-probabilities of the answers to forget; lengths: (B,) their answer-token
+    counts. It falls as the answers' per-token log-probability drops, and is bounded below by 0.
+    """
+    per_token = logp / lengths.clamp(min=1).to(logp.dtype)                 # (B,)
+    return -(2.0 / beta) * F.logsigmoid(-beta * per_token - gamma).mean()
+
+
+def answer_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) answer-token counts of a batch (the positions `sequence_logprob` sums over)."""
+    return (labels[:, 1:] != IGNORE).sum(dim=1)

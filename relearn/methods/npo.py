@@ -12,4 +12,4 @@ from relearn.methods._parts import Terms
 
 def loss(model, forget, retain, reference, weights):
     terms = Terms(model, forget, retain, reference, weights)
-    return terms.result(weights.forget_weight * terms.forget_npo())
+    return terms.result(forget=weights.forget_weight * terms.forget_npo())

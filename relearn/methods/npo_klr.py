@@ -9,4 +9,5 @@ from relearn.methods._parts import Terms
 
 def loss(model, forget, retain, reference, weights):
     terms = Terms(model, forget, retain, reference, weights)
-    return terms.result(weights.forget_weight * terms.forget_npo() + weights.kl_weight * terms.retain_kl())
+    return terms.result(forget=weights.forget_weight * terms.forget_npo(),
+                        retain=weights.kl_weight * terms.retain_kl())
