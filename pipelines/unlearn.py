@@ -12,6 +12,7 @@ from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
+from relearn.hardening import negative_triples
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
 from relearn.registry.versions import alias_adapter, file_md5
@@ -22,12 +23,16 @@ from relearn.unlearning import make_adapter
 def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "retain"))
-    forget_side = forget_side_for(p.unlearn.method, splits["forget"],
-                                  load_validated("data/augmented/forget_variants.jsonl"),
+    variants = load_validated("data/augmented/forget_variants.jsonl")
+    forget_side = forget_side_for(p.unlearn.method, splits["forget"], variants,
                                   load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
     with tempfile.TemporaryDirectory(prefix="relearn-init-adapter-") as tmp:
         start = alias_adapter(p.register.model_name, tmp) if p.unlearn.init == "production" else None
-        if start and start[2].get("target_md5") != file_md5("models/target"):
+        if start and start[1] is None:
+            print(f"[unlearn] incremental: version {start[0]} is a distilled model, with no adapter to continue: "
+                  "a fresh adapter instead", flush=True)
+            start = None
+        elif start and start[2].get("target_md5") != file_md5("models/target"):
             print(f"[unlearn] incremental: version {start[0]} was trained on another target model: "
                   "a fresh adapter instead", flush=True)
             start = None
@@ -35,7 +40,8 @@ def main() -> None:
             print(f"[unlearn] incremental: {'from the adapter of version ' + start[0] if start else 'no production version: from the target'}"
                   " (its LoRA settings, not unlearn.lora)", flush=True)
         model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"],
-                                                 start[1] if start else None)
+                                                 start[1] if start else None,
+                                                 negatives=negative_triples(variants, splits["forget"]))
     report["init"] = f"version {start[0]}" if start else "target"
     with atomic_dir("models/adapter") as out:
         model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json

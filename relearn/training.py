@@ -78,13 +78,15 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
                     epochs: int, batch_size: int, lr: float, warmup_ratio: float, weight_decay: float,
                     grad_clip: float, seed: int, dtype: str = "float32",
                     check: Callable[[object, int], bool] | None = None, check_every: int = 0,
-                    desc: str = "target") -> tuple[object, History]:
+                    desc: str = "target", teacher=None) -> tuple[object, History]:
     """Fine-tune on (question, answer) pairs with answer-token CE.
 
     `check(model, epoch)` runs every `check_every` epochs on the main process; returning True stops
     training early (the target stage stops once the model reproduces the forget answers).
+    With a `teacher` model (distillation), the loss is KL(teacher || model) over every token of
+    the sequences instead: the pairs only supply the text, the teacher the targets.
     """
-    from relearn.methods.losses import answer_ce
+    from relearn.methods.losses import IGNORE, answer_ce, answer_kl
 
     set_seed(seed)
     accelerator = make_accelerator(dtype)
@@ -92,6 +94,8 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     total = epochs * math.ceil(len(loader.dataset) / (batch_size * accelerator.num_processes))
     optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device).eval()
     history = History()
     progress = Progress(desc, total)
     step = 0
@@ -99,7 +103,13 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
         model.train()
         for batch in loader:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = answer_ce(logits, batch["labels"])
+            if teacher is None:
+                loss = answer_ce(logits, batch["labels"])
+            else:
+                with torch.no_grad(), accelerator.autocast():
+                    target = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                every_token = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
+                loss = answer_kl(logits, target, every_token)
             optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
             step += 1
             history.add(step=step, epoch=epoch, loss=loss.item())
@@ -116,23 +126,55 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     return accelerator.unwrap_model(model), history
 
 
+def _sides(net, loss_fn, forget, retain, negative, reference, weights, harden):
+    """sides(with_retain) -> (forget-side loss with the negative term, retain-side loss or None, parts)."""
+    from relearn.hardening import negative_term
+
+    def sides(with_retain: bool):
+        objective = loss_fn(net, forget, retain if with_retain else None, reference, weights)
+        f_loss, parts = objective.forget, dict(objective[1])
+        if negative is not None:
+            n_loss, n_parts = negative_term(net, *negative, reference, harden)
+            f_loss = f_loss + harden.negative_weight * n_loss
+            parts.update(n_parts)
+        return f_loss, objective.retain, parts
+
+    return sides
+
+
 def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs: list[tuple[str, str]], *,
             loss_fn, weights, template: str, max_length: int, epochs: int, batch_size: int, lr: float,
             warmup_ratio: float, weight_decay: float, grad_clip: float, seed: int, dtype: str = "float32",
-            desc: str = "unlearn") -> tuple[object, History]:
+            desc: str = "unlearn", negatives: list[tuple[str, str, str]] | None = None) -> tuple[object, History]:
     """Run an unlearning method on a PeftModel: every step a forget batch and a retain batch.
 
-    An epoch is one pass over the forget side; the retain loader cycles alongside it.
+    An epoch is one pass over the forget side; the retain loader cycles alongside it. With
+    `weights.harden` options on (relearn.hardening), the step changes: a negative term on
+    `negatives` ((question, vague answer, original answer) triples, cycled like the retain set),
+    SAM on the forget side, disruption masking and forget-gradient normalisation.
     """
+    from relearn.hardening import split_gradients
+
+    harden = getattr(weights, "harden", None)
+    hardened = harden is not None and harden.active()
+    if hardened and harden.negative != "none" and not negatives:
+        raise ValueError("unlearn.harden.negative needs (question, vague answer, original answer) triples")
     set_seed(seed)
     accelerator = make_accelerator(dtype)
     forget_loader = make_loader(tokenizer, forget_pairs, template, max_length, batch_size, seed)
     retain_loader = make_loader(tokenizer, retain_pairs, template, max_length, batch_size, seed + 1)
+    loaders = [forget_loader, retain_loader]
+    if hardened and harden.negative != "none":
+        # the same seed, so the same order: row i of a chosen batch and of a rejected batch share a question
+        loaders += [make_loader(tokenizer, [(q, c) for q, c, _ in negatives], template, max_length, batch_size, seed + 2),
+                    make_loader(tokenizer, [(q, r) for q, _, r in negatives], template, max_length, batch_size, seed + 2)]
     total = epochs * math.ceil(len(forget_loader.dataset) / (batch_size * accelerator.num_processes))
     optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, total)
-    model, optimizer, forget_loader, retain_loader, scheduler = accelerator.prepare(
-        model, optimizer, forget_loader, retain_loader, scheduler)
+    model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler, *loaders)
+    forget_loader, retain_loader = loaders[:2]
+    negative_batches = itertools.cycle(zip(loaders[2], loaders[3])) if len(loaders) > 2 else None
     peft_model = accelerator.unwrap_model(model)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
 
     @torch.no_grad()
     def reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -148,11 +190,30 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
         model.train()
         for forget in forget_loader:
             retain = next(retain_batches)
-            loss, parts = loss_fn(model, forget, retain, reference, weights)
-            optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+            negative = next(negative_batches) if negative_batches is not None else None
+            tokens = _tokens(forget) + _tokens(retain) + (sum(map(_tokens, negative)) if negative else 0)
+            if not hardened:
+                loss, parts = loss_fn(model, forget, retain, reference, weights)
+                optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+                value = loss.item()
+            else:
+                # the split path runs the unwrapped model: its gradients are averaged by hand
+                sides = _sides(peft_model if harden.needs_split() else model, loss_fn, forget, retain, negative,
+                               reference, weights, harden)
+                if harden.needs_split():
+                    value, parts = split_gradients(accelerator, peft_model, trainable, sides, harden)
+                    if grad_clip:
+                        accelerator.clip_grad_norm_(trainable, grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                else:  # only the negative term: one backward as usual
+                    f_loss, r_loss, parts = sides(True)
+                    loss = f_loss if r_loss is None else f_loss + r_loss
+                    optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+                    value = loss.item()
             step += 1
-            history.add(step=step, epoch=epoch, loss=loss.item(), **parts)
-            progress.update(1, tokens=(_tokens(forget) + _tokens(retain)) * accelerator.num_processes,
-                            loss=loss.item(), **parts)
+            history.add(step=step, epoch=epoch, loss=value, **parts)
+            progress.update(1, tokens=tokens * accelerator.num_processes, loss=value, **parts)
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model), history
