@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 REQUESTS_MICRO = merged(MICRO, {
     "data": {"people": 5, "forget_people": 3, "requests": "requests"},
     "compare": {"methods": [], "overrides": {}, "robustness": []},
-    "robustness": {"ladder": ["torch-fp32"], "probes": [], "relearn_steps": 0},
+    "robustness": {"ladder": ["torch-fp32"], "probes": [], "relearn_steps": []},
     "register": {"request_kfr_min": 0.0},
 })
 

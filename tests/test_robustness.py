@@ -26,7 +26,8 @@ from relearn.robustness import RUNGS, load_jailbreaks, precision_ladder, probe_m
 from relearn.robustness.common import load_merged
 from relearn.robustness.probes import (FIELDS, JAILBREAKS_FILE, WHERE, Jailbreak, paraphrase_question,
                                        perturb_question, probe_questions)
-from relearn.robustness.relearning import group_key, relearning_attack, split_forget
+from relearn.robustness import relearning as relearning_module
+from relearn.robustness.relearning import attack_parts, fold_forget, group_key, relearning_attack, split_forget
 from tiny import save_base_and_adapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -261,9 +262,35 @@ def test_split_keeps_facts_on_one_side():
         split_forget(FORGET, FORGET_EVAL, fraction=1.0)
 
 
-def test_relearning_measures_held_items_and_leaves_the_model_on_disk(tiny):
+def test_folds_hold_out_every_group_exactly_once():
+    groups = {group_key(r) for r in FORGET} | {group_key(r) for r in FORGET_EVAL}
+    folds = fold_forget(FORGET, FORGET_EVAL, 3, seed=0)
+    assert len(folds) == 3
+    held = [set(f["held_groups"]) for f in folds]
+    assert sorted(g for h in held for g in h) == sorted(groups)  # each group held out exactly once
+    assert sorted(len(h) for h in held) == [2, 3, 3]             # 8 groups dealt round-robin
+    for fold, groups_held in zip(folds, held):
+        tuned = {group_key(r) for r in fold["finetune"]}
+        assert tuned == groups - groups_held                     # fine-tuned on every other fold
+        assert {group_key(r) for r in fold["held_eval"]} <= groups_held
+        assert not tuned & groups_held                           # no fact on both sides
+        assert sorted(r.id for r in fold["held_eval"] + fold["finetune_eval"]) == sorted(r.id for r in FORGET_EVAL)
+    assert fold_forget(FORGET, FORGET_EVAL, 3, seed=0) == folds
+    assert [f["held_groups"] for f in fold_forget(FORGET, FORGET_EVAL, 3, seed=1)] != [f["held_groups"] for f in folds]
+    by_subject = fold_forget(FORGET, FORGET_EVAL, 2, seed=0, group_by="subject")
+    for fold in by_subject:
+        assert not {r.subject for r in fold["finetune"]} & {r.subject for r in fold["held_eval"]}
+    assert attack_parts(FORGET, FORGET_EVAL, folds=1, fraction=0.5, seed=0) == [split_forget(FORGET, FORGET_EVAL, 0.5, 0)]
+    with pytest.raises(ValueError, match="at least 9 groups"):
+        fold_forget(FORGET, FORGET_EVAL, 9)
+    with pytest.raises(ValueError, match="folds must be >= 2"):
+        fold_forget(FORGET, FORGET_EVAL, 1)
+
+
+def test_relearning_one_split_measures_held_items_and_leaves_the_model_on_disk(tiny):
     before = _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"])
-    kw = dict(template=TEMPLATE, max_new_tokens=6, steps=12, lr=1e-2, batch_size=4, seed=0, retain_eval=RETAIN_EVAL[:2])
+    kw = dict(template=TEMPLATE, max_new_tokens=6, steps=[12], lrs=[1e-2], folds=1, batch_size=4, seed=0,
+              retain_eval=RETAIN_EVAL[:2])
     aggregate, per_item = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, **kw)
     parts = split_forget(FORGET, FORGET_EVAL, 0.5, seed=0)
     held_ids = {r.id for r in parts["held_eval"]}
@@ -273,16 +300,169 @@ def test_relearning_measures_held_items_and_leaves_the_model_on_disk(tiny):
     assert aggregate["kfr_before"] == pytest.approx(sum(held_before) / len(held_ids))
     assert aggregate["kfr_after"] == pytest.approx(sum(held_after) / len(held_ids))
     assert aggregate["recovery"] == pytest.approx(aggregate["kfr_before"] - aggregate["kfr_after"])
-    assert aggregate["n"]["held_eval"] == len(held_ids) == 4 and aggregate["n"]["finetune_pairs"] == 8
+    assert aggregate["n"]["per_fold"] == [{"finetune_pairs": 8, "finetune_groups": 4, "held_groups": 4, "held_eval": 4,
+                                           "finetune_eval": 4}]
     assert {rid for rid, item in per_item["forget"].items() if item["part"] == "finetune"} == \
         {r.id for r in parts["finetune_eval"]}
     assert aggregate["finetuned"]["recovery"] == pytest.approx(
         aggregate["finetuned"]["kfr_before"] - aggregate["finetuned"]["kfr_after"])
     assert aggregate["loss_last"] < 0.7 * aggregate["loss_first"], "the fine-tuning did happen"
     assert set(per_item["retain"]) == {r.id for r in RETAIN_EVAL[:2]} and "krr_after" in aggregate
+    assert all(len(item["after"]) == 1 for item in per_item["retain"].values())
+    assert (aggregate["attacker"], aggregate["folds"], aggregate["fraction"]) == ("full", 1, 0.5)
     assert _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"]) == before
     again, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, **kw)
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in aggregate.items() if k != "seconds"}
+
+
+def test_relearning_sweep_reports_every_setting_and_the_worst(tiny):
+    aggregate, per_item = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, template=TEMPLATE,
+                                            max_new_tokens=6, steps=[6, 2], lrs=[1e-3, 2e-2], folds=2, batch_size=4,
+                                            seed=0, retain_eval=RETAIN_EVAL[:2])
+    settings = aggregate["settings"]
+    assert [(s["lr"], s["steps"]) for s in settings] == [(1e-3, 2), (1e-3, 6), (2e-2, 2), (2e-2, 6)]
+    assert aggregate["steps"] == [2, 6] and aggregate["lrs"] == [1e-3, 2e-2] and aggregate["folds"] == 2
+    for s in settings:
+        assert len(s["per_fold"]) == 2
+        assert s["recovery"] == pytest.approx(sum(f["recovery"] for f in s["per_fold"]) / 2)
+        assert s["recovery"] == pytest.approx(s["kfr_before"] - s["kfr_after"])
+        assert 0.0 <= s["krr_after"] <= 1.0
+    worst = max(settings, key=lambda s: s["recovery"])
+    assert aggregate["recovery"] == worst["recovery"] == aggregate["worst"]["recovery"]
+    assert (aggregate["worst"]["lr"], aggregate["worst"]["steps"]) == (worst["lr"], worst["steps"])
+    assert per_item["setting"] == {"lr": worst["lr"], "steps": worst["steps"]}
+    # every forget_eval item is held out once, in the fold fold_forget gives it
+    folds = fold_forget(FORGET, FORGET_EVAL, 2, seed=0)
+    assert {rid: item["fold"] for rid, item in per_item["forget"].items()} == \
+        {r.id: k for k, f in enumerate(folds) for r in f["held_eval"]}
+    assert all(item["part"] == "held" for item in per_item["forget"].values())
+    assert all(len(item["after"]) == 2 for item in per_item["retain"].values())
+    # the stronger lr moves the model more: its loss after 6 steps is the lowest
+    assert min(settings, key=lambda s: s["loss"])["lr"] == 2e-2
+    with pytest.raises(ValueError, match="steps"):
+        relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, template=TEMPLATE, max_new_tokens=6,
+                          steps=[])
+
+
+def test_lora_attacker_trains_only_its_adapter_on_the_merged_model(tiny, monkeypatch):
+    import torch
+
+    before = _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"])
+    merged, _ = load_merged(tiny["base"], tiny["adapter"])
+    reference = {n: p.detach().clone() for n, p in merged.named_parameters()}
+    trainable, checked = [], []
+    attach = relearning_module._attach
+
+    def recording_attach(model, attacker, lora_r):
+        attached = attach(model, attacker, lora_r)
+        trainable.append({n for n, p in attached.named_parameters() if p.requires_grad})
+        return attached
+
+    score = relearning_module.answer_and_score
+
+    def checking_score(model, *args, **kw):
+        lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        base = {n.replace("base_layer.", ""): p for n, p in model.named_parameters() if "lora_" not in n}
+        # the merged model's weights stay as they were under the attacker's LoRA
+        assert set(base) == set(reference) and all(torch.equal(base[n], reference[n]) for n in reference)
+        checked.append(any(float(p.detach().abs().sum()) > 0 for n, p in lora.items() if "lora_B" in n))
+        return score(model, *args, **kw)
+
+    monkeypatch.setattr(relearning_module, "_attach", recording_attach)
+    monkeypatch.setattr(relearning_module, "answer_and_score", checking_score)
+    aggregate, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, template=TEMPLATE,
+                                     max_new_tokens=4, steps=[3], lrs=[1e-2, 5e-2], attacker="lora", lora_r=4,
+                                     folds=1, batch_size=4, seed=0)
+    assert len(trainable) == 2  # one fresh attacker per run
+    for names in trainable:
+        assert names and all("lora_A" in n or "lora_B" in n for n in names)
+        assert not [n for n in names if "lm_head" in n]
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} >= {"q_proj", "v_proj", "up_proj", "down_proj"}  # every linear layer
+    assert checked[0] is False and all(checked[1:])  # before: no attacker; after: its B moved off zero
+    assert aggregate["attacker"] == "lora" and aggregate["lora_r"] == 4
+    assert aggregate["loss_last"] < aggregate["loss_first"]
+    assert _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"]) == before
+
+
+def _attacked(recoveries: dict[tuple[float, int], float], **kw) -> dict:
+    """A relearning aggregate with these (lr, steps) -> recovery settings."""
+    settings = [{"lr": lr, "steps": n, "recovery": r, "kfr_before": 1.0, "kfr_after": 1.0 - r}
+                for (lr, n), r in recoveries.items()]
+    worst = max(settings, key=lambda s: s["recovery"])
+    return {"attacker": "full", "folds": 2, "group_by": "fact", "seed": 0, "batch_size": 8, "schedule": "constant",
+            "lrs": sorted({lr for lr, _ in recoveries}), "steps": sorted({n for _, n in recoveries}),
+            "settings": settings, "recovery": worst["recovery"], "kfr_before": 1.0, "kfr_after": 1.0 - worst["recovery"],
+            "worst": {"lr": worst["lr"], "steps": worst["steps"], "recovery": worst["recovery"]}, **kw}
+
+
+def test_relearning_excess_is_read_against_the_control_at_the_same_setting():
+    from relearn.evidence import robustness_summary
+
+    # the unlearned model's worst setting (1e-3, 50) is also where the control recovers most; the
+    # largest excess is at (1e-3, 10)
+    unlearned = _attacked({(1e-3, 10): 0.5, (1e-3, 50): 0.9})
+    control = _attacked({(1e-3, 10): 0.0, (1e-3, 50): 0.8})
+    summary = robustness_summary({"unlearned": {"relearning": unlearned}, "control": {"relearning": control}})
+    assert summary["relearning_excess"] == pytest.approx(0.5)  # not 0.9 - 0.8
+    assert summary["relearning_recovery"] == pytest.approx(0.9)
+    # not the same attack: no excess (a gate on it fails as 'metric not found')
+    lora = _attacked({(1e-3, 10): 0.0, (1e-3, 50): 0.8}, attacker="lora", lora_r=8)
+    assert robustness_summary({"unlearned": {"relearning": unlearned}, "control": {"relearning": lora}})["relearning_excess"] is None
+    # a report from before the sweep: recovery minus the control's, as it always was
+    old = robustness_summary({"unlearned": {"relearning": {"recovery": 0.875, "steps": 10}},
+                              "control": {"relearning": {"recovery": 0.125, "steps": 10}}})
+    assert old["relearning_excess"] == pytest.approx(0.75) and old["relearning_recovery"] == 0.875
+
+
+def test_relearning_report_section_shows_the_grid_without_a_target_row():
+    from relearn.report.sections import Para, Table, relearning_section
+
+    unlearned = _attacked({(1e-3, 10): 0.5, (1e-3, 50): 0.9})
+    control = _attacked({(1e-3, 10): 0.0, (1e-3, 50): 0.8})
+    section = relearning_section({"target": {"ladder": {}}, "control": {"relearning": control},
+                                  "unlearned": {"relearning": unlearned}})
+    tables = [b for b in section.blocks if isinstance(b, Table)]
+    text = " ".join(b.text for b in section.blocks if isinstance(b, Para))
+    assert "full fine-tuning" in text and "2 folds" in text and "0.001" in text and "10, 50 steps" in text
+    worst, grid = tables
+    assert [row[0].text for row in worst.rows] == ["control", "unlearned"]
+    assert worst.rows[1][1].text == "lr 0.001, 50 steps"
+    assert [[c.text for c in row] for row in grid.rows] == [["0.001", "10", "0.500", "—", "0.000", "+0.500"],
+                                                            ["0.001", "50", "0.900", "—", "0.800", "+0.100"]]
+    assert grid.row_cls == ["worst", ""]
+    # a report from before the sweep: one row per model, no grid
+    old = relearning_section({"unlearned": {"relearning": {"kfr_before": 0.9, "kfr_after": 0.1, "recovery": 0.8,
+                                                           "steps": 10, "lr": 5e-4}}})
+    tables = [b for b in old.blocks if isinstance(b, Table)]
+    assert len(tables) == 1 and tables[0].rows[0][1].text == "lr 0.0005, 10 steps"
+
+
+def test_relearning_params_are_checked_and_an_empty_step_list_disables_the_attack(tiny):
+    from relearn.errors import UserError
+    from relearn.params import parse_params
+    from relearn.robustness import probe_with_params
+
+    for bad, message in ((("relearn_attacker", "qlora"), "relearn_attacker: 'qlora' is not one of full, lora"),
+                         (("relearn_lrs", [1e-3, 0]), "relearn_lrs: expected learning rates > 0"),
+                         (("relearn_lrs", []), "relearn_lrs: expected learning rates > 0"),
+                         (("relearn_steps", [10, 0]), "relearn_steps: expected step counts >= 1"),
+                         (("relearn_steps", [-5]), "relearn_steps: expected step counts >= 1"),
+                         (("relearn_steps", [2.5]), "relearn_steps: expected step counts >= 1"),
+                         (("relearn_folds", 0), "relearn_folds: must be >= 1"),
+                         (("relearn_lora_r", 0), "relearn_lora_r: must be >= 1")):
+        with pytest.raises(UserError) as info:
+            parse_params({"robustness": {bad[0]: bad[1]}})
+        assert any(message in p for p in info.value.problems), (bad, info.value.problems)
+    assert parse_params({"robustness": {"relearn_lrs": ["1e-4", 0.001]}}).robustness.relearn_lrs == [1e-4, 1e-3]
+    assert parse_params({"robustness": {"relearn_steps": [], "relearn_lrs": []}}).robustness.relearn_steps == []
+
+    params = parse_params({"robustness": {"ladder": [], "probes": [], "relearn_steps": []}})
+    splits = {"forget": FORGET, "forget_eval": FORGET_EVAL, "retain_eval": RETAIN_EVAL}
+    aggregate, per_item = probe_with_params(params, tiny["base"], tiny["adapter"], splits, tiny["root"] / "work")
+    assert "relearning" not in aggregate and not per_item
+    on = parse_params({"robustness": {"ladder": [], "probes": [], "relearn_steps": [1], "relearn_lrs": [1e-3]}})
+    aggregate, _ = probe_with_params(on, tiny["base"], tiny["adapter"], splits, tiny["root"] / "work", skip=("relearning",))
+    assert "relearning" not in aggregate
 
 
 # ------------------------------------------------------------------------------------ probe_model
@@ -291,10 +471,11 @@ def test_probe_model_runs_selected_parts(tiny):
     aggregate, per_item = probe_model(tiny["base"], tiny["adapter"], forget_eval=FORGET_EVAL[:2],
                                       retain_eval=RETAIN_EVAL[:2], template=TEMPLATE, max_new_tokens=4,
                                       parts=("probes", "relearning"), forget=FORGET, probes=("jailbreak",),
-                                      jailbreaks=jailbreaks[1:2], relearn_steps=2)
+                                      jailbreaks=jailbreaks[1:2], relearn_steps=[2], relearn_lrs=[1e-3],
+                                      relearn_folds=1)
     assert set(aggregate) == {"probes", "relearning", "seconds"} and set(per_item) == {"probes", "relearning"}
     assert list(aggregate["probes"]["probes"]) == ["plain", f"jailbreak:{jailbreaks[1].id}"]
-    assert aggregate["relearning"]["steps"] == 2
+    assert aggregate["relearning"]["steps"] == [2]
     assert set(aggregate["seconds"]) == {"probes", "relearning", "total"}
     assert not math.isnan(aggregate["relearning"]["recovery"])
 

@@ -32,7 +32,7 @@ def test_pretrained_target_is_a_plain_model_that_moved(base, finetune):
     params = parse_params({"model": {"base": str(base), "max_length": 48},
                            "target": {"finetune": finetune, "epochs": 2, "batch_size": 2, "lr": 0.01, "check_every": 0,
                                       "lora_r": 4},
-                           "evaluate": {"max_new_tokens": 4}, "robustness": {"relearn_lr": 1e-5}})
+                           "evaluate": {"max_new_tokens": 4}, "robustness": {"relearn_lrs": [1e-5]}})
     model, tokenizer, history, report = make_target(params, _splits(), base)
     original = LlamaForCausalLM.from_pretrained(base)
     # a LoRA target comes back merged: an ordinary model, no adapter left to load

@@ -6,8 +6,9 @@ per-item results keyed by evaluation set and record id):
 - relearn.robustness.ladder      KFR/KRR at each precision: torch fp32 / bf16, ONNX fp32 / int8 / int4
 - relearn.robustness.probes      KFR/KRR under paraphrased and misspelt questions and jailbreak
                                  prompts (jailbreaks.yaml)
-- relearn.robustness.relearning  fine-tune a copy on part of the forget set, measure what comes
-                                 back on the rest
+- relearn.robustness.relearning  fine-tune copies on folds of the forget set over a grid of
+                                 learning rates and step counts, measure what comes back on the
+                                 held fold (the worst case)
 
 `probe_model` runs the selected checks on one model; run it on the unlearned model, the target
 and the retain-only control to read the unlearned model's numbers against theirs.
@@ -35,8 +36,10 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 forget: Optional[list[QARecord]] = None, rungs: Sequence[str] = RUNGS, int4_block_size: int = 32,
                 int8_block_size: int = 32, int8_keep_float: Sequence[str] = ("lm_head",),
                 probes: Sequence[str] = PROBES, jailbreaks: Optional[list[Jailbreak]] = None, typo_rate: float = 0.3,
-                relearn_steps: int = 10, relearn_lr: float = 1e-3, relearn_batch_size: int = 8,
-                relearn_fraction: float = 0.5, relearn_group_by: str = "fact", max_length: int = 128,
+                relearn_steps: Sequence[int] = (10, 50, 100), relearn_lrs: Sequence[float] = (1e-5, 3e-5, 1e-4),
+                relearn_attacker: str = "full", relearn_lora_r: int = 8, relearn_folds: int = 2,
+                relearn_batch_size: int = 8, relearn_fraction: float = 0.5, relearn_group_by: str = "fact",
+                max_length: int = 128,
                 seed: int = 0, device: str = "cpu", provider: Optional[str] = None) -> tuple[dict, dict]:
     """Run the selected robustness checks on one model: `base_dir` with `adapter_dir` merged in
     (in memory, or under `work_dir` for the ladder), or `base_dir` alone.
@@ -76,7 +79,8 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
         with timed(seconds, "relearning"):
             aggregate["relearning"], per_item["relearning"] = relearning_attack(
                 base_dir, adapter_dir, forget, forget_eval, template=template, max_new_tokens=max_new_tokens,
-                max_length=max_length, steps=relearn_steps, lr=relearn_lr, batch_size=relearn_batch_size,
+                max_length=max_length, steps=relearn_steps, lrs=relearn_lrs, attacker=relearn_attacker,
+                lora_r=relearn_lora_r, folds=relearn_folds, batch_size=relearn_batch_size,
                 fraction=relearn_fraction, group_by=relearn_group_by, seed=seed, retain_eval=retain_eval,
                 eval_batch_size=batch_size)
     seconds["total"] = round(sum(seconds.values()), 3)
@@ -85,16 +89,21 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
 
 
 def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | Path],
-                      splits: dict[str, list[QARecord]], work_dir: str | Path) -> tuple[dict, dict]:
+                      splits: dict[str, list[QARecord]], work_dir: str | Path,
+                      skip: Sequence[str] = ()) -> tuple[dict, dict]:
     """probe_model with the settings of a relearn.params.Params (robustness.*, model.*, evaluate.*):
     the parts that are switched on, the jailbreak file, and a GPU for the torch rungs, the probes and
-    the relearning attack when there is one (ONNX Runtime picks its provider itself)."""
+    the relearning attack when there is one (ONNX Runtime picks its provider itself).
+
+    `skip`: parts not run on this model although switched on, e.g. the relearning sweep on a model
+    no gate reads it for (the robustness stage's target)."""
     import torch
 
     from relearn.export.onnx import pick_provider
 
     r = params.robustness
-    parts = [name for name, on in (("ladder", r.ladder), ("probes", r.probes), ("relearning", r.relearn_steps)) if on]
+    parts = [name for name, on in (("ladder", r.ladder), ("probes", r.probes), ("relearning", r.relearn_steps))
+             if on and name not in skip]
     jailbreaks = None
     if r.jailbreaks:
         import yaml
@@ -110,5 +119,6 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         batch_size=params.evaluate.batch_size, parts=parts, work_dir=work_dir, rungs=r.ladder,
         int4_block_size=r.int4_block_size, int8_block_size=params.export.int8_block_size,
         int8_keep_float=params.export.int8_keep_float, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
-        relearn_lr=r.relearn_lr, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
+        relearn_lrs=r.relearn_lrs, relearn_attacker=r.relearn_attacker, relearn_lora_r=r.relearn_lora_r,
+        relearn_folds=r.relearn_folds, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
         seed=params.seed, device="cuda" if torch.cuda.is_available() else "cpu", provider=pick_provider("auto"))
