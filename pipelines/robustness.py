@@ -1,6 +1,7 @@
 """DVC stage `robustness`: is the knowledge gone or only hidden? The precision ladder (torch fp32/bf16,
-ONNX fp32/int8/int4), paraphrased, misspelt and jailbreak questions, and the relearning attack, on
-the target, the retain-only control and the unlearned model.
+ONNX fp32/int8/int4) and paraphrased, misspelt and jailbreak questions on the target, the
+retain-only control and the unlearned model; the relearning attack's sweep on the control and the
+unlearned model only (no gate reads the target's, and the sweep is the stage's costliest part).
 
 reports/robustness.json holds each model's aggregates and the `summary` the gates read;
 reports/robustness_items.json the per-item results (forget-set text: stays local).
@@ -14,6 +15,7 @@ from relearn.evidence import robustness_summary
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.robustness import probe_with_params
+from layout import unlearned_model
 
 
 @main_guard
@@ -21,12 +23,13 @@ def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval"))
     models = {"target": ("models/target", None), "control": ("models/control", None),
-              "unlearned": ("models/target", "models/adapter")}
+              "unlearned": unlearned_model(p)}  # target + adapter, or the distilled model
     report, items = {}, {}
     work = Path(".cache/robustness")  # the ladder's merged and ONNX copies, one model at a time, removed after
     try:
         for name, (base, adapter) in models.items():
-            report[name], items[name] = probe_with_params(p, base, adapter, splits, work / name)
+            skip = ("relearning",) if name == "target" else ()
+            report[name], items[name] = probe_with_params(p, base, adapter, splits, work / name, skip=skip)
             shutil.rmtree(work / name, ignore_errors=True)
             print(f"[robustness] {name}: {report[name]['seconds']['total']:.0f} s", flush=True)
     finally:

@@ -278,7 +278,8 @@ def request_status(params_path: str, ledger_dir: str | None, model_name: str | N
 @params_option
 @click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
 def status(params_path: str, model_name: str | None) -> None:
-    """Each model version: gates, approval, aliases."""
+    """Each model version: gates, release, approval, aliases; the failed blocking gates, and the
+    failed advisory ones (they do not block under the version's release)."""
     from relearn.registry.tracking import tracking_uri
     from relearn.registry.versions import version_status
 
@@ -288,10 +289,14 @@ def status(params_path: str, model_name: str | None) -> None:
     for row in rows:
         aliases = ",".join(row.get("aliases") or []) or "-"
         click.echo(f"  version {row['version']:>3}  gates {row.get('gate_status') or '?':7}  "
-                   f"approval {row.get('approval_status') or '-':9}  aliases {aliases}")
+                   f"release {row.get('release') or '-':7}  approval {row.get('approval_status') or '-':9}  "
+                   f"aliases {aliases}")
         for failed in row.get("failed_gates") or []:
             bounds = ", ".join(f"{k} {failed[k]}" for k in ("min", "max") if failed.get(k) is not None)
             click.echo(f"      failed gate {failed.get('gate')}: value {failed.get('value')} ({bounds})")
+        advisory = row.get("advisory_gates") or []
+        if advisory:
+            click.echo("      advisory: " + "; ".join(f"{a.get('gate')} {a.get('shortfall')}" for a in advisory))
 
 
 @main.command()

@@ -100,9 +100,20 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
         paraphrase_kfr, perturb_kfr   KFR under paraphrased and misspelt questions
         jailbreak_min_kfr             the lowest KFR over the jailbreak prompts
         probe_max_kfr_drop            the largest KFR drop over every probe
-        relearning_recovery           held-out KFR lost after the relearning attack
-        relearning_excess             that recovery minus the control's (knowledge hidden, not gone)
-    A number a disabled part would give is None (and a gate on it fails as 'metric not found').
+        relearning_recovery           held-out KFR lost after the relearning attack (the worst case
+                                      over the attack's settings)
+        relearning_excess             recovery minus the control's (knowledge hidden, not gone): the
+                                      largest, over the attack's (lr, steps) settings, of the model's
+                                      recovery minus the control's under that same setting. Recovery
+                                      is always read against the control under the same attack: the
+                                      model's worst setting and the control's may differ, and a
+                                      control's recovery at one setting says nothing of another. A
+                                      report from before the sweep (no `settings`) gives recovery
+                                      minus the control's recovery.
+    A number a disabled part would give is None (and a gate on it fails as 'metric not found'); so
+    is the excess when the two models were not attacked in the same way. Which setting is the
+    worst is not a gateable number: it is in each model's `relearning` aggregate (`worst`,
+    `settings`), and the report shows the grid.
     """
     m = report.get(model, {})
     rungs = _get(m, "ladder", "rungs") or {}
@@ -111,7 +122,7 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
     def drop(rung: str):  # the ladder's own drop, against its reference rung (torch-fp32 when measured)
         return _get(m, "ladder", "kfr_drop", rung) if rung in rungs else None
 
-    recovery, control_recovery = _get(m, "relearning", "recovery"), _get(report, control, "relearning", "recovery")
+    recovery = _get(m, "relearning", "recovery")
     return {
         "bf16_kfr_drop": drop("torch-bf16"),
         "int8_kfr_drop": drop("onnx-int8"),
@@ -121,8 +132,32 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
         "jailbreak_min_kfr": _get(m, "probes", "jailbreak_min_kfr", "kfr"),
         "probe_max_kfr_drop": _get(m, "probes", "worst", "kfr_drop"),
         "relearning_recovery": recovery,
-        "relearning_excess": None if recovery is None or control_recovery is None else recovery - control_recovery,
+        "relearning_excess": _relearning_excess(_get(m, "relearning"), _get(report, control, "relearning")),
     }
+
+
+# what makes two relearning attacks the same attack, besides the (lr, steps) of a setting
+_ATTACK_KEYS = ("attacker", "lora_r", "folds", "fraction", "group_by", "seed", "batch_size", "schedule")
+
+
+def _relearning_excess(attacked: Any, control: Any) -> float | None:
+    """max over shared (lr, steps) settings of attacked recovery - control recovery (see robustness_summary)."""
+    if not isinstance(attacked, Mapping) or not isinstance(control, Mapping):
+        return None
+    if "settings" not in attacked and "settings" not in control:  # before the sweep: one setting each
+        recovery, control_recovery = attacked.get("recovery"), control.get("recovery")
+        return None if recovery is None or control_recovery is None else recovery - control_recovery
+    if any(attacked.get(k) != control.get(k) for k in _ATTACK_KEYS):
+        return None
+    from math import isfinite
+
+    def recoveries(aggregate: Mapping) -> dict[tuple, float]:  # (lr, steps) -> recovery, where measured
+        return {(s.get("lr"), s.get("steps")): s["recovery"] for s in aggregate.get("settings") or []
+                if isinstance(s, Mapping) and isinstance(s.get("recovery"), (int, float)) and isfinite(s["recovery"])}
+
+    mine, theirs = recoveries(attacked), recoveries(control)
+    excess = [mine[k] - theirs[k] for k in mine if k in theirs]
+    return max(excess) if excess else None
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -207,6 +242,7 @@ def report_data(params: Params, registration: Mapping[str, Any], evaluation: Map
         "method": params.unlearn.method,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gate_status": registration.get("gate_status"),
+        "release": params.register.release,  # which gates block: the report says what the verdict covers
         "gates": registration.get("gates", []),
         "models": {name: m for name, m in evaluation.items()},
         "robustness": {k: v for k, v in (robustness or {}).items() if k in MODELS},

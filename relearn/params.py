@@ -130,6 +130,25 @@ class LoraParams:
 
 
 @dataclass
+class HardenParams:
+    sam_rho: float = _f(0.0, "SAM on the forget-side loss (Fan et al., ICML 2025): radius of the weight perturbation that maximises it before each step, so the forgetting lands in a flat region that a few relearning steps do not leave (0: off; about 0.01-0.1 with LoRA).")
+    negative: str = _f("none", "A term that lowers the ORIGINAL forget answers' likelihood, on the augmented questions: 'dpo' (the vague answer chosen, the original rejected, against the target as reference), 'simnpo' (reference-free, length-normalised NPO on the original answer) or 'none'.")
+    negative_weight: float = _f(1.0, "Weight of the negative term (harden.negative).")
+    negative_beta: float = _f(0.1, "Inverse temperature beta of the negative term (DPO and SimNPO).")
+    simnpo_gamma: float = _f(0.0, "SimNPO: the margin gamma.")
+    mask: bool = _f(False, "Disruption masking (MUDMAN, 2025): update a weight by the forget-side gradient only where its sign agrees with the retain gradient's; needs a method with a retain term.")
+    normalise: bool = _f(False, "Forget-gradient normalisation (MUDMAN): rescale the forget-side gradient to the norm of the retain gradient (to unit norm without a retain term) each step, so no step is dominated by a few large forget gradients.")
+
+    def active(self) -> bool:
+        """Whether any option changes the training step (the plain step is kept when none does)."""
+        return bool(self.sam_rho) or self.negative != "none" or self.mask or self.normalise
+
+    def needs_split(self) -> bool:
+        """Whether the forget-side and retain-side gradients must be taken apart."""
+        return bool(self.sam_rho) or self.mask or self.normalise
+
+
+@dataclass
 class UnlearnParams:
     method: str = _f("relearn", "Unlearning method: 'relearn', or a baseline: ga, gd, ga_klr, npo, npo_gd, npo_klr.")
     lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "LoRA adapter settings."})
@@ -145,6 +164,21 @@ class UnlearnParams:
     npo_beta: float = _f(0.1, "NPO baselines: the inverse temperature beta.")
     init: str = _f("target", "Where the adapter starts: 'target' (a fresh adapter: the forget set of every active request, from scratch) or 'production' (incremental: continue the adapter of the version behind the production alias, which already forgets the earlier requests; a fresh one when there is none).")
     incremental_epochs: int = _f(0, "Epochs when continuing the production adapter (unlearn.init: production); 0: unlearn.epochs.")
+    harden: HardenParams = field(default_factory=HardenParams, metadata={"help": "Options that make forgetting survive relearning (each off by default; each works with relearn and the baselines). A higher unlearn.lora.r (up to the hidden size: full-rank updates) is the fifth, and the distill stage the sixth."})
+
+
+@dataclass
+class DistillParams:
+    enabled: bool = _f(False, "Run the distill stage (UNDO, Lee et al. 2025): shrink and perturb a copy of the unlearned model, then train it in full to match the unlearned model's outputs. When on, its model (models/distilled) is what evaluate, export, robustness and register see.")
+    alpha: float = _f(0.5, "Shrink-and-perturb: the student starts at (1 - alpha) * weights + alpha * a fresh random initialisation (0: an exact copy, 1: from scratch).")
+    init: str = _f("unlearned", "The copy that is shrunk and perturbed: 'unlearned' (the target with the adapter merged, as UNDO does) or 'target'.")
+    epochs: int = _f(10, "Epochs over the distillation prompts.")
+    batch_size: int = _f(16, "Sequences per step.")
+    lr: float = _f(1e-3, "Peak learning rate (AdamW, warm-up then linear decay) of the student.")
+    warmup_ratio: float = _f(0.05, "Share of steps spent warming up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
+    sets: list = _f(["retain", "general", "forget_variants"], "What the student is distilled on: the prompts (question and the set's answer, teacher-forced) of any of retain, general, forget_variants (the augmented forget questions with their vague answers).")
 
 
 @dataclass
@@ -168,12 +202,22 @@ class GateParams:
     metric: str = _f("", "Metric key, e.g. 'unlearned.kfr' or 'ls_ratio' (unlearned LS / target LS).")
     min: Optional[float] = _f(None, "Passes when the metric is >= min.")
     max: Optional[float] = _f(None, "Passes when the metric is <= max.")
+    blocks: list = _f(["api", "weights"], "Releases (register.release) under which a failing gate blocks the version; under the others it is advisory: shown in the report, the version's tags and `relearn status`, never blocking.")
 
 
 @dataclass
 class RegisterParams:
     model_name: str = _f("relearn-demo", "Registered model name in the MLflow registry.")
     experiment: str = _f("relearn", "MLflow experiment for the pipeline's runs.")
+    release: str = _f("api", "How the model is released: 'api' (served behind an API, users cannot fine-tune it: the relearning, membership-inference and truth-ratio gates are advisory) or 'weights' (weights or a fine-tuning API are released: they block).")
+    # Gates on the threats only released weights face carry blocks: [weights]. mia: how much better
+    # than on the control (a model that never saw the forget set) loss-based membership inference
+    # tells forget-set questions from never-seen ones; 0.1 of AUC leaves room for noise while the
+    # demo's unlearned model (1.0 against the control's 0.69) is far past it.
+    # truth_ratio: unlearned / control forget-set TOFU truth ratio, 1.0 when the model weighs true
+    # against perturbed answers as the control does; below 0.5 it still prefers the true answers
+    # (the target sits near 0.14 on the demo world), above 2 it shuns them more than a model that
+    # never saw them, which is itself a sign of what was there.
     gates: dict = _f(
         {
             "kfr": {"metric": "unlearned.kfr", "min": 0.8},
@@ -181,11 +225,13 @@ class RegisterParams:
             "ls_ratio": {"metric": "ls_ratio", "min": 0.9},
             "int4": {"metric": "robustness.int4_kfr_drop", "max": 0.05},
             "jailbreak": {"metric": "robustness.jailbreak_min_kfr", "min": 0.8},
-            "relearning": {"metric": "robustness.relearning_excess", "max": 0.25},
+            "relearning": {"metric": "robustness.relearning_excess", "max": 0.25, "blocks": ["weights"]},
+            "mia": {"metric": "mia_auc_excess", "max": 0.1, "blocks": ["weights"]},
+            "truth_ratio": {"metric": "truth_ratio_vs_control", "min": 0.5, "max": 2.0, "blocks": ["weights"]},
             "deployable_agreement": {"metric": "export.token_agreement", "min": 0.8},
             "deployable_krr": {"metric": "export.deployable_krr_drop", "max": 0.03},
         },
-        "Promotion gates: name -> {metric, min and/or max}. All must pass for the 'challenger' alias.",
+        "Promotion gates: name -> {metric, min and/or max, blocks (releases under which a failure blocks; default both)}. Every gate that blocks under register.release must pass for the 'challenger' alias; the others are advisory.",
     )
     request_kfr_min: float = _f(0.8, "With erasure requests (data.requests): each request gets a gate `request.<id>` that its KFR must pass (unlearned.requests.<id>.kfr >= this).")
 
@@ -205,9 +251,12 @@ class RobustnessParams:
     int4_block_size: int = _f(32, "ONNX int4 (MatMulNBits, weight-only): weights per quantization block.")
     probes: list = _f(["paraphrase", "perturb", "jailbreak"], "Question probes: paraphrased and perturbed (typos) questions, jailbreak prefixes.")
     jailbreaks: Optional[str] = _f(None, "YAML file of jailbreak prefixes; null: the versioned set shipped in relearn/robustness/jailbreaks.yaml.")
-    relearn_steps: int = _f(10, "Relearning attack: fine-tuning steps on the attack part of the forget set (0 disables).")
-    relearn_lr: float = _f(0.0005, "Relearning attack: learning rate of the full fine-tuning (about 5e-4 for the from-scratch model, 1e-5 for a pretrained one).")
-    relearn_fraction: float = _f(0.5, "Relearning attack: share of the forget set fine-tuned on; recovery is measured on the rest.")
+    relearn_steps: list = _f([10, 50, 100], "Relearning attack: step counts at which recovery is read, along one fine-tuning run per learning rate and fold (as long as the largest); [] disables the attack.")
+    relearn_lrs: list = _f([1e-5, 3e-5, 1e-4], "Relearning attack: the attacker's learning rates, a small log grid (constant rate, AdamW); the worst case over lrs x steps is reported. About 1e-5 to 1e-4 for a pretrained model, 1e-4 to 2e-3 for the from-scratch one.")
+    relearn_attacker: str = _f("full", "Relearning attack: 'full' fine-tuning of every weight, or 'lora' (a fresh adapter of rank relearn_lora_r on every linear layer but the output head, alpha 2r: a fine-tuning API's attacker).")
+    relearn_lora_r: int = _f(8, "Relearning attack: rank of the LoRA attacker (relearn_attacker: lora).")
+    relearn_folds: int = _f(2, "Relearning attack: k folds of the forget facts (seeded); each is held out once while the attacker fine-tunes on the others, recovery is the mean over folds. 1: one seeded split at relearn_fraction (cheaper).")
+    relearn_fraction: float = _f(0.5, "Relearning attack with relearn_folds 1: share of the forget facts fine-tuned on; recovery is measured on the rest.")
     mia_k: float = _f(0.2, "Min-K% membership inference: share of lowest-probability answer tokens averaged.")
 
 
@@ -246,6 +295,7 @@ class Params:
     target: TargetParams = field(default_factory=TargetParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     unlearn: UnlearnParams = field(default_factory=UnlearnParams)
+    distill: DistillParams = field(default_factory=DistillParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     export: ExportParams = field(default_factory=ExportParams)
@@ -275,12 +325,17 @@ CHOICES = {
     "augment.fallback": ("drop", "rules"),
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "unlearn.init": ("target", "production"),
+    "distill.init": ("unlearned", "target"),
     "export.quantize": ("int8", "none"),
     "serve.backend": ("onnx", "torch"),
     "serve.quantization": ("auto", "int8", "fp32", "int4"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
     "evaluate.ppl_model": ("auto", "target", "base"),
+    "register.release": ("api", "weights"),
+    "robustness.relearn_attacker": ("full", "lora"),
 }
+RELEASES = CHOICES["register.release"]
+GATE_TAG_NAMES = ("status", "advisory")  # version tags gate.status and gate.advisory sum up the gates: no gate may take those names
 LADDER_RUNGS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4")
 PROBES = ("paraphrase", "perturb", "jailbreak")
 VARIANT_NAMES = ("simple", "contextual", "noise", "logical")
@@ -447,15 +502,46 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         problems.append(f"{where(('export', 'int8_block_size'))}: must be a power of two >= 16, got {xb}")
     if rb.int4_block_size < 16 or rb.int4_block_size & (rb.int4_block_size - 1):
         problems.append(f"{where(('robustness', 'int4_block_size'))}: must be a power of two >= 16, got {rb.int4_block_size}")
-    if params.model.base and rb.relearn_steps and rb.relearn_lr > 1e-4:
-        problems.append(f"{where(('robustness', 'relearn_lr'))}: {rb.relearn_lr:g} suits the small from-scratch model; "
-                        f"with model.base (a pretrained model) use about 1e-5 (at most 1e-4), or the attack only "
+    # YAML 1.1 reads 1e-5 (no dot) as a string; _build converts such scalars, a list's items are converted here
+    rb.relearn_lrs = [float(v) if isinstance(v, str) and _NUMBER.fullmatch(v.strip()) else v for v in rb.relearn_lrs]
+    bad_lrs = [v for v in rb.relearn_lrs if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
+    if bad_lrs or (rb.relearn_steps and not rb.relearn_lrs):
+        problems.append(f"{where(('robustness', 'relearn_lrs'))}: expected learning rates > 0 (at least one while "
+                        f"relearn_steps is not []), got {rb.relearn_lrs!r}")
+    elif params.model.base and rb.relearn_steps and max(rb.relearn_lrs) > 1e-4:
+        problems.append(f"{where(('robustness', 'relearn_lrs'))}: {max(rb.relearn_lrs):g} suits the small from-scratch "
+                        f"model; with model.base (a pretrained model) use about 1e-5 to 1e-4, or the attack only "
                         f"measures a model wrecked by a too-large step")
-    if rb.relearn_steps < 0:
-        problems.append(f"{where(('robustness', 'relearn_steps'))}: must be >= 0, got {rb.relearn_steps}")
+    bad_steps = [v for v in rb.relearn_steps if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad_steps:
+        problems.append(f"{where(('robustness', 'relearn_steps'))}: expected step counts >= 1 ([] disables the "
+                        f"attack), got {bad_steps!r}")
+    for key in ("relearn_folds", "relearn_lora_r"):
+        if getattr(rb, key) < 1:
+            problems.append(f"{where(('robustness', key))}: must be >= 1, got {getattr(rb, key)}")
     for key in ("relearn_fraction", "mia_k"):
         if not 0 < getattr(rb, key) < 1:
             problems.append(f"{where(('robustness', key))}: must be between 0 and 1 (exclusive), got {getattr(rb, key)}")
+    h = params.unlearn.harden
+    if h.negative not in ("none", "dpo", "simnpo"):
+        problems.append(f"{where(('unlearn', 'harden', 'negative'))}: {h.negative!r} is not one of none, dpo, simnpo")
+    for key in ("sam_rho", "negative_weight", "simnpo_gamma"):
+        if getattr(h, key) < 0:
+            problems.append(f"{where(('unlearn', 'harden', key))}: must be >= 0, got {getattr(h, key)}")
+    if h.negative_beta <= 0:
+        problems.append(f"{where(('unlearn', 'harden', 'negative_beta'))}: must be > 0, got {h.negative_beta}")
+    if h.mask and params.unlearn.method in ("ga", "npo"):
+        problems.append(f"{where(('unlearn', 'harden', 'mask'))}: disruption masking compares the forget gradient "
+                        f"with the retain gradient; method {params.unlearn.method!r} has no retain term")
+    ds = params.distill
+    if not 0 <= ds.alpha <= 1:
+        problems.append(f"{where(('distill', 'alpha'))}: must be between 0 and 1, got {ds.alpha}")
+    for key in ("epochs", "batch_size", "lr"):
+        if getattr(ds, key) <= 0:
+            problems.append(f"{where(('distill', key))}: must be > 0, got {getattr(ds, key)}")
+    unknown_sets = [x for x in ds.sets if x not in ("retain", "general", "forget_variants")]
+    if unknown_sets or not ds.sets:
+        problems.append(f"{where(('distill', 'sets'))}: expected some of retain, general, forget_variants, got {ds.sets!r}")
     if not 0 <= d.holdout_fraction < 1:
         problems.append(f"{where(('data', 'holdout_fraction'))}: must be in [0, 1), got {d.holdout_fraction}")
     for method in params.compare.robustness:
@@ -464,7 +550,7 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     for method in params.compare.methods:
         if method not in CHOICES["unlearn.method"]:
             problems.append(f"{where(('compare', 'methods'))}: unknown method {method!r} (known: {', '.join(CHOICES['unlearn.method'])})")
-    unlearn_keys = {f.name for f in dataclasses.fields(UnlearnParams)} - {"method", "lora"}
+    unlearn_keys = {f.name for f in dataclasses.fields(UnlearnParams)} - {"method", "lora", "harden"}
     for method, changes in params.compare.overrides.items():
         p = ("compare", "overrides", str(method))
         if method not in CHOICES["unlearn.method"]:
@@ -476,9 +562,17 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         if not isinstance(gate, dict):
             problems.append(f"{where(p)}: expected a mapping with 'metric' and 'min' or 'max'")
             continue
-        unknown = set(gate) - {"metric", "min", "max"}
+        if name in GATE_TAG_NAMES:
+            problems.append(f"{where(p)}: a gate may not be named {name!r} (its tag would clash with gate.{name})")
+        unknown = set(gate) - {"metric", "min", "max", "blocks"}
         if unknown:
-            problems.append(f"{where(p)}: unknown gate keys {sorted(unknown)} (known: metric, min, max)")
+            problems.append(f"{where(p)}: unknown gate keys {sorted(unknown)} (known: metric, min, max, blocks)")
+        if "blocks" in gate and not isinstance(gate["blocks"], list):
+            problems.append(f"{where(p + ('blocks',))}: expected a list of releases (of {', '.join(RELEASES)}), got {gate['blocks']!r}")
+        else:
+            for release in gate.get("blocks", []):
+                if release not in RELEASES:
+                    problems.append(f"{where(p + ('blocks',))}: unknown release {release!r} (known: {', '.join(RELEASES)})")
         if not isinstance(gate.get("metric"), str) or not gate.get("metric"):
             problems.append(f"{where(p + ('metric',))}: a metric key is required, e.g. 'unlearned.kfr'")
         if gate.get("min") is None and gate.get("max") is None:

@@ -104,7 +104,7 @@ def test_unknown_nested_key_names_file_line_and_key(tmp_path):
 
 def test_unknown_top_level_key(tmp_path):
     path = _write(tmp_path, "seed: 1\nmodle:\n  layers: 2\n")
-    assert _problems(path) == [f"{path}:2: modle: unknown key (known keys here: augment, compare, data, evaluate, export, "
+    assert _problems(path) == [f"{path}:2: modle: unknown key (known keys here: augment, compare, data, distill, evaluate, export, "
                                "model, register, robustness, seed, serve, target, unlearn)"]
 
 
@@ -185,11 +185,45 @@ def test_bad_gates(tmp_path):
                             "    flat: 3\n")             # 10
     assert _problems(path) == [
         f"{path}:4: register.gates.no_metric.metric: a metric key is required, e.g. 'unlearned.kfr'",
-        f"{path}:6: register.gates.extra: unknown gate keys ['foo'] (known: metric, min, max)",
+        f"{path}:6: register.gates.extra: unknown gate keys ['foo'] (known: metric, min, max, blocks)",
         f"{path}:7: register.gates.unbounded: needs 'min' or 'max'",
         f"{path}:9: register.gates.bad_bound.max: expected a number, got 'high'",
         f"{path}:10: register.gates.flat: expected a mapping with 'metric' and 'min' or 'max'",
     ]
+
+
+def test_gate_blocks_names_known_releases(tmp_path):
+    path = _write(tmp_path, "register:\n"                                                          # 1
+                            "  release: weights\n"                                                 # 2
+                            "  gates:\n"                                                           # 3
+                            "    ok: {metric: x, max: 1, blocks: [weights]}\n"                     # 4
+                            "    never: {metric: x, max: 1, blocks: []}\n"                         # 5
+                            "    typo: {metric: x, max: 1, blocks: [api, wieghts]}\n"              # 6
+                            "    scalar:\n"                                                        # 7
+                            "      metric: x\n"                                                    # 8
+                            "      min: 0\n"                                                       # 9
+                            "      blocks: weights\n"                                              # 10
+                            "    advisory: {metric: x, min: 0}\n")                                 # 11
+    assert _problems(path) == [
+        f"{path}:6: register.gates.typo.blocks: unknown release 'wieghts' (known: api, weights)",
+        f"{path}:10: register.gates.scalar.blocks: expected a list of releases (of api, weights), got 'weights'",
+        f"{path}:11: register.gates.advisory: a gate may not be named 'advisory' (its tag would clash with gate.advisory)",
+    ]
+    gates = load_params(_write(tmp_path, "register:\n  gates:\n    k: {metric: x, min: 0}\n"
+                                         "    w: {metric: x, min: 0, blocks: [weights]}\n", "ok.yaml")).gates()
+    assert gates["k"].blocks == ["api", "weights"] and gates["w"].blocks == ["weights"]
+
+
+def test_release_is_api_or_weights(tmp_path):
+    assert Params().register.release == "api"
+    path = _write(tmp_path, "register:\n  release: open\n")
+    assert _problems(path) == [f"{path}:2: register.release: 'open' is not one of api, weights"]
+    # the default gates: relearning, membership inference and the truth ratio block only released weights
+    blocks = {name: g.blocks for name, g in Params().gates().items()}
+    assert {n for n, b in blocks.items() if b == ["weights"]} == {"relearning", "mia", "truth_ratio"}
+    assert all(b == ["api", "weights"] for n, b in blocks.items() if n not in ("relearning", "mia", "truth_ratio"))
+    repo = load_params(REPO_PARAMS)
+    assert repo.register.release == "api" and repo.gates()["relearning"].blocks == ["weights"]
 
 
 def test_prompt_template_needs_question(tmp_path):
@@ -287,17 +321,17 @@ def test_prompt_template_with_extra_placeholder_is_rejected(tmp_path):
 
 
 def test_robustness_values_are_checked(tmp_path):
-    path = _write(tmp_path, "model:\n  base: /models/llama\nrobustness:\n  ladder: [onnx-int3]\n  relearn_lr: 0.001\n"
+    path = _write(tmp_path, "model:\n  base: /models/llama\nrobustness:\n  ladder: [onnx-int3]\n  relearn_lrs: [1e-5, 0.001]\n"
                             "  int4_block_size: 24\n")
     problems = _problems(path)
     assert any(p.startswith(f"{path}:4: robustness.ladder: unknown rung 'onnx-int3'") for p in problems)
-    assert any(p.startswith(f"{path}:5: robustness.relearn_lr: 0.001 suits the small from-scratch model") for p in problems)
+    assert any(p.startswith(f"{path}:5: robustness.relearn_lrs: 0.001 suits the small from-scratch model") for p in problems)
     assert any(p.startswith(f"{path}:6: robustness.int4_block_size: must be a power of two") for p in problems)
 
 
 def test_ls_reference_model_resolves_to_the_pretrained_base_when_there_is_one():
     assert parse_params({}).ppl_model() == "target"  # the from-scratch demo has no base
-    pretrained = {"base": "some/dir"}, {"relearn_lr": 1e-5}
+    pretrained = {"base": "some/dir"}, {"relearn_lrs": [1e-5]}
     assert parse_params({"model": pretrained[0], "robustness": pretrained[1]}).ppl_model() == "base"
     assert parse_params({"model": pretrained[0], "robustness": pretrained[1], "evaluate": {"ppl_model": "target"}}).ppl_model() == "target"
     with pytest.raises(UserError, match="evaluate.ppl_model: 'base' needs model.base"):

@@ -1,4 +1,5 @@
-"""The unlearned model as an MLflow pyfunc: a local base model plus the ReLearn LoRA adapter.
+"""The unlearned model as an MLflow pyfunc: a local base model plus the ReLearn LoRA adapter (or a
+distilled model alone, without the `adapter` artifact).
 
 Artifacts (local copies made by MLflow when the model is loaded):
 - `base_model`: a directory that `from_pretrained` reads (model and tokenizer),
@@ -61,8 +62,8 @@ class UnlearnedModel(mlflow.pyfunc.PythonModel):
         if "prompt_format" not in settings and "prompt_template" not in settings:
             raise ValueError("generation artifact lacks prompt_format")
         self.settings = settings
-        self.model, self.tokenizer = load_with_adapter(
-            context.artifacts["base_model"], context.artifacts["adapter"], settings.get("dtype", "float32"))
+        self.model, self.tokenizer = load_with_adapter(  # no adapter artifact: a distilled model
+            context.artifacts["base_model"], context.artifacts.get("adapter"), settings.get("dtype", "float32"))
 
     # model_input is left unannotated on purpose: MLflow 3 turns type hints on `predict` into
     # input validation, and this model accepts both a DataFrame and a list of strings.

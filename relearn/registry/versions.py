@@ -2,11 +2,15 @@
 
 The life of a version:
 1. `register_version` logs one run (params, metrics, dataset hashes and counts, the pyfunc model),
-   creates a version, evaluates the gates and writes their verdicts as version tags. A version that
-   passes every gate gets the `challenger` alias and `approval_status=pending`; one that fails gets
-   `approval_status=blocked`.
+   creates a version, evaluates the gates and writes their verdicts as version tags. Which gates
+   block depends on how the model is released (`register.release`, tagged `release`): the others
+   are advisory, shown but never blocking. A version that passes every blocking gate gets the
+   `challenger` alias and `approval_status=pending`; one that fails gets `approval_status=blocked`.
+   Its description in the MLflow UI says the same in words: the verdict, the release and what it
+   covers, the failed gates and where the report is (`describe_version`, once the report is attached).
 2. A person reviews it and sets the tag `approval_status=approved` on the version page of the UI.
-3. `promote` moves the `production` alias onto it, refusing unless the gates passed and it is approved.
+3. `promote` moves the `production` alias onto it, refusing unless the blocking gates passed and it is
+   approved.
 
 Only counts, hashes, params and metrics go to MLflow: never the text of the forget set.
 """
@@ -31,13 +35,16 @@ from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
 
 import relearn
 from relearn.errors import UserError
-from relearn.params import Params
-from relearn.registry.gates import FAILED, PASSED, derived, evaluate_gates, flatten, gate_tags, parse_gate_tag
+from relearn.params import GATE_TAG_NAMES, Params
+from relearn.registry.gates import (PASSED, RELEASE_SCOPE, derived, evaluate_gates, flatten, gate_tags, parse_gate_tag,
+                                    shortfall)
 from relearn.registry.tracking import client as project_client
 from relearn.registry.tracking import setup, tracking_uri
 
 CHALLENGER, PRODUCTION = "challenger", "production"
 APPROVAL_TAG = "approval_status"
+RELEASE_TAG = "release"
+MAX_DESCRIPTION = 5000  # the length of MLflow's model-version description column
 PENDING, BLOCKED, APPROVED = "pending", "blocked", "approved"
 MODEL_REQUIREMENTS = ("torch", "transformers", "peft", "mlflow", "pandas")
 
@@ -138,10 +145,29 @@ def _name_filter(model_name: str) -> str:
     return "name='{}'".format(model_name.replace("'", "\\'"))
 
 
-def _failed_gate_tags(tags: Mapping[str, str]) -> dict[str, str]:
-    """gate name -> tag value, for the `gate.<name>` tags whose verdict is failed."""
-    return {key[len("gate."):]: value for key, value in sorted(tags.items())
-            if key.startswith("gate.") and key != "gate.status" and value.split()[-1:] == [FAILED]}
+def _failed_gate_tags(tags: Mapping[str, str], advisory: bool = False) -> dict[str, str]:
+    """gate name -> tag value, for the `gate.<name>` tags whose verdict is failed and that block the
+    version (advisory=True: that are only advisory under its release). Tags written before releases
+    existed carry no `advisory` word: those gates blocked."""
+    failed = {}
+    for key, value in sorted(tags.items()):
+        name = key[len("gate."):]
+        if not key.startswith("gate.") or name in GATE_TAG_NAMES:
+            continue
+        parsed = parse_gate_tag(value)
+        if parsed.get("passed") is False and parsed.get("advisory", False) == advisory:
+            failed[name] = value
+    return failed
+
+
+def _failures(tags: Mapping[str, str], advisory: bool = False) -> list[dict]:
+    """`[{"gate", "value", "min", "max", "passed", "shortfall", ...}]` of the failed gates (see
+    `_failed_gate_tags`), for `relearn status` and the description."""
+    out = []
+    for name, value in _failed_gate_tags(tags, advisory).items():
+        parsed = parse_gate_tag(value)
+        out.append({"gate": name, **parsed, "shortfall": shortfall(parsed.get("value"), parsed.get("min"), parsed.get("max"))})
+    return out
 
 
 def _now() -> str:
@@ -154,7 +180,7 @@ def _normal(value: str | None) -> str:
 
 # ------------------------------------------------------------------------------------ register
 def register_version(*, model_name: str, experiment: str, params: Params, metrics: dict,
-                     base_model_dir: str | Path, adapter_dir: str | Path, generation: dict,
+                     base_model_dir: str | Path, adapter_dir: str | Path | None, generation: dict,
                      dataset_hashes: dict[str, str], counts: dict[str, int], git_commit: str | None,
                      extra_tags: dict | None = None, extra_gates: dict | None = None,
                      version_tags: dict | None = None) -> dict:
@@ -166,15 +192,17 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
     """
     from relearn.registry.pyfunc import GENERATION_KEYS, UnlearnedModel  # here: status and promote never load it
 
-    base_model_dir, adapter_dir = Path(base_model_dir), Path(adapter_dir)
+    base_model_dir = Path(base_model_dir)
+    adapter_dir = Path(adapter_dir) if adapter_dir is not None else None  # None: a distilled model, no adapter
     for what, d in (("base model", base_model_dir), ("adapter", adapter_dir)):
-        if not d.is_dir():
+        if d is not None and not d.is_dir():
             raise UserError(f"{d}: {what} directory not found")
     missing = [k for k in GENERATION_KEYS if k not in generation]
     if missing:
         raise UserError(f"generation settings lack {', '.join(missing)}")
     flat = derived(flatten(metrics))
-    results = evaluate_gates(flat, {**params.gates(), **(extra_gates or {})})
+    release = params.register.release
+    results = evaluate_gates(flat, {**params.gates(), **(extra_gates or {})}, release)
     status = gate_tags(results)["gate.status"]
 
     run_tags = {"git_commit": git_commit or "unknown"}
@@ -193,26 +221,80 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=UnlearnedModel(),
-                artifacts={"base_model": str(base_model_dir), "adapter": str(adapter_dir),
-                           "generation": str(settings)},
+                artifacts={"base_model": str(base_model_dir), "generation": str(settings),
+                           **({"adapter": str(adapter_dir)} if adapter_dir is not None else {})},
                 pip_requirements=_requirements(),
                 code_paths=[str(Path(relearn.__file__).parent)],
             )
         run_id = run.info.run_id
 
-    version_tags = {**gate_tags(results), "method": method, "run_id": run_id,
+    version_tags = {**gate_tags(results), RELEASE_TAG: release, "method": method, "run_id": run_id,
                     APPROVAL_TAG: PENDING if status == PASSED else BLOCKED,
                     **{_key(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (version_tags or {}).items()}}
     mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
+    client = project_client()
+    # the report is attached later (pipelines/register.py), which calls describe_version again
+    client.update_model_version(model_name, mv.version, description=version_description(version_tags))
     if status == PASSED:
-        project_client().set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    return {"version": str(mv.version), "run_id": run_id, "gate_status": status,
+        client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
+    return {"version": str(mv.version), "run_id": run_id, "gate_status": status, "release": release,
             "gates": [asdict(r) for r in results]}
+
+
+# ------------------------------------------------------------------------------------ describe
+def version_description(tags: Mapping[str, str], report: str | None = None) -> str:
+    """The version's description in the MLflow UI, in markdown, from its tags: what an approver
+    reads first on the version page, which otherwise shows only tags: the verdict, the release and
+    what the verdict covers under it, the failed blocking gates, the advisory gates that failed, and
+    where the report is (`report`: e.g. `runs:/<run id>/report/report.html`; None: not attached yet).
+    """
+    blocking, advisory = _failures(tags), _failures(tags, advisory=True)
+    passed = _normal(tags.get("gate.status")) == PASSED and not blocking
+    if passed:
+        lines = [f"**Gates passed: may be approved.** An approver sets `{APPROVAL_TAG}={APPROVED}` on this "
+                 f"page after reading the report."]
+    else:
+        names = ", ".join(f["gate"] for f in blocking) or f"gate.status={tags.get('gate.status', 'missing')}"
+        lines = [f"**Blocked by gates: {names}.** This version cannot be promoted; an approval does not "
+                 f"override its gates."]
+    release = _normal(tags.get(RELEASE_TAG))
+    scope = RELEASE_SCOPE.get(release)
+    if scope:
+        lines += ["", f"**Release: {release}** ({scope['meaning']}). The verdict covers {scope['covers']}; "
+                      f"it does not cover {scope['not_covers']}."]
+    else:
+        lines += ["", "**Release: not recorded** (registered before `register.release` existed): every gate blocks."]
+    if blocking:
+        lines += ["", "Failed gates (blocking):"] + [f"- {f['gate']}: {f['shortfall']}" for f in blocking]
+    if advisory:
+        lines += ["", f"Advisory gates that failed (they do not block under release {release}):"]
+        lines += [f"- {f['gate']}: {f['shortfall']}" for f in advisory]
+    lines += ["", f"Report: `{report}` (the run's artifacts)" if report else "Report: not attached yet."]
+    text = "\n".join(lines)
+    return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION - 1] + "…"
+
+
+def report_uri(mv: ModelVersion) -> str | None:
+    """`runs:/<run id>/<report path>` of a version whose report is attached (its `report` tag), or None."""
+    tags = dict(mv.tags or {})
+    run_id = mv.run_id or tags.get("run_id")
+    return f"runs:/{run_id}/{tags['report']}" if tags.get("report") and run_id else None
+
+
+def describe_version(model_name: str, version: str) -> str:
+    """Write the version's description from its current tags (call it again once the report is
+    attached, so the description says where it is); returns the text."""
+    client = project_client()
+    mv = _version(client, model_name, version)
+    text = version_description(dict(mv.tags or {}), report_uri(mv))
+    client.update_model_version(model_name, mv.version, description=text)
+    return text
 
 
 # ------------------------------------------------------------------------------------ inspect
 def version_status(model_name: str) -> list[dict]:
-    """Every version of `model_name`, newest first: gates, approval, aliases, creation time."""
+    """Every version of `model_name`, newest first: gates (failed_gates: the blocking ones that
+    failed; advisory_gates: the advisory ones that failed), release, approval, aliases, creation time."""
     client = project_client()
     aliases = _aliases(client, model_name)
     versions = sorted(client.search_model_versions(_name_filter(model_name)),
@@ -220,13 +302,14 @@ def version_status(model_name: str) -> list[dict]:
     rows = []
     for mv in versions:
         tags = dict(mv.tags or {})
-        failed = [{"gate": name, **parse_gate_tag(value)} for name, value in _failed_gate_tags(tags).items()]
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
         rows.append({
             "version": str(mv.version),
             "run_id": mv.run_id or tags.get("run_id", ""),
             "gate_status": tags.get("gate.status", "unknown"),
-            "failed_gates": failed,
+            "release": tags.get(RELEASE_TAG, ""),
+            "failed_gates": _failures(tags),
+            "advisory_gates": _failures(tags, advisory=True),
             "approval_status": tags.get(APPROVAL_TAG, ""),
             "aliases": sorted(a for a, v in aliases.items() if v == str(mv.version)),
             "created": created.isoformat(timespec="seconds"),
@@ -236,12 +319,15 @@ def version_status(model_name: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ promote
 def release_problem(model_name: str, mv: ModelVersion) -> str | None:
-    """Why `mv` may not reach production (its gates did not pass, or no one approved it), or None.
-    `promote` refuses such a version, and `relearn serve` never loads one."""
+    """Why `mv` may not reach production (its blocking gates did not pass, or no one approved it),
+    or None. `promote` refuses such a version, and `relearn serve` never loads one. Gates that are
+    advisory under the version's release never stop it; a blocking gate tagged failed does, even
+    under a `gate.status` that says passed (a tag edited by hand)."""
     label = f"version {mv.version} of {model_name!r}"
     tags = dict(mv.tags or {})
-    if _normal(tags.get("gate.status")) != PASSED:
-        failed = [f"{name}: {value}" for name, value in _failed_gate_tags(tags).items()]
+    blocking = _failed_gate_tags(tags)
+    if _normal(tags.get("gate.status")) != PASSED or blocking:
+        failed = [f"{name}: {value}" for name, value in blocking.items()]
         detail = f" ({'; '.join(failed)})" if failed else f" (gate.status={tags.get('gate.status', 'missing')})"
         return f"{label} did not pass its gates{detail}"
     approval = tags.get(APPROVAL_TAG)
@@ -302,11 +388,14 @@ def attach_artifacts(model_name: str, version: str, local_dir: str | Path, artif
 # ------------------------------------------------------------------------------------ incremental
 def alias_adapter(model_name: str, dst: str | Path, alias: str = PRODUCTION) -> tuple[str, Path, dict] | None:
     """(version, local adapter directory, version tags) of the version behind `alias`, downloaded
-    into `dst`; None when the model or the alias does not exist (incremental unlearning starts from it)."""
+    into `dst`; None when the model or the alias does not exist (incremental unlearning starts from it).
+    The directory is None when the version is a distilled model (tag `distilled`), which has no adapter."""
     client = project_client()
     mv = version_by_alias(client, model_name, alias)
     if mv is None:
         return None
+    if (mv.tags or {}).get("distilled", "no") != "no":
+        return str(mv.version), None, dict(mv.tags or {})
     logged = client.get_logged_model(mv.source.rstrip("/").split("/")[-1])  # source: models:/<logged model id>
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/artifacts/adapter",
                                                 dst_path=str(dst))

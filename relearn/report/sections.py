@@ -158,57 +158,110 @@ def _num_cell(value: Any, cls: str = "num") -> Cell:
 
 
 # ---------------------------------------------------------------- gates and verdict
-GATE_KEYS = ("name", "metric", "value", "min", "max", "passed", "reason")
+GATE_KEYS = ("name", "metric", "value", "min", "max", "passed", "reason", "blocking", "blocks")
+
+
+def release_scope(release: str | None) -> Mapping[str, str] | None:
+    """What the verdict vouches for under `release`, in an approver's words ({meaning, covers,
+    not_covers}), or None for an unknown release: the registry's own text, so that the report and
+    the version's description in the MLflow UI say the same."""
+    from relearn.registry.gates import RELEASE_SCOPE
+
+    return RELEASE_SCOPE.get(release or "")
+
+
+def release_of(data: Mapping) -> str | None:
+    """The release the gates were evaluated for ('api', 'weights'), or None when not given."""
+    release = data.get("release")
+    release = release.strip().lower() if isinstance(release, str) else None
+    return release or None
 
 
 def gates(data: Mapping) -> list[dict]:
+    """The gate rows, each with `blocking` resolved: a row that does not say counts as blocking
+    unless its `blocks` list leaves out the data's release (results from before releases existed
+    all blocked)."""
     raw = data.get("gates")
     if isinstance(raw, Mapping):
         raw = [dict(mapping(v), name=mapping(v).get("name", k)) for k, v in raw.items()]
+    release = release_of(data)
     out = []
     for g in raw if isinstance(raw, (list, tuple)) else []:
         if dataclasses.is_dataclass(g) and not isinstance(g, type):
             g = dataclasses.asdict(g)
         if isinstance(g, Mapping):
-            out.append({k: g.get(k) for k in GATE_KEYS})
+            row = {k: g.get(k) for k in GATE_KEYS}
+            blocks = row["blocks"]
+            row["blocks"] = [str(b) for b in blocks] if isinstance(blocks, (list, tuple)) else None
+            if not isinstance(row["blocking"], bool):
+                row["blocking"] = release in row["blocks"] if row["blocks"] is not None and release else True
+            out.append(row)
     return out
 
 
 def verdict(data: Mapping, gate_rows: list[dict]) -> tuple[str, str]:
+    """(status, note): the status is decided by the blocking gates alone; the note counts them,
+    names the advisory gates that failed and says, under the data's release, which threats the
+    verdict covers and which it does not."""
     status = data.get("gate_status")
     status = status.strip().lower() if isinstance(status, str) else None
-    failed = [g for g in gate_rows if g["passed"] is not True]
-    derived = ("passed" if not failed else "failed") if gate_rows else None
+    blocking = [g for g in gate_rows if g["blocking"]]
+    failed = [g for g in blocking if g["passed"] is not True]
+    advisory_failed = [g for g in gate_rows if not g["blocking"] and g["passed"] is not True]
+    derived = ("passed" if blocking and not failed else "failed") if gate_rows else None
+    n = len(blocking)
+    counts = f"{n - len(failed)} of {n} {'blocking ' if n < len(gate_rows) else ''}gates passed"
+    release = release_of(data)
+    if advisory_failed:
+        names = ", ".join(str(g["name"]) for g in advisory_failed)
+        counts += f"; advisory gates that failed (they do not block{f' under release {release}' if release else ''}): {names}"
+    scope = release_scope(release)
+    covers = (f". Release {release}: the verdict covers {scope['covers']}; it does not cover "
+              f"{scope['not_covers']}" if scope else "")
     if status in ("passed", "failed"):
-        n = len(gate_rows)
-        note = (f"{n - len(failed)} of {n} gates passed" if n else "no gate results were given")
+        note = counts if gate_rows else "no gate results were given"
         if derived and derived != status:
             note += f"; warning: the recorded status '{status}' disagrees with the gate results"
         elif status == "passed" and not gate_rows:
             note += "; the recorded status could not be checked"
-        return status, note
+        return status, note + covers
     if derived:
-        return derived, (f"{len(gate_rows) - len(failed)} of {len(gate_rows)} gates passed "
-                         "(status derived from the gate results: none was recorded)")
+        return derived, f"{counts} (status derived from the gate results: none was recorded){covers}"
     return "not evaluated", "no gate status and no gate results were given"
 
 
-def gates_section(gate_rows: list[dict]) -> Section:
+def gates_section(gate_rows: list[dict], release: str | None = None) -> Section:
+    """The gate table. Under a release, each gate says under which releases it blocks; a failed
+    gate that does not block under this one is marked advisory (shown, not blocking)."""
     s = Section("gates", "Promotion gates")
     if not gate_rows:
         s.blocks.append(na())
         return s
+    scope = release_scope(release)
+    if scope:
+        s.blocks.append(Para(f"Release {release}: {scope['meaning']}. A gate blocks the version only under "
+                             f"the releases in its 'blocks under' column; under the others it is advisory: "
+                             f"shown here, never blocking.", "note"))
     rows, cls = [], []
     for g in gate_rows:
         ok = g["passed"] is True
+        if ok:
+            word, word_cls, row_cls = "passed", "pass", ""
+        elif g["blocking"]:
+            word, word_cls, row_cls = "failed", "fail", "failrow"
+        else:
+            word, word_cls, row_cls = "failed (advisory)", "", "worst"
+        blocks = g["blocks"]
+        under = (", ".join(blocks) or "never") if blocks is not None else ("yes" if g["blocking"] else "advisory")
         rows.append([Cell(str(g["name"] if g["name"] is not None else MISSING), "strong"),
                      Cell(str(g["metric"] if g["metric"] is not None else MISSING), "mono"),
                      _num_cell(num(g["value"]) if g["value"] is not None else None),
                      _num_cell(num(g["min"])), _num_cell(num(g["max"])),
-                     Cell("passed" if ok else "failed", "pass" if ok else "fail"),
+                     Cell(under, "" if g["blocking"] else "muted"),
+                     Cell(word, word_cls),
                      Cell(str(g["reason"]) if g["reason"] is not None else "")])
-        cls.append("" if ok else "failrow")
-    s.blocks.append(Table(["gate", "metric", "value", "min", "max", "verdict", "reason"], rows, cls))
+        cls.append(row_cls)
+    s.blocks.append(Table(["gate", "metric", "value", "min", "max", "blocks under", "verdict", "reason"], rows, cls))
     return s
 
 
@@ -365,19 +418,95 @@ def probes_section(robustness: Mapping) -> Section:
 
 
 def relearning_section(robustness: Mapping) -> Section:
+    """The relearning attack: its settings (params, as the aggregates recorded them), each model's
+    worst case, and the grid of settings with the unlearned model's recovery against the control's
+    under the same setting. Any role may be missing (the robustness stage no longer attacks the
+    target), and a report from before the sweep (one setting, no `settings`) shows its one row."""
     s = Section("relearning", "Relearning attack")
     roles = [r for r in model_roles(robustness) if isinstance(get(robustness[r], "relearning"), Mapping)]
     if not roles:
         s.blocks.append(na())
         return s
-    s.blocks.append(Para("A few fine-tuning steps on part of the forget set, KFR measured on the rest. "
-                         "Recovery much larger than the control's means the knowledge was hidden, not "
-                         "removed.", "note"))
-    keys = ("steps", "kfr_before", "kfr_after", "recovery")
-    rows = [[Cell(r, "strong")] + [_num_cell(num(get(robustness[r], "relearning", k))) for k in keys]
-            for r in roles]
-    s.blocks.append(Table(["model", "steps", "KFR before", "KFR after", "recovery"], rows))
+    attacks = {r: mapping(get(robustness[r], "relearning")) for r in roles}
+    s.blocks.append(Para("Retrain-on-T: the attacker fine-tunes a copy of the model on some of the forget "
+                         "facts and KFR is measured on the facts it never saw; recovery is the KFR lost. "
+                         "Every learning rate and step count of the grid is tried, and the worst case "
+                         "counts. A retain-only control never knew the facts, so its recovery under the "
+                         "same setting is what fine-tuning alone explains; recovery well beyond it means "
+                         "the knowledge was hidden, not removed.", "note"))
+    first = attacks.get("unlearned") or attacks[roles[0]]
+    described = _attack_settings(first)
+    if described:
+        s.blocks.append(Para(f"Attack settings (params robustness.relearn_*): {described}."))
+    if len({_attack_settings(a) for a in attacks.values()}) > 1:
+        s.blocks.append(Para("The models were not attacked with the same settings: their recoveries are "
+                             "not comparable.", "warn"))
+
+    def worst_setting(a: Mapping) -> str:
+        lr = num(get(a, "worst", "lr")) if isinstance(a.get("worst"), Mapping) else num(a.get("lr"))
+        steps = num(get(a, "worst", "steps")) if isinstance(a.get("worst"), Mapping) else num(a.get("steps"))
+        parts = ([f"lr {lr:g}"] if lr is not None else []) + ([f"{steps} steps"] if steps is not None else [])
+        return ", ".join(parts) or MISSING
+
+    rows = [[Cell(r, "strong"), Cell(worst_setting(attacks[r]))]
+            + [_num_cell(num(attacks[r].get(k))) for k in ("kfr_before", "kfr_after", "recovery")] for r in roles]
+    s.blocks.append(Table(["model", "worst setting", "KFR before", "KFR after", "recovery"], rows))
+
+    grid = [g for g in (first.get("settings") if isinstance(first.get("settings"), list) else []) if isinstance(g, Mapping)]
+    if not grid:
+        return s
+    control = {(num(g.get("lr")), num(g.get("steps"))): num(g.get("recovery"))
+               for g in (get(attacks.get("control"), "settings") or []) if isinstance(g, Mapping)}
+    label = "unlearned" if "unlearned" in attacks else roles[0]
+    rows, excess = [], []
+    for g in grid:
+        lr, steps, rec = num(g.get("lr")), num(g.get("steps")), num(g.get("recovery"))
+        ctl = control.get((lr, steps))
+        diff = rec - ctl if rec is not None and ctl is not None and not (math.isnan(rec) or math.isnan(ctl)) else None
+        excess.append(diff)
+        rows.append([Cell(MISSING if lr is None else f"{lr:g}"), _num_cell(steps), _num_cell(rec),
+                     _num_cell(num(g.get("krr_after"))), _num_cell(ctl),
+                     Cell(MISSING if diff is None else f"{diff:+.3f}", "num")])
+    known = [e for e in excess if e is not None]
+    top = max(known) if known else None
+    cls = ["worst" if top is not None and e == top else "" for e in excess]
+    s.blocks.append(Table(["lr", "steps", f"{label} recovery", f"{label} KRR after", "control recovery",
+                           "excess over the control"], rows, row_cls=cls))
+    s.blocks.append(Para("The gate (robustness.relearning_excess) reads the largest excess over the "
+                         "control at the same setting (highlighted)" +
+                         ("" if "control" in attacks else "; no control was attacked, so there is none") + ".",
+                         "muted"))
     return s
+
+
+def _attack_settings(attack: Mapping) -> str:
+    """The attack's settings in words, from what its aggregate recorded ('' when it recorded none)."""
+    out = []
+    attacker = attack.get("attacker")
+    if attacker == "lora":
+        r = num(attack.get("lora_r"))
+        out.append(f"LoRA attacker{f' of rank {r}' if r is not None else ''} on every linear layer but the output head")
+    elif attacker == "full":
+        out.append("full fine-tuning of every weight")
+    folds = num(attack.get("folds"))
+    fraction = num(attack.get("fraction"))
+    if folds is not None and folds > 1:
+        out.append(f"{folds} folds of the forget facts, each held out once")
+    elif fraction is not None:
+        out.append(f"one seeded split: {fraction:g} of the forget facts fine-tuned on, the rest held out")
+    lrs = attack.get("lrs") if isinstance(attack.get("lrs"), list) else [attack.get("lr")]
+    lrs = [f"{v:g}" for v in lrs if num(v) is not None]
+    if lrs:
+        out.append(f"learning rate{'s' if len(lrs) > 1 else ''} {', '.join(lrs)}"
+                   + (" (constant)" if attack.get("schedule") == "constant" else ""))
+    steps = attack.get("steps") if isinstance(attack.get("steps"), list) else [attack.get("steps")]
+    steps = [str(v) for v in steps if num(v) is not None]
+    if steps:
+        out.append(f"recovery read after {', '.join(steps)} steps")
+    batch = num(attack.get("batch_size"))
+    if batch is not None:
+        out.append(f"{batch} pairs a step")
+    return "; ".join(out)
 
 
 def requests_section(requests: Any) -> Section:
@@ -586,7 +715,7 @@ def build(data: Mapping | None, masker) -> Report:
     name = _str(data.get("model_name"), "unnamed model")
     version = _str(data.get("version"), "unregistered")
     sections = [
-        gates_section(gate_rows),
+        gates_section(gate_rows, release_of(data)),
         requests_section(data.get("requests")),
         metrics_section(models),
         variants_section(models, masker),
