@@ -8,6 +8,7 @@ from relearn.io import read_json, write_json
 from relearn.ledger import request_kfr
 from relearn.model import load_pretrained, load_with_adapter
 from relearn.params import load_params
+from layout import unlearned_model
 
 
 @main_guard
@@ -20,7 +21,7 @@ def main() -> None:
     reference = load_pretrained("models/base", p.model.dtype)[0] if p.ppl_model() == "base" else target
     models = {"target": lambda: target,
               "control": lambda: load_pretrained("models/control", p.model.dtype)[0],
-              "unlearned": lambda: load_with_adapter("models/target", "models/adapter", p.model.dtype)[0]}
+              "unlearned": lambda: load_with_adapter(*unlearned_model(p), p.model.dtype)[0]}  # or the distilled model
     metrics, items = {}, {}
     for name, load in models.items():
         # PPL is measured under one reference model for all three

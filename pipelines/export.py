@@ -16,6 +16,7 @@ from relearn.export.onnx import FP32_FILE, INT8_FILE, PROMPT_FORMAT_FILE, load_o
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
+from layout import unlearned_model
 
 
 @main_guard
@@ -23,7 +24,7 @@ def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget_eval", "retain_eval"))
     questions = [r.question for r in (splits["forget_eval"] + splits["retain_eval"])][: p.export.parity_questions]
-    report = run_export("models/target", "models/adapter", "export", questions, p.model.prompt,
+    report = run_export(*unlearned_model(p), "export", questions, p.model.prompt,
                         p.export.max_new_tokens, p.export.quantize, int8_block_size=p.export.int8_block_size,
                         int8_keep_float=p.export.int8_keep_float)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports

@@ -12,8 +12,9 @@ from relearn.evidence import registry_metrics, report_data, request_gates, reque
 from relearn.io import read_json, write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
-from relearn.registry.versions import attach_artifacts, file_md5, register_version
+from relearn.registry.versions import attach_artifacts, describe_version, file_md5, register_version
 from relearn.report import render_report, write_report
+from layout import unlearned_model
 
 
 def git_commit() -> str | None:
@@ -64,7 +65,7 @@ def main() -> None:
     result = register_version(
         model_name=p.register.model_name, experiment=p.register.experiment, params=p,
         metrics=registry_metrics(evaluation, export, robustness),
-        base_model_dir="models/target", adapter_dir="models/adapter",
+        base_model_dir=unlearned_model(p)[0], adapter_dir=unlearned_model(p)[1],  # or the distilled model
         generation={"prompt_format": p.model.prompt.to_dict(), "max_new_tokens": p.evaluate.max_new_tokens,
                     "batch_size": p.evaluate.batch_size},
         dataset_hashes=hashes, counts={**{name: count_lines(path) for name, path in datasets.items()
@@ -74,7 +75,8 @@ def main() -> None:
         version_tags={**request_tags(manifest, evaluation),
                       "unlearned_from": read_json("reports/unlearn.json").get("init", "target"),
                       # incremental unlearning continues an adapter only on the target it was made on
-                      "target_md5": file_md5("models/target")},
+                      "target_md5": file_md5("models/target"),
+                      "distilled": f"alpha={p.distill.alpha} init={p.distill.init}" if p.distill.enabled else "no"},
     )
     version = result["version"]
     # the deployable: the exported (quantized) ONNX model with its tokenizer
@@ -85,12 +87,14 @@ def main() -> None:
     paths = write_report(report(result), "reports/report")
     attach_artifacts(p.register.model_name, version, "reports/report", "report",
                      tags={"report": f"report/{paths['html'].name}"})
+    # now the description on the version page can say where the report is
+    describe_version(p.register.model_name, version)
     write_json("reports/registration.json", result)
-    print(f"[register] {p.register.model_name} version {version}: gates {result['gate_status']}; "
-          f"report {paths['html']}", flush=True)
+    print(f"[register] {p.register.model_name} version {version}: gates {result['gate_status']} "
+          f"(release {result['release']}); report {paths['html']}", flush=True)
     for g in result["gates"]:
-        print(f"[register]   gate {g['name']}: {g['metric']} = {g['value']} -> "
-              f"{'passed' if g['passed'] else 'FAILED (' + g['reason'] + ')'}", flush=True)
+        verdict = "passed" if g["passed"] else f"FAILED ({g['reason']})" if g["blocking"] else f"failed, advisory ({g['reason']})"
+        print(f"[register]   gate {g['name']}: {g['metric']} = {g['value']} -> {verdict}", flush=True)
 
 
 if __name__ == "__main__":

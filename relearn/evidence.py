@@ -230,6 +230,19 @@ def _examples(answers: Mapping[str, Any], records: list[QARecord], n: int = 6) -
     return rows
 
 
+def method_label(params: Params) -> str:
+    """How the unlearned model was made, in one line: the method, the hardening options that are on
+    and the distillation, e.g. 'relearn + harden(negative=dpo, mask) + distill(alpha 0.8)'."""
+    h = params.unlearn.harden
+    on = [f"sam_rho={h.sam_rho:g}"] if h.sam_rho else []
+    on += [f"negative={h.negative}"] if h.negative != "none" else []
+    on += [name for name in ("mask", "normalise") if getattr(h, name)]
+    label = params.unlearn.method + (f" + harden({', '.join(on)})" if on else "") + f" (LoRA r={params.unlearn.lora.r})"
+    if params.distill.enabled:
+        label += f" + distill(alpha {params.distill.alpha:g}, from the {params.distill.init} model)"
+    return label
+
+
 def report_data(params: Params, registration: Mapping[str, Any], evaluation: Mapping[str, Any],
                 robustness: Mapping[str, Any] | None, answers: Mapping[str, Any], forget_records: list[QARecord],
                 dataset_hashes: Mapping[str, str], git_commit: str | None,
@@ -239,7 +252,7 @@ def report_data(params: Params, registration: Mapping[str, Any], evaluation: Map
         "requests": requests or [],
         "model_name": params.register.model_name,
         "version": registration.get("version"),
-        "method": params.unlearn.method,
+        "method": method_label(params),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gate_status": registration.get("gate_status"),
         "release": params.register.release,  # which gates block: the report says what the verdict covers

@@ -69,11 +69,15 @@ def load_pretrained(path: str | Path, dtype: str = "float32"):
     return model, tokenizer
 
 
-def load_with_adapter(base_dir: str | Path, adapter_dir: str | Path, dtype: str = "float32"):
-    """The target model with a LoRA adapter on top (a PeftModel), and its tokenizer."""
+def load_with_adapter(base_dir: str | Path, adapter_dir: str | Path | None, dtype: str = "float32"):
+    """The target model with a LoRA adapter on top (a PeftModel), and its tokenizer; with
+    adapter_dir None (a distilled model, which has no adapter), the model alone."""
     from peft import PeftModel
 
     base, tokenizer = load_pretrained(base_dir, dtype)
+    if adapter_dir is None:
+        base.eval()
+        return base, tokenizer
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     return model, tokenizer

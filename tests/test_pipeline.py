@@ -32,7 +32,7 @@ MICRO = {
                  "gates": {"krr_floor": {"metric": "unlearned.krr", "min": 0.0},
                            "ls_ratio": {"metric": "ls_ratio", "min": 0.0}}},
     "export": {"parity_questions": 8, "max_new_tokens": 8},
-    "robustness": {"relearn_steps": 2},
+    "robustness": {"relearn_steps": [1, 2], "relearn_lrs": [0.001, 0.005], "relearn_folds": 1},
     "compare": {"methods": ["relearn", "npo"], "overrides": {"npo": {"lr": 0.001}}, "robustness": ["npo", "relearn"]},
 }
 MODELS = {"target", "control", "unlearned"}
@@ -193,11 +193,16 @@ def test_robustness_stage_probes_three_models(project):
         assert set(rungs) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4"}
         assert all(0.0 <= v["kfr"] <= 1.0 and 0.0 <= v["krr"] <= 1.0 for v in rungs.values())
         assert {"plain", "paraphrase", "perturb"} <= set(report[name]["probes"]["probes"])
-        assert report[name]["relearning"]["steps"] == 2
+    # the relearning sweep runs on the control and the unlearned model only (no gate reads the target's)
+    assert "relearning" not in report["target"]
+    for name in ("control", "unlearned"):
+        assert report[name]["relearning"]["steps"] == [1, 2]
+        assert len(report[name]["relearning"]["settings"]) == 4
     summary = report["summary"]
     assert set(summary) >= {"int4_kfr_drop", "int8_kfr_drop", "jailbreak_min_kfr", "relearning_excess"}
-    assert summary["relearning_excess"] == pytest.approx(report["unlearned"]["relearning"]["recovery"]
-                                                         - report["control"]["relearning"]["recovery"])
+    control = {(s["lr"], s["steps"]): s["recovery"] for s in report["control"]["relearning"]["settings"]}
+    assert summary["relearning_excess"] == pytest.approx(max(s["recovery"] - control[(s["lr"], s["steps"])]
+                                                             for s in report["unlearned"]["relearning"]["settings"]))
     compared = json.loads((work / "reports" / "compare" / "npo.json").read_text())
     assert "onnx-int4" in compared["robustness"]["ladder"]["rungs"]
 
@@ -242,3 +247,50 @@ def test_failed_robustness_gate_keeps_version_out_of_challenger(project):
     line = next(row for row in status.splitlines() if "version   2" in row)
     assert "failed" in line and "blocked" in line and "challenger" not in line
     assert "failed gate jailbreak" in status
+
+
+def test_hardened_and_distilled_model_flows_through_every_stage_and_release_decides_the_gate(project):
+    """unlearn.harden and the distill stage on: every stage after unlearn sees the distilled model,
+    the version carries no adapter, and a relearning gate that fails blocks under release 'weights'
+    and is advisory under 'api'."""
+    work, env = project
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["unlearn"]["harden"] = {**params["unlearn"]["harden"], "negative": "dpo", "mask": True, "sam_rho": 0.05}
+    params["distill"] = {**params["distill"], "enabled": True, "epochs": 1, "alpha": 0.5}
+    # no model gets back less than nothing: this relearning gate always fails
+    params["register"]["gates"]["relearning"] = {"metric": "robustness.relearning_excess", "max": -1.0, "blocks": ["weights"]}
+    params["register"]["release"] = "weights"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    log = run([str(BIN / "dvc"), "repro"], work, env).stdout
+    for stage in ("unlearn", "distill", "evaluate", "export", "robustness", "register"):
+        assert f"Running stage '{stage}'" in log
+    assert json.loads((work / "reports" / "unlearn.json").read_text())["harden"]["negative"] == "dpo"
+    header = (work / "plots" / "unlearn_loss.csv").read_text().splitlines()[0].split(",")
+    assert {"forget_dpo", "mask_kept", "forget_sam"} <= set(header)
+    distilled = json.loads((work / "reports" / "distill.json").read_text())
+    assert distilled["enabled"] and distilled["steps"] > 0 and (work / "models" / "distilled" / "model.safetensors").exists()
+    blocked = json.loads((work / "reports" / "registration.json").read_text())
+    assert blocked["gate_status"] == "failed"
+    assert next(g for g in blocked["gates"] if g["name"] == "relearning")["passed"] is False
+    script = (
+        "import json, sys, yaml, mlflow\n"
+        "from mlflow import MlflowClient\n"
+        "c = MlflowClient()\n"
+        "v = c.get_model_version('micro', sys.argv[1])\n"
+        "m = mlflow.artifacts.download_artifacts(v.source + '/MLmodel')\n"
+        "arts = yaml.safe_load(open(m))['flavors']['python_function']['artifacts']\n"
+        "print(json.dumps({'tags': v.tags, 'artifacts': sorted(arts), 'description': v.description}))\n"
+    )
+    tracked = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
+    out = json.loads(run([sys.executable, "-c", script, blocked["version"]], work, tracked).stdout.strip().splitlines()[-1])
+    assert out["artifacts"] == ["base_model", "generation"]          # the distilled model alone, no adapter
+    assert out["tags"]["distilled"].startswith("alpha=0.5") and out["tags"]["release"] == "weights"
+    assert "Blocked by gates" in out["description"] and "relearning" in out["description"]
+    # the same evidence under release 'api': the relearning gate is shown, not blocking
+    params["register"]["release"] = "api"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    run([str(BIN / "dvc"), "repro", "register"], work, env)
+    passed = json.loads((work / "reports" / "registration.json").read_text())
+    assert passed["gate_status"] == "passed" and int(passed["version"]) == int(blocked["version"]) + 1
+    out = json.loads(run([sys.executable, "-c", script, passed["version"]], work, tracked).stdout.strip().splitlines()[-1])
+    assert "failed advisory" in out["tags"]["gate.relearning"] and "Advisory gates that failed" in out["description"]

@@ -36,12 +36,13 @@ COMPANION_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 
 
 # ------------------------------------------------------------------------------------ steps
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Fold the LoRA adapter into the base weights; save model (fp32 safetensors) and tokenizer."""
+def merge_adapter(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path) -> Path:
+    """Fold the LoRA adapter into the base weights; save model (fp32 safetensors) and tokenizer.
+    Without an adapter (a distilled model) the model is saved as it is."""
     from relearn.model import load_with_adapter
 
     model, tokenizer = load_with_adapter(base_dir, adapter_dir, dtype="float32")
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload() if adapter_dir is not None else model
     merged.eval()
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -329,7 +330,7 @@ def _mb(n_bytes: int) -> float:
     return round(n_bytes / 2**20, 3)
 
 
-def run_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, questions: list[str],
+def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, questions: list[str],
                template: str | PromptFormat, max_new_tokens: int, quantize: str = "int8", batch_size: int = 32,
                int8_block_size: int = 32, int8_keep_float: Sequence[str] = INT8_KEEP_FLOAT) -> dict:
     """Merge, export fp32 ONNX (and int8 when quantize == "int8", see `quantize_int8`), and

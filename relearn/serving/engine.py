@@ -196,7 +196,7 @@ def load_onnx_engine(model_dir: str | Path, file_name: str, *, model_name: str, 
                   max_positions=_max_positions(model.config))
 
 
-def load_torch_engine(base_dir: str | Path, adapter_dir: str | Path, generation: dict, *, model_name: str,
+def load_torch_engine(base_dir: str | Path, adapter_dir: str | Path | None, generation: dict, *, model_name: str,
                       version: str, artifact: str) -> Engine:
     """An engine on the version's base model + LoRA adapter (the registered pyfunc's artifacts)."""
     from relearn.model import load_with_adapter

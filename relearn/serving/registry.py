@@ -116,6 +116,9 @@ class VersionLoader:
         artifacts = mlmodel["flavors"]["python_function"].get("artifacts") or {}
         parts = {}
         for key in ("base_model", "adapter", "generation"):
+            if key == "adapter" and key not in artifacts:  # a distilled model: the base model is the whole model
+                parts[key] = None
+                continue
             if key not in artifacts:
                 raise RuntimeError(f"the logged model of version {target.version} has no {key} artifact")
             parts[key] = model_dir / artifacts[key]["path"]
