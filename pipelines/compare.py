@@ -37,7 +37,7 @@ def main() -> None:
                                                            negatives=negative_triples(variants, splits["forget"]))
     with atomic_dir(f"models/compare/{method}") as out:
         model.save_pretrained(out)
-    reference, _ = load_pretrained("models/base" if p.ppl_model() == "base" else "models/target", p.model.dtype)
+    reference, _ = load_pretrained("models/base" if p.ppl_model() == "base" else "models/target", p.dtype())
     metrics, items = model_evidence(model, tokenizer, splits, variants, reference, tokenizer, p)
     control_items = read_json("reports/answers.json").get("control", {})
     metrics["tofu"]["forget_quality"] = forget_quality(truth_ratios(items), truth_ratios(control_items))

@@ -7,6 +7,7 @@ It is the reference of TOFU's forget quality and the control of every robustness
 from transformers import AutoTokenizer
 
 from relearn.data.splits import read_splits
+from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params
@@ -22,6 +23,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained("models/target")  # the very same tokenizer
     epochs = read_json("reports/target.json")["epochs_run"]
     model, history, report = make_control(p, splits, tokenizer, epochs, "models/base" if p.model.base else None)
+    if not is_main_process():  # under accelerate launch / torchrun: rank 0 writes, the others are done
+        return finish()
     with atomic_dir("models/control") as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -29,6 +32,7 @@ def main() -> None:
     write_json("reports/control.json", report)
     print(f"[control] {epochs} epochs: forget recall {report['forget_recall']} (the target's data minus the forget "
           f"set), retain recall {report['retain_recall']}, {report['train_seconds']} s", flush=True)
+    finish()
 
 
 if __name__ == "__main__":

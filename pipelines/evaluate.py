@@ -1,6 +1,7 @@
 """DVC stage `evaluate`: KFR, KRR, LS, ROUGE, TOFU metrics, membership inference and the seesaw for
 the target, the retain-only control and the unlearned model."""
 from relearn.data.splits import read_splits
+from relearn.devices import finish, init_processes, is_main_process
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
 from relearn.evidence import add_forget_quality, model_evidence
@@ -16,12 +17,15 @@ def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
-    target, tokenizer = load_pretrained("models/target", p.model.dtype)
+    # generation and scoring run where the model is; under accelerate launch / torchrun every process
+    # takes its own device and a shard of every question set (relearn.devices.shard_map)
+    device = init_processes(p.device)
+    target, tokenizer = load_pretrained("models/target", p.dtype(), device)
     # LS's reference LM (evaluate.ppl_model): the pretrained base, or the target itself
-    reference = load_pretrained("models/base", p.model.dtype)[0] if p.ppl_model() == "base" else target
+    reference = load_pretrained("models/base", p.dtype(), device)[0] if p.ppl_model() == "base" else target
     models = {"target": lambda: target,
-              "control": lambda: load_pretrained("models/control", p.model.dtype)[0],
-              "unlearned": lambda: load_with_adapter(*unlearned_model(p), p.model.dtype)[0]}  # or the distilled model
+              "control": lambda: load_pretrained("models/control", p.dtype(), device)[0],
+              "unlearned": lambda: load_with_adapter(*unlearned_model(p), p.dtype(), device)[0]}  # or the distilled one
     metrics, items = {}, {}
     for name, load in models.items():
         # PPL is measured under one reference model for all three
@@ -36,10 +40,13 @@ def main() -> None:
             metrics[name]["requests"] = request_kfr(manifest, items[name]["forget"])
         print("[evaluate] unlearned KFR per request: " + ", ".join(
             f"{rid} {r['kfr']:.3f}" for rid, r in metrics["unlearned"]["requests"].items()), flush=True)
+    if not is_main_process():  # every process has every result; the main one writes them
+        return finish()
     write_json("reports/evaluation.json", metrics)  # every aggregate: set parts, LS parts, ROUGE, TOFU, MIA
     # the headline DVC metrics, so that `dvc metrics show` puts the models side by side
     write_json("metrics.json", {name: {k: m[k] for k in ("kfr", "krr", "ls")} for name, m in metrics.items()})
     write_json("reports/answers.json", items)  # per-item evidence; contains forget-set text, stays local
+    finish()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from pathlib import Path
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.evaluation.evaluate import knowledge_rates
-from relearn.export.onnx import FP32_FILE, INT8_FILE, PROMPT_FORMAT_FILE, load_onnx, load_tokenizer, run_export
+from relearn.devices import resolve_device
+from relearn.export.onnx import (FP32_FILE, INT8_FILE, PROMPT_FORMAT_FILE, load_onnx, load_tokenizer, pick_provider,
+                                 run_export)
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
@@ -24,12 +26,14 @@ def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget_eval", "retain_eval"))
     questions = [r.question for r in (splits["forget_eval"] + splits["retain_eval"])][: p.export.parity_questions]
+    device = resolve_device(p.device)  # the parity checks run there; ONNX Runtime's CUDA provider with a GPU
+    provider = pick_provider("auto") if device.type == "cuda" else None
     report = run_export(*unlearned_model(p), "export", questions, p.model.prompt,
                         p.export.max_new_tokens, p.export.quantize, int8_block_size=p.export.int8_block_size,
-                        int8_keep_float=p.export.int8_keep_float)
+                        int8_keep_float=p.export.int8_keep_float, device=str(device), provider=provider)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports
         report.pop(key, None)
-    report |= forgetting_at_precisions(p, splits, report["quantize"])
+    report |= forgetting_at_precisions(p, splits, report["quantize"], provider)
     report["deployable"] = "export/onnx-int8" if p.export.quantize == "int8" else "export/onnx-fp32"
     # what quantization costs the shipped model's retention (0 when fp32 ships)
     report["deployable_krr_drop"] = report.get("int8_krr_drop", 0.0)
@@ -41,7 +45,7 @@ def main() -> None:
     print("[export] " + ", ".join(f"{k} {v:.4g}" for k, v in flat.items()), flush=True)
 
 
-def forgetting_at_precisions(p, splits, quantize: str) -> dict:
+def forgetting_at_precisions(p, splits, quantize: str, provider=None) -> dict:
     """KFR/KRR of the fp32 ONNX model on the full eval sets (`fp32_kfr`, `fp32_krr`) and, with int8,
     of the int8 model and what quantization changed: `int8_kfr_drop` = fp32 KFR - int8 KFR (> 0:
     knowledge came back) and `int8_krr_drop` = fp32 KRR - int8 KRR (> 0: retention lost, or
@@ -52,7 +56,7 @@ def forgetting_at_precisions(p, splits, quantize: str) -> dict:
         dirs["int8"] = ("export/onnx-int8", INT8_FILE)
     out = {}
     for precision, (model_dir, file_name) in dirs.items():
-        rates = knowledge_rates(load_onnx(model_dir, file_name=file_name), load_tokenizer(model_dir),
+        rates = knowledge_rates(load_onnx(model_dir, file_name=file_name, provider=provider), load_tokenizer(model_dir),
                                 splits["forget_eval"], splits["retain_eval"], p, label=precision)
         out |= {f"{precision}_{k}": v for k, v in rates.items()}
     if quantize == "int8":

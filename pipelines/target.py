@@ -3,6 +3,7 @@
     accelerate launch pipelines/target.py     # several devices; plain `python` runs on one
 """
 from relearn.data.splits import read_splits
+from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
@@ -17,6 +18,8 @@ def main() -> None:
         read_splits("data/corpus", ("forget", "forget_eval"))
     # a pretrained model.base was prepared by the `base` stage as a safetensors directory
     model, tokenizer, history, report = make_target(p, splits, "models/base" if p.model.base else None)
+    if not is_main_process():  # under accelerate launch / torchrun: rank 0 writes, the others are done
+        return finish()
     with atomic_dir("models/target") as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -24,6 +27,7 @@ def main() -> None:
     write_json("reports/target.json", report)
     print(f"[target] forget recall {report['forget_recall']}, retain recall {report['retain_recall']}, "
           f"{report['train_seconds']} s", flush=True)
+    finish()
 
 
 if __name__ == "__main__":

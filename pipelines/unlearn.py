@@ -11,6 +11,7 @@ import tempfile
 from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
+from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.hardening import negative_triples
 from relearn.io import atomic_dir, write_json, write_text
@@ -43,10 +44,13 @@ def main() -> None:
                                                  start[1] if start else None,
                                                  negatives=negative_triples(variants, splits["forget"]))
     report["init"] = f"version {start[0]}" if start else "target"
+    if not is_main_process():  # under accelerate launch / torchrun: rank 0 writes, the others are done
+        return finish()
     with atomic_dir("models/adapter") as out:
         model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json
     write_text("plots/unlearn_loss.csv", history.to_csv())
     write_json("reports/unlearn.json", report)
+    finish()
 
 
 if __name__ == "__main__":

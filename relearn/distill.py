@@ -63,8 +63,8 @@ def distill(teacher, student, tokenizer, pairs: list[tuple[str, str]], params) -
     student, history = train_causal_lm(
         student, tokenizer, pairs, template=params.model.prompt, max_length=params.model.max_length,
         epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, warmup_ratio=d.warmup_ratio,
-        weight_decay=d.weight_decay, grad_clip=d.grad_clip, seed=params.seed, dtype=params.model.dtype,
-        teacher=teacher, desc="distill")
+        weight_decay=d.weight_decay, grad_clip=d.grad_clip, seed=params.seed, dtype=params.dtype(),
+        teacher=teacher, desc="distill", device=params.device, **params.checkpoints("distill"))
     report = {"enabled": True, "alpha": d.alpha, "init": d.init, "sets": list(d.sets), "pairs": len(pairs),
               "epochs": d.epochs, "steps": len(history.rows),
               "final_kl": round(history.rows[-1]["loss"], 5) if history.rows else None,

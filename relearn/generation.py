@@ -30,7 +30,16 @@ def generate_token_ids(model, tokenizer, questions: list[str], template: str | P
                        batch_size: int = 32, do_sample: bool = False, temperature: float = 0.7,
                        top_p: float = 0.9, top_k: int = 5, seed: int = 0, desc: str = "generate") -> list[list[int]]:
     """New tokens for each question, cut at the first stop token (eos, or the chat format's
-    end-of-turn), padding stripped."""
+    end-of-turn), padding stripped. Under a multi-process launch each process generates its shard
+    of the questions and every process gets all the answers (relearn.devices.shard_map)."""
+    from relearn.devices import shard_map
+
+    return shard_map(lambda part: _generate_token_ids(model, tokenizer, part, template, max_new_tokens, batch_size,
+                                                      do_sample, temperature, top_p, top_k, seed, desc), questions)
+
+
+def _generate_token_ids(model, tokenizer, questions, template, max_new_tokens, batch_size, do_sample, temperature,
+                        top_p, top_k, seed, desc) -> list[list[int]]:
     if hasattr(model, "eval"):
         model.eval()
     torch.manual_seed(seed)
@@ -62,7 +71,17 @@ def generate_answers(model, tokenizer, questions: list[str], template: str | Pro
 @torch.no_grad()
 def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[str], template: str | PromptFormat,
                           max_length: int = 512, batch_size: int = 32) -> list[list[float]]:
-    """log p(token) of every answer token given the question and the answer so far, per pair."""
+    """log p(token) of every answer token given the question and the answer so far, per pair
+    (sharded over the processes of a multi-process launch, as generation is)."""
+    from relearn.devices import shard_map
+
+    pairs = shard_map(lambda part: _answer_token_logprobs(model, tokenizer, [q for q, _ in part], [a for _, a in part],
+                                                          template, max_length, batch_size),
+                      list(zip(questions, answers)))
+    return pairs
+
+
+def _answer_token_logprobs(model, tokenizer, questions, answers, template, max_length, batch_size) -> list[list[float]]:
     if hasattr(model, "eval"):
         model.eval()
     results: list[list[float]] = []

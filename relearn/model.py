@@ -57,8 +57,9 @@ def build_scratch_model(params: ModelParams, tokenizer: PreTrainedTokenizerFast,
     return LlamaForCausalLM(config)
 
 
-def load_pretrained(path: str | Path, dtype: str = "float32"):
-    """Load a model directory or hub id and its tokenizer; make sure padding is defined."""
+def load_pretrained(path: str | Path, dtype: str = "float32", device: str | torch.device | None = None):
+    """Load a model directory or hub id and its tokenizer; make sure padding is defined. `device`:
+    where the weights go (None: the CPU, where from_pretrained puts them)."""
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -66,15 +67,18 @@ def load_pretrained(path: str | Path, dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model.to(device)
     return model, tokenizer
 
 
-def load_with_adapter(base_dir: str | Path, adapter_dir: str | Path | None, dtype: str = "float32"):
+def load_with_adapter(base_dir: str | Path, adapter_dir: str | Path | None, dtype: str = "float32",
+                      device: str | torch.device | None = None):
     """The target model with a LoRA adapter on top (a PeftModel), and its tokenizer; with
     adapter_dir None (a distilled model, which has no adapter), the model alone."""
     from peft import PeftModel
 
-    base, tokenizer = load_pretrained(base_dir, dtype)
+    base, tokenizer = load_pretrained(base_dir, dtype, device)
     if adapter_dir is None:
         base.eval()
         return base, tokenizer

@@ -58,7 +58,7 @@ class ModelParams:
     prompt_format: str = _f("auto", "auto: the tokenizer's chat template when it has one (a pretrained chat model), prompt_template otherwise | chat | plain.")
     prompt_template: str = _f("Question: {question}\nAnswer:", "Plain format: how a question becomes a prompt; the answer follows after a space.")
     system_prompt: Optional[str] = _f(None, "Chat format: a system message before each question (null: none; some templates add their own default).")
-    dtype: str = _f("float32", "Training and inference dtype: float32 | bfloat16 (on a GPU, or a CPU with bf16 support: autocast) | float16 (GPU).")
+    dtype: str = _f("auto", "Training and inference dtype: auto (bfloat16 on a GPU that supports it, else float32) | float32 | bfloat16 (on a GPU, or a CPU with bf16 support: autocast) | float16 (GPU).")
 
     @property
     def prompt(self):
@@ -290,6 +290,9 @@ class ServeParams:
 @dataclass
 class Params:
     seed: int = _f(0, "Seed for data generation, shuffling, initialisation and sampling.")
+    checkpoint_every: int = _f(50, "Training stages (target, control, unlearn, distill): keep a checkpoint every this many optimizer steps under checkpoint_dir/<stage>; a stage killed mid-training and run again with the same params and data resumes from it instead of starting over. Removed when the stage has trained (0: never).")
+    checkpoint_dir: str = _f(".cache/checkpoints", "Where the training stages keep their checkpoints (one directory per stage).")
+    device: str = _f("auto", "Where every stage trains, generates and scores: auto (CUDA when torch sees a GPU, else the CPU) | cpu | cuda | cuda:N. Under accelerate launch or torchrun each process takes its own GPU (keep auto or cuda); ONNX Runtime picks its CUDA provider when onnxruntime-gpu is installed.")
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     target: TargetParams = field(default_factory=TargetParams)
@@ -302,6 +305,21 @@ class Params:
     robustness: RobustnessParams = field(default_factory=RobustnessParams)
     compare: CompareParams = field(default_factory=CompareParams)
     serve: ServeParams = field(default_factory=ServeParams)
+
+    def checkpoints(self, stage: str) -> dict:
+        """The training loops' checkpoint arguments for one stage."""
+        return {"checkpoint_dir": str(Path(self.checkpoint_dir) / stage), "checkpoint_every": self.checkpoint_every}
+
+    def dtype(self) -> str:
+        """model.dtype with auto resolved for `device`: bfloat16 on a GPU that supports it, else float32
+        (bf16 autocast on a CPU without AMX ran slower than fp32, bench/throughput.py)."""
+        if self.model.dtype != "auto":
+            return self.model.dtype
+        from relearn.devices import resolve_device
+
+        import torch
+        cuda = resolve_device(self.device).type == "cuda"
+        return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
 
     def ppl_model(self) -> str:
         """'base' or 'target': the model LS's PPL is measured under (evaluate.ppl_model, auto resolved)."""
@@ -318,7 +336,7 @@ class Params:
 
 CHOICES = {
     "data.source": ("builtin", "knowundo", "tofu", "jsonl"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.prompt_format": ("auto", "chat", "plain"),
     "target.finetune": ("full", "lora"),
     "augment.backend": ("rules", "endpoint", "local"),
@@ -437,6 +455,10 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     for key in ("nli_model", "embedding_model"):
         if getattr(e, key) is not None and not getattr(e, key).strip():
             problems.append(f"{where(('evaluate', key))}: empty path (write null to turn it off)")
+    if params.checkpoint_every < 0:
+        problems.append(f"{where(('checkpoint_every',))}: must be >= 0 (0: no checkpoints), got {params.checkpoint_every}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", params.device):
+        problems.append(f"{where(('device',))}: expected auto, cpu, cuda or cuda:N, got {params.device!r}")
     d = params.data
     for key in ("holdout_people", "general", "private_people", "forget_subjects", "retain_subjects"):
         if getattr(d, key) < 0:

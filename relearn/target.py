@@ -99,13 +99,13 @@ def _train(params: Params, splits, model, tokenizer, train: list[QARecord], chec
     model, history = train_causal_lm(
         model, tokenizer, pairs, template=template, max_length=params.model.max_length, epochs=t.epochs,
         batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip, seed=params.seed, dtype=params.model.dtype, check=check,
-        check_every=check_every, desc=desc)
+        grad_clip=t.grad_clip, seed=params.seed, dtype=params.dtype(), check=check,
+        check_every=check_every, desc=desc, device=params.device, **params.checkpoints(desc))
     model = _merged(model)
     seconds = time.monotonic() - start
     report = {
         "finetune": params.target.finetune if params.model.base else "scratch",
-        "dtype": params.model.dtype,
+        "dtype": params.dtype(),
         "parameters": count_parameters(model),
         "train_pairs": len(pairs),
         "epochs_run": history.rows[-1]["epoch"] if history.rows else 0,

@@ -37,12 +37,26 @@ class History:
         return "\n".join([",".join(keys)] + [",".join(cell(r[k]) for k in keys) for r in self.rows]) + "\n"
 
 
-def make_accelerator(dtype: str) -> Accelerator:
-    """bf16 (and fp16) as autocast mixed precision; bf16 on a CPU too (fp16 autocast is GPU-only)."""
+def make_accelerator(dtype: str, device: str = "auto") -> Accelerator:
+    """bf16 (and fp16) as autocast mixed precision; bf16 on a CPU too (fp16 autocast is GPU-only).
+    `device` is the `device` param (relearn.devices): on a CPU the Accelerator is told so, which is
+    also what makes several CPU processes (accelerate launch, torchrun) use gloo."""
+    from relearn.devices import accelerator_kwargs
+
+    kwargs = accelerator_kwargs(device)
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
-    if not torch.cuda.is_available() and mixed == "fp16":
+    if (kwargs.get("cpu") or not torch.cuda.is_available()) and mixed == "fp16":
         mixed = "no"  # no fp16 autocast on a CPU: train in fp32
-    return Accelerator(mixed_precision=mixed)
+    return Accelerator(mixed_precision=mixed, **kwargs)
+
+
+def schedule_steps(n_examples: int, batch_size: int, epochs: int, num_processes: int) -> tuple[int, int]:
+    """(optimizer steps, scheduler length). With several processes each step takes one batch per
+    process, and accelerate's prepared scheduler advances `num_processes` times per step (it assumes
+    a schedule written for one process), so the schedule is as long as the steps times the processes:
+    warm-up and decay then end where they do in a one-process run."""
+    steps = epochs * math.ceil(n_examples / (batch_size * num_processes))
+    return steps, steps * num_processes
 
 
 def make_loader(tokenizer, pairs: list[tuple[str, str]], template: str, max_length: int,
@@ -78,30 +92,44 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
                     epochs: int, batch_size: int, lr: float, warmup_ratio: float, weight_decay: float,
                     grad_clip: float, seed: int, dtype: str = "float32",
                     check: Callable[[object, int], bool] | None = None, check_every: int = 0,
-                    desc: str = "target", teacher=None) -> tuple[object, History]:
+                    desc: str = "target", teacher=None, device: str = "auto",
+                    checkpoint_dir=None, checkpoint_every: int = 0) -> tuple[object, History]:
     """Fine-tune on (question, answer) pairs with answer-token CE.
 
-    `check(model, epoch)` runs every `check_every` epochs on the main process; returning True stops
+    `check(model, epoch)` runs every `check_every` epochs on every process; returning True stops
     training early (the target stage stops once the model reproduces the forget answers).
     With a `teacher` model (distillation), the loss is KL(teacher || model) over every token of
     the sequences instead: the pairs only supply the text, the teacher the targets.
+    With `checkpoint_dir` and `checkpoint_every` > 0, a checkpoint is kept every that many steps and
+    a run of the same settings resumes from it (relearn.checkpoints).
     """
+    from relearn.checkpoints import Checkpoints, fingerprint
     from relearn.methods.losses import IGNORE, answer_ce, answer_kl
 
     set_seed(seed)
-    accelerator = make_accelerator(dtype)
+    accelerator = make_accelerator(dtype, device)
+    key = fingerprint(model, desc=desc, pairs=pairs, template=template, max_length=max_length, epochs=epochs,
+                      batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+                      grad_clip=grad_clip, seed=seed, dtype=dtype, processes=accelerator.num_processes,
+                      teacher=None if teacher is None else fingerprint(teacher))
     loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
-    total = epochs * math.ceil(len(loader.dataset) / (batch_size * accelerator.num_processes))
-    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, total)
+    total, schedule = schedule_steps(len(loader.dataset), batch_size, epochs, accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, schedule)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval()
-    history = History()
+    checkpoints = Checkpoints(accelerator, checkpoint_dir, checkpoint_every, desc, key)
+    done, rows = checkpoints.resume()
+    history = History(rows)
     progress = Progress(desc, total)
+    progress.update(done)
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
         for batch in loader:
+            if step < done:  # replayed up to the checkpoint: the loader's generator moves as it did
+                step += 1
+                continue
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             if teacher is None:
                 loss = answer_ce(logits, batch["labels"])
@@ -114,15 +142,17 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
             step += 1
             history.add(step=step, epoch=epoch, loss=loss.item())
             progress.update(1, tokens=_tokens(batch) * accelerator.num_processes, epoch=epoch, loss=loss.item())
+            checkpoints.maybe_save(step, history.rows)
+        if step < done:  # an epoch finished before the checkpoint: its check ran then
+            continue
         if check and check_every and epoch % check_every == 0 and epoch < epochs:
-            stop = torch.tensor(0.0, device=accelerator.device)
-            if accelerator.is_main_process:
-                stop += float(bool(check(accelerator.unwrap_model(model), epoch)))
+            # every process checks (the check's generation is sharded over them, relearn.devices.shard_map)
+            stop = torch.tensor(float(bool(check(accelerator.unwrap_model(model), epoch))), device=accelerator.device)
             stop = accelerator.reduce(stop, reduction="sum")
             if stop.item() > 0:
                 print(f"[{desc}] stopping after epoch {epoch}: check passed", flush=True)
                 break
-    accelerator.wait_for_everyone()
+    checkpoints.clear()
     return accelerator.unwrap_model(model), history
 
 
@@ -145,14 +175,17 @@ def _sides(net, loss_fn, forget, retain, negative, reference, weights, harden):
 def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs: list[tuple[str, str]], *,
             loss_fn, weights, template: str, max_length: int, epochs: int, batch_size: int, lr: float,
             warmup_ratio: float, weight_decay: float, grad_clip: float, seed: int, dtype: str = "float32",
-            desc: str = "unlearn", negatives: list[tuple[str, str, str]] | None = None) -> tuple[object, History]:
+            desc: str = "unlearn", negatives: list[tuple[str, str, str]] | None = None,
+            device: str = "auto", checkpoint_dir=None, checkpoint_every: int = 0) -> tuple[object, History]:
     """Run an unlearning method on a PeftModel: every step a forget batch and a retain batch.
 
     An epoch is one pass over the forget side; the retain loader cycles alongside it. With
     `weights.harden` options on (relearn.hardening), the step changes: a negative term on
     `negatives` ((question, vague answer, original answer) triples, cycled like the retain set),
     SAM on the forget side, disruption masking and forget-gradient normalisation.
+    Checkpoints and resuming as in `train_causal_lm`.
     """
+    from relearn.checkpoints import Checkpoints, fingerprint
     from relearn.hardening import split_gradients
 
     harden = getattr(weights, "harden", None)
@@ -160,7 +193,12 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
     if hardened and harden.negative != "none" and not negatives:
         raise ValueError("unlearn.harden.negative needs (question, vague answer, original answer) triples")
     set_seed(seed)
-    accelerator = make_accelerator(dtype)
+    accelerator = make_accelerator(dtype, device)
+    key = fingerprint(model, desc=desc, forget=forget_pairs, retain=retain_pairs, negatives=negatives,
+                      loss=getattr(loss_fn, "__module__", repr(loss_fn)), weights=weights, template=template,
+                      max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+                      weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, dtype=dtype,
+                      processes=accelerator.num_processes)
     forget_loader = make_loader(tokenizer, forget_pairs, template, max_length, batch_size, seed)
     retain_loader = make_loader(tokenizer, retain_pairs, template, max_length, batch_size, seed + 1)
     loaders = [forget_loader, retain_loader]
@@ -168,8 +206,8 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
         # the same seed, so the same order: row i of a chosen batch and of a rejected batch share a question
         loaders += [make_loader(tokenizer, [(q, c) for q, c, _ in negatives], template, max_length, batch_size, seed + 2),
                     make_loader(tokenizer, [(q, r) for q, _, r in negatives], template, max_length, batch_size, seed + 2)]
-    total = epochs * math.ceil(len(forget_loader.dataset) / (batch_size * accelerator.num_processes))
-    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, total)
+    total, schedule = schedule_steps(len(forget_loader.dataset), batch_size, epochs, accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, schedule)
     model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler, *loaders)
     forget_loader, retain_loader = loaders[:2]
     negative_batches = itertools.cycle(zip(loaders[2], loaders[3])) if len(loaders) > 2 else None
@@ -183,14 +221,20 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
             return peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     retain_batches = itertools.cycle(retain_loader)
-    history = History()
+    checkpoints = Checkpoints(accelerator, checkpoint_dir, checkpoint_every, desc, key)
+    done, rows = checkpoints.resume()
+    history = History(rows)
     progress = Progress(desc, total)
+    progress.update(done)
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
         for forget in forget_loader:
             retain = next(retain_batches)
             negative = next(negative_batches) if negative_batches is not None else None
+            if step < done:  # replayed up to the checkpoint: every loader moves as it did
+                step += 1
+                continue
             tokens = _tokens(forget) + _tokens(retain) + (sum(map(_tokens, negative)) if negative else 0)
             if not hardened:
                 loss, parts = loss_fn(model, forget, retain, reference, weights)
@@ -215,5 +259,6 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
             step += 1
             history.add(step=step, epoch=epoch, loss=value, **parts)
             progress.update(1, tokens=tokens * accelerator.num_processes, loss=value, **parts)
-    accelerator.wait_for_everyone()
+            checkpoints.maybe_save(step, history.rows)
+    checkpoints.clear()
     return accelerator.unwrap_model(model), history

@@ -35,7 +35,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
     """
     from peft import PeftModel
 
-    base, tokenizer = load_pretrained(target_dir, params.model.dtype)
+    base, tokenizer = load_pretrained(target_dir, params.dtype())
     set_seed(params.seed)  # LoRA A is initialised at random: seed it, or two runs of one config differ
     if init_adapter is not None:
         model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
@@ -51,8 +51,9 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
         loss_fn=METHODS[u.method], weights=u, template=params.model.prompt,
         max_length=params.model.max_length, epochs=epochs, batch_size=u.batch_size, lr=u.lr,
         warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
-        dtype=params.model.dtype, desc=f"unlearn:{u.method}",
-        negatives=negatives if u.harden.negative != "none" else None)
+        dtype=params.dtype(), desc=f"unlearn:{u.method}",
+        negatives=negatives if u.harden.negative != "none" else None, device=params.device,
+        **params.checkpoints("unlearn"))
     report = {
         "method": u.method,
         "trainable_parameters": count_parameters(model, trainable_only=True),

@@ -104,7 +104,8 @@ def test_unknown_nested_key_names_file_line_and_key(tmp_path):
 
 def test_unknown_top_level_key(tmp_path):
     path = _write(tmp_path, "seed: 1\nmodle:\n  layers: 2\n")
-    assert _problems(path) == [f"{path}:2: modle: unknown key (known keys here: augment, compare, data, distill, evaluate, export, "
+    assert _problems(path) == [f"{path}:2: modle: unknown key (known keys here: augment, checkpoint_dir, checkpoint_every, "
+                               "compare, data, device, distill, evaluate, export, "
                                "model, register, robustness, seed, serve, target, unlearn)"]
 
 
@@ -136,7 +137,7 @@ def test_section_must_be_a_mapping_and_values_not_empty(tmp_path):
 
 def test_invalid_choice(tmp_path):
     path = _write(tmp_path, "model:\n  layers: 2\n  dtype: int8\n")
-    assert _problems(path) == [f"{path}:3: model.dtype: 'int8' is not one of float32, bfloat16, float16"]
+    assert _problems(path) == [f"{path}:3: model.dtype: 'int8' is not one of auto, float32, bfloat16, float16"]
 
 
 def test_negative_epochs(tmp_path):
@@ -280,7 +281,7 @@ def test_several_problems_are_reported_together(tmp_path):
 
 def test_several_value_problems_are_reported_together(tmp_path):
     path = _write(tmp_path, "model:\n  dtype: int8\ntarget:\n  epochs: 0\nunlearn:\n  batch_size: -2\n")
-    assert _problems(path) == [f"{path}:2: model.dtype: 'int8' is not one of float32, bfloat16, float16",
+    assert _problems(path) == [f"{path}:2: model.dtype: 'int8' is not one of auto, float32, bfloat16, float16",
                                f"{path}:4: target.epochs: must be > 0, got 0",
                                f"{path}:6: unlearn.batch_size: must be > 0, got -2"]
 
@@ -362,3 +363,22 @@ def test_serve_checks(tmp_path):
     assert f"{path}:3: serve.max_queue: must be > 0, got 0" in problems
     assert f"{path}:4: serve.admin: the admin route needs serve.token_env (a bearer token)" in problems
     assert f"{path}:5: serve.max_wait_ms: must be >= 0, got -1.0" in problems
+
+
+def test_device_and_checkpoint_values_are_checked(tmp_path):
+    path = _write(tmp_path, "device: gpu0\ncheckpoint_every: -1\n")
+    assert _problems(path) == [f"{path}:2: checkpoint_every: must be >= 0 (0: no checkpoints), got -1",
+                               f"{path}:1: device: expected auto, cpu, cuda or cuda:N, got 'gpu0'"]
+
+
+def test_auto_dtype_is_float32_on_a_cpu_and_explicit_dtypes_stay():
+    import dataclasses
+
+    import torch
+
+    p = Params()
+    assert p.model.dtype == "auto"
+    expected = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    assert p.dtype() == expected
+    assert dataclasses.replace(p, device="cpu").dtype() == "float32"
+    assert dataclasses.replace(p, model=dataclasses.replace(p.model, dtype="bfloat16")).dtype() == "bfloat16"

@@ -332,14 +332,15 @@ def _mb(n_bytes: int) -> float:
 
 def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, questions: list[str],
                template: str | PromptFormat, max_new_tokens: int, quantize: str = "int8", batch_size: int = 32,
-               int8_block_size: int = 32, int8_keep_float: Sequence[str] = INT8_KEEP_FLOAT) -> dict:
+               int8_block_size: int = 32, int8_keep_float: Sequence[str] = INT8_KEEP_FLOAT,
+               device: str = "cpu", provider: Optional[str] = None) -> dict:
     """Merge, export fp32 ONNX (and int8 when quantize == "int8", see `quantize_int8`), and
     compare greedy tokens. `template` goes to relearn.generation unchanged.
 
     Returns sizes (MiB), the int8/fp32 size ratio, parity of fp32 ONNX vs PyTorch and of int8 vs
     fp32 ONNX (see `token_parity`), the int8 (or fp32, as `answers_fp32`) answers and step timings.
     `token_agreement` is the deployable's: int8 vs fp32 ONNX, or fp32 ONNX vs PyTorch when
-    quantize == "none".
+    quantize == "none". `device` runs the PyTorch model, `provider` the ONNX sessions (pick_provider).
     """
     from relearn.generation import generate_token_ids
     from relearn.model import load_pretrained
@@ -358,11 +359,11 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
     with _step("export fp32 onnx", seconds):
         fp32_path = export_onnx(merged_dir, fp32_dir)
     with _step("generate torch", seconds):
-        model, tokenizer = load_pretrained(merged_dir)
+        model, tokenizer = load_pretrained(merged_dir, device=device)
         ids_torch = tokens(model, tokenizer)
         del model
     with _step("generate fp32 onnx", seconds):
-        ids_fp32 = tokens(load_onnx(fp32_dir), load_tokenizer(fp32_dir))
+        ids_fp32 = tokens(load_onnx(fp32_dir, provider=provider), load_tokenizer(fp32_dir))
 
     report = {
         "quantize": quantize,
@@ -380,7 +381,7 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
         with _step("quantize int8", seconds):
             int8_path = quantize_int8(fp32_dir, int8_dir, block_size=int8_block_size, keep_float=int8_keep_float)
         with _step("generate int8 onnx", seconds):
-            ids_int8 = tokens(load_onnx(int8_dir, file_name=INT8_FILE), load_tokenizer(int8_dir))
+            ids_int8 = tokens(load_onnx(int8_dir, file_name=INT8_FILE, provider=provider), load_tokenizer(int8_dir))
         int8_bytes, fp32_bytes = onnx_size_bytes(int8_path), onnx_size_bytes(fp32_path)
         report.update({
             "int8_mb": _mb(int8_bytes),

@@ -82,7 +82,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 max_length=max_length, steps=relearn_steps, lrs=relearn_lrs, attacker=relearn_attacker,
                 lora_r=relearn_lora_r, folds=relearn_folds, batch_size=relearn_batch_size,
                 fraction=relearn_fraction, group_by=relearn_group_by, seed=seed, retain_eval=retain_eval,
-                eval_batch_size=batch_size)
+                eval_batch_size=batch_size, device=device)
     seconds["total"] = round(sum(seconds.values()), 3)
     aggregate["seconds"] = seconds
     return aggregate, per_item
@@ -97,8 +97,7 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
 
     `skip`: parts not run on this model although switched on, e.g. the relearning sweep on a model
     no gate reads it for (the robustness stage's target)."""
-    import torch
-
+    from relearn.devices import resolve_device
     from relearn.export.onnx import pick_provider
 
     r = params.robustness
@@ -121,4 +120,4 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         int8_keep_float=params.export.int8_keep_float, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
         relearn_lrs=r.relearn_lrs, relearn_attacker=r.relearn_attacker, relearn_lora_r=r.relearn_lora_r,
         relearn_folds=r.relearn_folds, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
-        seed=params.seed, device="cuda" if torch.cuda.is_available() else "cpu", provider=pick_provider("auto"))
+        seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"))

@@ -114,7 +114,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                       steps: Sequence[int] = (10, 50, 100), lrs: Sequence[float] = (1e-5, 3e-5, 1e-4),
                       attacker: str = "full", lora_r: int = 8, folds: int = 2, batch_size: int = 8,
                       fraction: float = 0.5, group_by: str = "fact", seed: int = 0,
-                      retain_eval: Optional[list[QARecord]] = None, eval_batch_size: int = 32) -> tuple[dict, dict]:
+                      retain_eval: Optional[list[QARecord]] = None, eval_batch_size: int = 32,
+                      device: str = "auto") -> tuple[dict, dict]:
     """Fine-tune copies of the model on folds of `forget`, for every learning rate in `lrs`, and
     measure what comes back on the held fold after each step count in `steps`.
 
@@ -124,7 +125,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
     count (plus one before).
 
     The model is `base_dir` with `adapter_dir` merged in (or `base_dir` alone); a LoRA attacker is a
-    fresh adapter on top of that merged model. Training runs on the device `accelerate` picks (a GPU
+    fresh adapter on top of that merged model. Training runs on `device` (the `device` param: a GPU
     when there is one), in fp32, seeded: every run sees the same batches in the same order, so runs
     differ only in their learning rate, and the same inputs give the same result on the same
     hardware. Returns
@@ -192,7 +193,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
 
     with timed(seconds, "load"):
         set_seed(seed)
-        accelerator = make_accelerator("float32")
+        accelerator = make_accelerator("float32", device)
         model, tokenizer = load_merged(base_dir, adapter_dir, "float32", device=str(accelerator.device))
         # the untouched weights, restored before every run (on the CPU: no second copy on the GPU)
         pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

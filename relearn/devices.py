@@ -1,0 +1,87 @@
+"""Where the stages run: the `device` param, and which process of a multi-process launch writes.
+
+`device: auto` is CUDA when torch sees a GPU, else the CPU. Under `accelerate launch` or `torchrun`
+each process gets its own GPU from its LOCAL_RANK (accelerate does that), and on CPUs the processes
+talk over gloo; the Accelerator must be told `cpu=True` for that, which `accelerator_kwargs` does.
+Only the main process writes models, reports and plots (`is_main_process`); the others train their
+shard and exit.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from relearn.errors import UserError
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch.device; a GPU that is not there is a user error."""
+    if not DEVICE_PATTERN.fullmatch(spec or ""):
+        raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device: {spec!r}, but torch sees no CUDA GPU (a CPU-only torch build, or no driver); "
+                            "use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device: {spec!r}, but there are {torch.cuda.device_count()} GPUs")
+    return device
+
+
+def accelerator_kwargs(spec: str = "auto") -> dict:
+    """Accelerator arguments for the device: cpu=True on a CPU (also what makes several CPU
+    processes use gloo), and the chosen GPU made current for a one-process run on cuda:N."""
+    device = resolve_device(spec)
+    if device.type == "cpu":
+        return {"cpu": True}
+    if device.index is not None:
+        torch.cuda.set_device(device.index)
+    return {}
+
+
+def init_processes(spec: str = "auto"):
+    """The process group of a multi-process launch (a no-op for one process), and this process's
+    device: its own GPU under accelerate launch / torchrun, else `spec`. Stages that do not train
+    (evaluate) call it before loading models."""
+    from accelerate import PartialState
+
+    return PartialState(**accelerator_kwargs(spec)).device
+
+
+def shard_map(fn, items: list) -> list:
+    """fn(items) computed in shards, one contiguous shard per process, and gathered back in order
+    on every process; fn(items) itself in a one-process run. fn must return one result per item.
+    (Greedy generation and scoring give the same results; sampled generation draws per shard.)"""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn(items)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    per = -(-len(items) // world)
+    mine = fn(items[rank * per:(rank + 1) * per]) if items[rank * per:(rank + 1) * per] else []
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return [x for part in gathered for x in part]
+
+
+def is_main_process() -> bool:
+    """True in a one-process run, and on rank 0 of `accelerate launch` / `torchrun`."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def finish() -> None:
+    """End a stage's distributed run cleanly: every rank waits, then the process group is torn down
+    (without it gloo aborts the processes at exit). A no-op in a one-process run."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    if dist.is_available() and dist.is_initialized():
+        PartialState().wait_for_everyone()
+        dist.destroy_process_group()
