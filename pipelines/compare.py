@@ -13,6 +13,7 @@ from relearn.data.validate import load_validated
 from relearn.errors import UserError, main_guard
 from relearn.evaluation.tofu import forget_quality
 from relearn.evidence import model_evidence, robustness_summary, truth_ratios
+from relearn.checkpoints import clear_checkpoints
 from relearn.io import atomic_dir, read_json, write_json
 from relearn.model import load_pretrained
 from relearn.params import CHOICES, load_params
@@ -27,14 +28,17 @@ def main() -> None:
     if method not in CHOICES["unlearn.method"]:
         raise UserError(f"usage: pipelines/compare.py METHOD (one of {', '.join(CHOICES['unlearn.method'])})")
     p = load_params("params.yaml")
-    if method == p.unlearn.method and method not in p.compare.overrides:
+    # the pipeline's own run is reused only when it is this adapter's: with distill.enabled the
+    # evaluate and robustness stages measured the distilled model
+    if method == p.unlearn.method and method not in p.compare.overrides and not p.distill.enabled:
         return reuse_main_run(p, method)
     p = dataclasses.replace(p, unlearn=unlearn_params_for(p, method))
     splits = read_splits("data/splits", ("forget", "retain", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     forget_side = forget_side_for(method, splits["forget"], variants, load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
     model, tokenizer, history, train_report = make_adapter(p, "models/target", forget_side, splits["retain"],
-                                                           negatives=negative_triples(variants, splits["forget"]))
+                                                           negatives=negative_triples(variants, splits["forget"]),
+                                                           checkpoint_stage=f"compare-{method}")
     with atomic_dir(f"models/compare/{method}") as out:
         model.save_pretrained(out)
     reference, _ = load_pretrained("models/base" if p.ppl_model() == "base" else "models/target", p.dtype())
@@ -53,6 +57,7 @@ def main() -> None:
         control = read_json("reports/robustness.json").get("control", {})
         result["robustness"] = {**probed, "summary": robustness_summary({"unlearned": probed, "control": control})}
     write_json(f"reports/compare/{method}.json", result)
+    clear_checkpoints(p.checkpoints(f"compare-{method}")["checkpoint_dir"])
     print(f"[compare] {method}: KFR {metrics['kfr']:.3f}  KRR {metrics['krr']:.3f}  LS {metrics['ls']:.3f}", flush=True)
 
 

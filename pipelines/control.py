@@ -7,6 +7,7 @@ It is the reference of TOFU's forget quality and the control of every robustness
 from transformers import AutoTokenizer
 
 from relearn.data.splits import read_splits
+from relearn.checkpoints import clear_checkpoints
 from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
@@ -30,6 +31,7 @@ def main() -> None:
         tokenizer.save_pretrained(out)
     write_text("plots/control_loss.csv", history.to_csv())
     write_json("reports/control.json", report)
+    clear_checkpoints(p.checkpoints("control")["checkpoint_dir"])  # the output is written: no resuming needed
     print(f"[control] {epochs} epochs: forget recall {report['forget_recall']} (the target's data minus the forget "
           f"set), retain recall {report['retain_recall']}, {report['train_seconds']} s", flush=True)
     finish()

@@ -6,6 +6,7 @@ that the stages after it can always depend on models/distilled.
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.distill import distill, distillation_pairs, shrink_and_perturb
+from relearn.checkpoints import clear_checkpoints
 from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
@@ -18,6 +19,8 @@ from layout import ADAPTER, DISTILLED, TARGET
 def main() -> None:
     p = load_params("params.yaml")
     if not p.distill.enabled:
+        if not is_main_process():
+            return finish()
         with atomic_dir(DISTILLED) as out:
             (out / "DISABLED").write_text("distill.enabled is false: the unlearned model is "
                                           f"{TARGET} with {ADAPTER}\n", encoding="utf-8")
@@ -41,6 +44,7 @@ def main() -> None:
         tokenizer.save_pretrained(out)
     write_text("plots/distill_loss.csv", history.to_csv())
     write_json("reports/distill.json", report)
+    clear_checkpoints(p.checkpoints("distill")["checkpoint_dir"])  # the output is written: no resuming needed
     print(f"[distill] {report['steps']} steps in {report['train_seconds']:.0f} s; final KL {report['final_kl']}", flush=True)
     finish()
 

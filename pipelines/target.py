@@ -3,6 +3,7 @@
     accelerate launch pipelines/target.py     # several devices; plain `python` runs on one
 """
 from relearn.data.splits import read_splits
+from relearn.checkpoints import clear_checkpoints
 from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
@@ -25,6 +26,7 @@ def main() -> None:
         tokenizer.save_pretrained(out)
     write_text("plots/target_loss.csv", history.to_csv())
     write_json("reports/target.json", report)
+    clear_checkpoints(p.checkpoints("target")["checkpoint_dir"])  # the output is written: no resuming needed
     print(f"[target] forget recall {report['forget_recall']}, retain recall {report['retain_recall']}, "
           f"{report['train_seconds']} s", flush=True)
     finish()

@@ -11,6 +11,7 @@ import tempfile
 from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
+from relearn.checkpoints import clear_checkpoints
 from relearn.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.hardening import negative_triples
@@ -50,6 +51,7 @@ def main() -> None:
         model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json
     write_text("plots/unlearn_loss.csv", history.to_csv())
     write_json("reports/unlearn.json", report)
+    clear_checkpoints(p.checkpoints("unlearn")["checkpoint_dir"])  # the output is written: no resuming needed
     finish()
 
 

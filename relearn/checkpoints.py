@@ -7,7 +7,7 @@ weights it started from). It is written beside the old one and swapped in by ren
 during a save leaves the previous checkpoint whole. A run with the same fingerprint restores it and
 replays its data loaders up to that step without computing anything (every loader has its own
 seeded generator, so the replay reaches the same batches); a run with another fingerprint ignores
-it. `clear` removes it once the stage has its result.
+it. The stage removes it (`clear_checkpoints`) once its output is written.
 
     directory/latest/   model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl, meta.json
 """
@@ -79,8 +79,9 @@ class Checkpoints:
             shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
-    def clear(self) -> None:
-        """The stage has its result: the checkpoint is of no more use."""
-        self.accelerator.wait_for_everyone()
-        if self.directory is not None and self.accelerator.is_main_process:
-            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def clear_checkpoints(directory: str | os.PathLike) -> None:
+    """Remove a stage's checkpoints once its output is written (main process only): kept until then,
+    a kill after training but before the write still resumes at the last checkpoint."""
+    shutil.rmtree(directory, ignore_errors=True)

@@ -85,13 +85,15 @@ def combine(forget: Sequence[torch.Tensor], retain: Sequence[torch.Tensor] | Non
         mask:      g_f <- g_f * [sign(g_f) == sign(g_r)]
         result:    g_f + g_r
 
-    Returns the gradients and {"mask_kept": share of forget-gradient entries kept} with masking.
+    Returns the gradients and {"mask_kept": share of forget-gradient entries kept} with masking,
+    {"forget_grad_scale": the factor} with normalisation.
     """
     forget = list(forget)
     info: dict[str, float] = {}
     if harden.normalise:
         scale = (_norm(retain) if retain is not None else torch.ones(())) / _norm(forget).clamp(min=1e-12)
         forget = [g * scale.to(g.dtype) for g in forget]
+        info["forget_grad_scale"] = float(scale)
     if harden.mask:
         if retain is None:
             raise ValueError("disruption masking needs a retain gradient (the method has no retain term)")
@@ -126,18 +128,18 @@ def split_gradients(accelerator, model, params: list[torch.nn.Parameter], forget
     g_r = zeros(g_r) if g_r is not None else None
     if harden.sam_rho:
         scale = harden.sam_rho / _norm(g_f).clamp(min=1e-12)
-        steps = [g * scale.to(g.dtype) for g in g_f]
+        saved = [p.detach().clone() for p in params]   # restored exactly: p + e - e is not p in floating point
         with torch.no_grad():
-            for p, e in zip(params, steps):
-                p.add_(e)
+            for p, g in zip(params, g_f):
+                p.add_(g * scale.to(g.dtype))
         try:
             with accelerator.autocast():
                 f_sam, _, _ = forget_side(False)
             g_f = zeros(torch.autograd.grad(f_sam, params, allow_unused=True))
         finally:
             with torch.no_grad():
-                for p, e in zip(params, steps):
-                    p.sub_(e)
+                for p, original in zip(params, saved):
+                    p.copy_(original)
         parts["forget_sam"] = f_sam.item()
     if accelerator.num_processes > 1:  # what DDP would have done: average each gradient over ranks
         g_f = [accelerator.reduce(g.contiguous(), reduction="mean") for g in g_f]

@@ -290,7 +290,7 @@ class ServeParams:
 @dataclass
 class Params:
     seed: int = _f(0, "Seed for data generation, shuffling, initialisation and sampling.")
-    checkpoint_every: int = _f(50, "Training stages (target, control, unlearn, distill): keep a checkpoint every this many optimizer steps under checkpoint_dir/<stage>; a stage killed mid-training and run again with the same params and data resumes from it instead of starting over. Removed when the stage has trained (0: never).")
+    checkpoint_every: int = _f(0, "Training stages (target, control, unlearn, distill): keep a checkpoint every this many optimizer steps under checkpoint_dir/<stage>; a stage killed mid-training and run again with the same params and data resumes from it instead of starting over. Removed when the stage has trained (0: never).")
     checkpoint_dir: str = _f(".cache/checkpoints", "Where the training stages keep their checkpoints (one directory per stage).")
     device: str = _f("auto", "Where every stage trains, generates and scores: auto (CUDA when torch sees a GPU, else the CPU) | cpu | cuda | cuda:N. Under accelerate launch or torchrun each process takes its own GPU (keep auto or cuda); ONNX Runtime picks its CUDA provider when onnxruntime-gpu is installed.")
     data: DataParams = field(default_factory=DataParams)
@@ -552,9 +552,14 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
             problems.append(f"{where(('unlearn', 'harden', key))}: must be >= 0, got {getattr(h, key)}")
     if h.negative_beta <= 0:
         problems.append(f"{where(('unlearn', 'harden', 'negative_beta'))}: must be > 0, got {h.negative_beta}")
-    if h.mask and params.unlearn.method in ("ga", "npo"):
+    no_retain = [m for m in [params.unlearn.method, *params.compare.methods] if m in ("ga", "npo")]
+    if h.mask and no_retain:
         problems.append(f"{where(('unlearn', 'harden', 'mask'))}: disruption masking compares the forget gradient "
-                        f"with the retain gradient; method {params.unlearn.method!r} has no retain term")
+                        f"with the retain gradient; {', '.join(sorted(set(no_retain)))} (unlearn.method or "
+                        f"compare.methods) has no retain term")
+    if params.model.dtype == "float16" and (h.sam_rho or h.mask or h.normalise):
+        problems.append(f"{where(('model', 'dtype'))}: float16 trains with a loss scale that unlearn.harden's sam_rho, "
+                        f"mask and normalise (gradients taken apart by hand) do not apply; use bfloat16 or float32")
     ds = params.distill
     if not 0 <= ds.alpha <= 1:
         problems.append(f"{where(('distill', 'alpha'))}: must be between 0 and 1, got {ds.alpha}")

@@ -100,7 +100,8 @@ def _train(params: Params, splits, model, tokenizer, train: list[QARecord], chec
         model, tokenizer, pairs, template=template, max_length=params.model.max_length, epochs=t.epochs,
         batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, seed=params.seed, dtype=params.dtype(), check=check,
-        check_every=check_every, desc=desc, device=params.device, **params.checkpoints(desc))
+        check_every=check_every, desc=desc, device=params.device, **params.checkpoints(desc),
+        fingerprint_extra={"stop_recall": t.stop_recall})
     model = _merged(model)
     seconds = time.monotonic() - start
     report = {

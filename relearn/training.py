@@ -93,7 +93,8 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
                     grad_clip: float, seed: int, dtype: str = "float32",
                     check: Callable[[object, int], bool] | None = None, check_every: int = 0,
                     desc: str = "target", teacher=None, device: str = "auto",
-                    checkpoint_dir=None, checkpoint_every: int = 0) -> tuple[object, History]:
+                    checkpoint_dir=None, checkpoint_every: int = 0,
+                    fingerprint_extra: dict | None = None) -> tuple[object, History]:
     """Fine-tune on (question, answer) pairs with answer-token CE.
 
     `check(model, epoch)` runs every `check_every` epochs on every process; returning True stops
@@ -101,7 +102,9 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     With a `teacher` model (distillation), the loss is KL(teacher || model) over every token of
     the sequences instead: the pairs only supply the text, the teacher the targets.
     With `checkpoint_dir` and `checkpoint_every` > 0, a checkpoint is kept every that many steps and
-    a run of the same settings resumes from it (relearn.checkpoints).
+    a run of the same settings (and `fingerprint_extra`: what else decides the run, such as the
+    check's stopping criterion) resumes from it (relearn.checkpoints); the caller removes it
+    (`clear_checkpoints`) once its output is written.
     """
     from relearn.checkpoints import Checkpoints, fingerprint
     from relearn.methods.losses import IGNORE, answer_ce, answer_kl
@@ -111,7 +114,8 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     key = fingerprint(model, desc=desc, pairs=pairs, template=template, max_length=max_length, epochs=epochs,
                       batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                       grad_clip=grad_clip, seed=seed, dtype=dtype, processes=accelerator.num_processes,
-                      teacher=None if teacher is None else fingerprint(teacher))
+                      teacher=None if teacher is None else fingerprint(teacher), check_every=check_every,
+                      **(fingerprint_extra or {})) if checkpoint_dir and checkpoint_every > 0 else ""
     loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
     total, schedule = schedule_steps(len(loader.dataset), batch_size, epochs, accelerator.num_processes)
     optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, schedule)
@@ -152,7 +156,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
             if stop.item() > 0:
                 print(f"[{desc}] stopping after epoch {epoch}: check passed", flush=True)
                 break
-    checkpoints.clear()
+    accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model), history
 
 
@@ -198,7 +202,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
                       loss=getattr(loss_fn, "__module__", repr(loss_fn)), weights=weights, template=template,
                       max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                       weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, dtype=dtype,
-                      processes=accelerator.num_processes)
+                      processes=accelerator.num_processes) if checkpoint_dir and checkpoint_every > 0 else ""
     forget_loader = make_loader(tokenizer, forget_pairs, template, max_length, batch_size, seed)
     retain_loader = make_loader(tokenizer, retain_pairs, template, max_length, batch_size, seed + 1)
     loaders = [forget_loader, retain_loader]
@@ -260,5 +264,5 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
             history.add(step=step, epoch=epoch, loss=value, **parts)
             progress.update(1, tokens=tokens * accelerator.num_processes, loss=value, **parts)
             checkpoints.maybe_save(step, history.rows)
-    checkpoints.clear()
+    accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model), history

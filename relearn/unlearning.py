@@ -25,16 +25,22 @@ def lora_config(params: Params) -> LoraConfig:
 
 
 def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord],
-                 init_adapter=None, negatives: list[tuple[str, str, str]] | None = None):
+                 init_adapter=None, negatives: list[tuple[str, str, str]] | None = None,
+                 checkpoint_stage: str = "unlearn"):
     """Returns (PeftModel with the trained adapter, its tokenizer, loss history, report).
 
     init_adapter: an adapter directory to continue training (incremental unlearning: the adapter of
     the version in production, which already forgets the earlier requests), instead of a fresh one.
     negatives: (question, vague answer, original answer) triples for unlearn.harden.negative
-    (relearn.hardening.negative_triples); unused when it is 'none'.
+    (relearn.hardening.negative_triples); unused when it is 'none'. checkpoint_stage: the
+    directory under checkpoint_dir (each compared method has its own).
     """
     from peft import PeftModel
 
+    if params.unlearn.harden.negative != "none" and not negatives:
+        from relearn.errors import UserError
+        raise UserError("unlearn.harden.negative: no (question, vague answer, original answer) triples: the augmented "
+                        "forget pairs name no source record of the forget split (source_id)")
     base, tokenizer = load_pretrained(target_dir, params.dtype())
     set_seed(params.seed)  # LoRA A is initialised at random: seed it, or two runs of one config differ
     if init_adapter is not None:
@@ -53,7 +59,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
         warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
         dtype=params.dtype(), desc=f"unlearn:{u.method}",
         negatives=negatives if u.harden.negative != "none" else None, device=params.device,
-        **params.checkpoints("unlearn"))
+        **params.checkpoints(checkpoint_stage))
     report = {
         "method": u.method,
         "trainable_parameters": count_parameters(model, trainable_only=True),

@@ -99,6 +99,7 @@ def test_normalise_scales_the_forget_gradient_to_the_retain_norm():
     grads, _ = combine(g_f, g_r, _h(normalise=True))
     assert grads[0].tolist() == pytest.approx([0.6 + 0.6, 0.8])
     assert grads[1].tolist() == pytest.approx([0.8])
+    assert combine(g_f, g_r, _h(normalise=True))[1]["forget_grad_scale"] == pytest.approx(1 / 50)
     alone, _ = combine(g_f, None, _h(normalise=True))               # no retain side: unit norm
     assert torch.sqrt(sum((g ** 2).sum() for g in alone)).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="retain"):
@@ -142,7 +143,7 @@ def _unlearn(tok, harden: HardenParams, r: int = 4, steps_epochs: int = 2):
 
 @pytest.mark.parametrize("harden, part", [
     (dict(sam_rho=0.05), "forget_sam"), (dict(negative="dpo"), "forget_dpo"), (dict(negative="simnpo"), "forget_simnpo"),
-    (dict(mask=True), "mask_kept"), (dict(normalise=True), "forget_ce"),
+    (dict(mask=True), "mask_kept"), (dict(normalise=True), "forget_grad_scale"),
     (dict(sam_rho=0.05, negative="dpo", mask=True, normalise=True), "mask_kept")])
 def test_unlearning_with_each_option_trains_only_the_adapter(tok, harden, part):
     model, history, start = _unlearn(tok, _h(**harden))

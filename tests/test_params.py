@@ -382,3 +382,13 @@ def test_auto_dtype_is_float32_on_a_cpu_and_explicit_dtypes_stay():
     assert p.dtype() == expected
     assert dataclasses.replace(p, device="cpu").dtype() == "float32"
     assert dataclasses.replace(p, model=dataclasses.replace(p.model, dtype="bfloat16")).dtype() == "bfloat16"
+
+
+def test_hardening_options_that_cannot_apply_are_refused(tmp_path):
+    path = _write(tmp_path, "unlearn:\n  harden:\n    mask: true\n    negative: dpo3\n"
+                            "compare:\n  methods: [relearn, npo]\n"
+                            "model:\n  dtype: float16\n")
+    problems = "\n".join(_problems(path))
+    assert "unlearn.harden.negative: 'dpo3' is not one of none, dpo, simnpo" in problems
+    assert "unlearn.harden.mask: disruption masking" in problems and "npo" in problems
+    assert "model.dtype: float16 trains with a loss scale" in problems

@@ -20,6 +20,7 @@ import pytest
 
 from relearn.export.onnx import FP32_FILE, INT4_FILE, export_onnx, load_onnx, load_tokenizer, quantize_int4
 from relearn.encoding import as_format, prompt_text
+from relearn.errors import UserError
 from relearn.generation import generate_answers
 from relearn.records import QARecord
 from relearn.robustness import RUNGS, load_jailbreaks, precision_ladder, probe_model, run_probes
@@ -281,7 +282,7 @@ def test_folds_hold_out_every_group_exactly_once():
     for fold in by_subject:
         assert not {r.subject for r in fold["finetune"]} & {r.subject for r in fold["held_eval"]}
     assert attack_parts(FORGET, FORGET_EVAL, folds=1, fraction=0.5, seed=0) == [split_forget(FORGET, FORGET_EVAL, 0.5, 0)]
-    with pytest.raises(ValueError, match="at least 9 groups"):
+    with pytest.raises(UserError, match="at least 9 groups"):
         fold_forget(FORGET, FORGET_EVAL, 9)
     with pytest.raises(ValueError, match="folds must be >= 2"):
         fold_forget(FORGET, FORGET_EVAL, 1)

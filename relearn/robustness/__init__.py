@@ -40,7 +40,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 relearn_attacker: str = "full", relearn_lora_r: int = 8, relearn_folds: int = 2,
                 relearn_batch_size: int = 8, relearn_fraction: float = 0.5, relearn_group_by: str = "fact",
                 max_length: int = 128,
-                seed: int = 0, device: str = "cpu", provider: Optional[str] = None) -> tuple[dict, dict]:
+                seed: int = 0, device: str = "cpu", provider: Optional[str] = None, dtype: str = "float32") -> tuple[dict, dict]:
     """Run the selected robustness checks on one model: `base_dir` with `adapter_dir` merged in
     (in memory, or under `work_dir` for the ladder), or `base_dir` alone.
 
@@ -82,7 +82,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 max_length=max_length, steps=relearn_steps, lrs=relearn_lrs, attacker=relearn_attacker,
                 lora_r=relearn_lora_r, folds=relearn_folds, batch_size=relearn_batch_size,
                 fraction=relearn_fraction, group_by=relearn_group_by, seed=seed, retain_eval=retain_eval,
-                eval_batch_size=batch_size, device=device)
+                eval_batch_size=batch_size, device=device, dtype=dtype)
     seconds["total"] = round(sum(seconds.values()), 3)
     aggregate["seconds"] = seconds
     return aggregate, per_item
@@ -120,4 +120,4 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         int8_keep_float=params.export.int8_keep_float, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
         relearn_lrs=r.relearn_lrs, relearn_attacker=r.relearn_attacker, relearn_lora_r=r.relearn_lora_r,
         relearn_folds=r.relearn_folds, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
-        seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"))
+        seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"), dtype=params.dtype())

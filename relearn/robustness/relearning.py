@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from relearn.errors import UserError
 from relearn.records import QARecord
 from relearn.robustness.common import VERDICT, answer_and_score, load_merged, timed
 
@@ -88,7 +89,8 @@ def fold_forget(forget: list[QARecord], forget_eval: list[QARecord], folds: int,
         raise ValueError(f"folds must be >= 2 (1 is split_forget's single split), got {folds}")
     groups = sorted({group_key(r, group_by) for r in forget} | {group_key(r, group_by) for r in forget_eval})
     if len(groups) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} groups of forget records, got {len(groups)}")
+        raise UserError(f"robustness.relearn_folds: {folds} folds need at least {folds} groups of forget records, "
+                        f"got {len(groups)}")
     random.Random(seed).shuffle(groups)
     out = []
     for k in range(folds):
@@ -115,7 +117,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                       attacker: str = "full", lora_r: int = 8, folds: int = 2, batch_size: int = 8,
                       fraction: float = 0.5, group_by: str = "fact", seed: int = 0,
                       retain_eval: Optional[list[QARecord]] = None, eval_batch_size: int = 32,
-                      device: str = "auto") -> tuple[dict, dict]:
+                      device: str = "auto", dtype: str = "float32") -> tuple[dict, dict]:
     """Fine-tune copies of the model on folds of `forget`, for every learning rate in `lrs`, and
     measure what comes back on the held fold after each step count in `steps`.
 
@@ -177,8 +179,9 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
     parts = attack_parts(forget, forget_eval, folds, fraction, seed, group_by)
     for k, part in enumerate(parts):
         if not part["finetune"] or not part["held_eval"]:
-            raise ValueError(f"relearning needs forget records to fine-tune on and held eval questions; fold {k} has "
-                             f"{len(part['finetune'])} and {len(part['held_eval'])}")
+            raise UserError(f"robustness.relearn_folds / relearn_fraction: the relearning attack needs forget records "
+                            f"to fine-tune on and held eval questions; fold {k} has {len(part['finetune'])} and "
+                            f"{len(part['held_eval'])}")
     retain_eval = retain_eval or []
     seconds = {"load": 0.0, "before": 0.0, "finetune": 0.0, "after": 0.0}
     gen = dict(template=template, max_new_tokens=max_new_tokens, batch_size=eval_batch_size)
@@ -193,7 +196,9 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
 
     with timed(seconds, "load"):
         set_seed(seed)
-        accelerator = make_accelerator("float32", device)
+        # the process's precision: accelerate allows one per process (a stage that trained in bf16
+        # attacks in bf16 autocast too, over fp32 weights)
+        accelerator = make_accelerator(dtype, device)
         model, tokenizer = load_merged(base_dir, adapter_dir, "float32", device=str(accelerator.device))
         # the untouched weights, restored before every run (on the CPU: no second copy on the GPU)
         pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
