@@ -18,7 +18,8 @@ from relearn.methods._parts import Terms
 def loss(model, forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
          reference: Callable[[dict], torch.Tensor], weights) -> tuple[torch.Tensor, dict[str, float]]:
     terms = Terms(model, forget, retain, reference, weights)
+    forget_side = weights.forget_weight * terms.forget_ce()   # first: the parts (loss plot columns) keep their order
     retain_side = weights.retain_weight * terms.retain_ce()
     if weights.kl_weight:
         retain_side = retain_side + weights.kl_weight * terms.retain_kl()
-    return terms.result(forget=weights.forget_weight * terms.forget_ce(), retain=retain_side)
+    return terms.result(forget=forget_side, retain=retain_side)
