@@ -258,8 +258,10 @@ def test_hardened_and_distilled_model_flows_through_every_stage_and_release_deci
     # (not mask: compare.methods has npo, which has no retain term to agree with)
     params["unlearn"]["harden"] = {**params["unlearn"]["harden"], "negative": "dpo", "normalise": True, "sam_rho": 0.05}
     params["distill"] = {**params["distill"], "enabled": True, "epochs": 1, "alpha": 0.5}
-    # no model gets back less than nothing: this relearning gate always fails
-    params["register"]["gates"]["relearning"] = {"metric": "robustness.relearning_excess", "max": -1.0, "blocks": ["weights"]}
+    # the micro gates only (an earlier test added a jailbreak gate that always fails), and a relearning
+    # gate that always fails: no model gets back less than nothing
+    params["register"]["gates"] = {**MICRO["register"]["gates"],
+                                   "relearning": {"metric": "robustness.relearning_excess", "max": -1.0, "blocks": ["weights"]}}
     params["register"]["release"] = "weights"
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     log = run([str(BIN / "dvc"), "repro"], work, env).stdout
