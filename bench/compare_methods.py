@@ -36,6 +36,17 @@ def merged(base: dict, override: dict) -> dict:
     return out
 
 
+def apply_sets(params: dict, sets: list[str]) -> None:
+    """--set key.path=value (a YAML value) into the nested params, in place."""
+    for item in sets:
+        key, _, value = item.partition("=")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+
+
 def absolute_paths(params: dict) -> dict:
     data = params["data"]
     if data.get("path"):
@@ -63,13 +74,7 @@ def main() -> None:
 
     params = merged(Params().to_dict(), yaml.safe_load((ROOT / "params.yaml").read_text()) or {})
     params = merged(params, yaml.safe_load(Path(args.profile).read_text()) or {})
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
+    apply_sets(params, args.sets)
     params = absolute_paths(params)
     parse_params(params, "merged params")  # fail before any work on a bad key
 

@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare_methods import absolute_paths, merged  # noqa: E402
+from compare_methods import absolute_paths, apply_sets, merged  # noqa: E402
 
 H = "harden"
 CONFIGS: dict[str, dict] = {
@@ -145,7 +145,7 @@ def prepare_workspace(profile: Path, sets: list[str]) -> Path:
     params = merged(Params().to_dict(), yaml.safe_load((ROOT / "params.yaml").read_text()) or {})
     params = absolute_paths(merged(params, yaml.safe_load(profile.read_text()) or {}))
     params["compare"].update(methods=[], robustness=[])
-    _apply_sets(params, sets)
+    apply_sets(params, sets)
     parse_params(params, "merged params")
     work = Path(tempfile.mkdtemp(prefix="durability-workspace-"))
     for name in ("relearn", "pipelines"):
@@ -160,16 +160,6 @@ def prepare_workspace(profile: Path, sets: list[str]) -> Path:
         subprocess.run(cmd, cwd=work, env=env, check=True)
     print(f"[durability] workspace {work} ready in {(time.monotonic() - start) / 60:.1f} min", flush=True)
     return work
-
-
-def _apply_sets(params: dict, sets: list[str]) -> None:
-    for item in sets:
-        key, _, value = item.partition("=")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
 
 
 def finish(rows: dict[str, dict], control: dict, evaluation: dict) -> list[dict]:
@@ -232,7 +222,7 @@ def main() -> None:
     from relearn.params import Params
 
     base = merged(Params().to_dict(), yaml.safe_load(Path("params.yaml").read_text()) or {})
-    _apply_sets(base, args.sets)
+    apply_sets(base, args.sets)
     if args.run_one:
         return run_one(args.run_one, base, Path(args.out))
     names = [n.strip() for n in args.configs.split(",") if n.strip()]

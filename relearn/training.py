@@ -74,9 +74,12 @@ def make_optimizer(model, lr: float, weight_decay: float, warmup_ratio: float, t
     return optimizer, scheduler
 
 
-def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss: torch.Tensor, grad_clip: float) -> None:
-    """Backward, optional gradient clipping, one optimiser and scheduler step."""
-    accelerator.backward(loss)
+def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss: torch.Tensor | None,
+                   grad_clip: float) -> None:
+    """Backward, optional gradient clipping, one optimiser and scheduler step. loss None: the
+    gradients are already in place (the hardened unlearning step sets them by hand)."""
+    if loss is not None:
+        accelerator.backward(loss)
     if grad_clip:
         accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -250,11 +253,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
                                reference, weights, harden)
                 if harden.needs_split():
                     value, parts = split_gradients(accelerator, peft_model, trainable, sides, harden)
-                    if grad_clip:
-                        accelerator.clip_grad_norm_(trainable, grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+                    optimizer_step(accelerator, model, optimizer, scheduler, None, grad_clip)
                 else:  # only the negative term: one backward as usual
                     f_loss, r_loss, parts = sides(True)
                     loss = f_loss if r_loss is None else f_loss + r_loss
