@@ -84,7 +84,8 @@ def run_one(name: str, base: dict, out: Path) -> None:
     r = p.robustness
     attack = dict(template=p.model.prompt, max_new_tokens=p.evaluate.max_new_tokens, max_length=p.model.max_length,
                   steps=r.relearn_steps, lrs=r.relearn_lrs, folds=r.relearn_folds, fraction=r.relearn_fraction,
-                  attacker=r.relearn_attacker, lora_r=r.relearn_lora_r, seed=p.seed,
+                  attacker=r.relearn_attacker, lora_r=r.relearn_lora_r,
+                  precision=p.attack_precision(), seed=p.seed,
                   retain_eval=splits["retain_eval"], eval_batch_size=p.evaluate.batch_size, dtype=p.dtype())
     if name == "control":
         start = time.monotonic()

@@ -255,6 +255,7 @@ class RobustnessParams:
     relearn_lrs: list = _f([1e-5, 3e-5, 1e-4], "Relearning attack: the attacker's learning rates, a small log grid (constant rate, AdamW); the worst case over lrs x steps is reported. About 1e-5 to 1e-4 for a pretrained model, 1e-4 to 2e-3 for the from-scratch one.")
     relearn_attacker: str = _f("full", "Relearning attack: 'full' fine-tuning of every weight, or 'lora' (a fresh adapter of rank relearn_lora_r on every linear layer but the output head, alpha 2r: a fine-tuning API's attacker).")
     relearn_lora_r: int = _f(8, "Relearning attack: rank of the LoRA attacker (relearn_attacker: lora).")
+    relearn_precision: str = _f("auto", "Relearning attack: the attacker's weights in 'float32' (a full attacker keeps 16 bytes a weight: fp32 weights, gradients, AdamW moments) or 'bfloat16' (8 bytes: all in bf16, updates stochastically rounded, gradient checkpointing; a 7B model fits one 80 GB GPU). auto: bfloat16 when the run is (model.dtype), else float32.")
     relearn_folds: int = _f(2, "Relearning attack: k folds of the forget facts (seeded); each is held out once while the attacker fine-tunes on the others, recovery is the mean over folds. 1: one seeded split at relearn_fraction (cheaper).")
     relearn_fraction: float = _f(0.5, "Relearning attack with relearn_folds 1: share of the forget facts fine-tuned on; recovery is measured on the rest.")
     mia_k: float = _f(0.2, "Min-K% membership inference: share of lowest-probability answer tokens averaged.")
@@ -321,6 +322,14 @@ class Params:
         cuda = resolve_device(self.device).type == "cuda"
         return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
 
+    def attack_precision(self) -> str:
+        """robustness.relearn_precision with auto resolved: bfloat16 when the run's dtype is, else float32
+        (an fp16 run attacks in fp32: pure fp16 training overflows)."""
+        r = self.robustness.relearn_precision
+        if r != "auto":
+            return r
+        return "bfloat16" if self.dtype() == "bfloat16" else "float32"
+
     def ppl_model(self) -> str:
         """'base' or 'target': the model LS's PPL is measured under (evaluate.ppl_model, auto resolved)."""
         if self.evaluate.ppl_model == "auto":
@@ -351,6 +360,7 @@ CHOICES = {
     "evaluate.ppl_model": ("auto", "target", "base"),
     "register.release": ("api", "weights"),
     "robustness.relearn_attacker": ("full", "lora"),
+    "robustness.relearn_precision": ("auto", "float32", "bfloat16"),
 }
 RELEASES = CHOICES["register.release"]
 GATE_TAG_NAMES = ("status", "advisory")  # version tags gate.status and gate.advisory sum up the gates: no gate may take those names

@@ -316,6 +316,58 @@ def test_relearning_one_split_measures_held_items_and_leaves_the_model_on_disk(t
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in aggregate.items() if k != "seconds"}
 
 
+@pytest.mark.parametrize("attacker", ["full", "lora"])
+def test_relearning_in_bf16_trains_bf16_weights_with_bounded_state_and_records_it(tiny, attacker):
+    """relearn_precision bfloat16: the attack's weights are bf16 (a full attacker's gradients and
+    moments too, through BF16AdamW), gradient checkpointing is on, and the aggregate says so."""
+    import torch
+
+    seen = {}
+    optimizer_for = relearning_module._optimizer
+
+    def recording_optimizer(params, lr, seed):
+        optimizer = optimizer_for(params, lr, seed)
+        seen.update(kind=type(optimizer).__name__, dtypes={p.dtype for p in params})
+        return optimizer
+
+    before = _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"])
+    kw = dict(template=TEMPLATE, max_new_tokens=4, steps=[12], lrs=[3e-2], folds=1, batch_size=4, seed=0,
+              attacker=attacker, lora_r=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(relearning_module, "_optimizer", recording_optimizer)
+        aggregate, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision="bfloat16", **kw)
+    fp32, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision="float32", **kw)
+    base = load_merged(tiny["base"])[0]
+    n = sum(p.numel() for p in base.parameters())
+    assert aggregate["precision"] == "bfloat16" and aggregate["gradient_checkpointing"] is True
+    if attacker == "full":
+        assert seen == {"kind": "BF16AdamW", "dtypes": {torch.bfloat16}}
+        assert aggregate["optimizer"] == "bf16-adamw-stochastic-rounding"
+        assert aggregate["memory"]["estimate_bytes"] == 8 * n
+    else:
+        assert seen == {"kind": "AdamW", "dtypes": {torch.float32}}  # the adapter in fp32 over bf16 weights
+        assert aggregate["memory"]["weights_bytes"] == 2 * n
+    assert aggregate["memory"]["device_peak_bytes"] is None  # a CPU run has no device figure
+    assert aggregate["loss_last"] < aggregate["loss_first"] - 0.1, "the bf16 attack does learn"
+    assert aggregate["loss_last"] == pytest.approx(fp32["loss_last"], rel=0.05), "as far as the fp32 attack"
+    assert fp32["precision"] == "float32" and fp32["gradient_checkpointing"] is False
+    assert _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"]) == before
+
+
+def test_relearning_refuses_an_attack_that_cannot_fit_the_gpu(monkeypatch):
+    """The check runs before anything moves to the GPU and names the param that makes it fit."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 1024 ** 3, 80 * 1024 ** 3))
+    memory = {"estimate_bytes": 112 * 10 ** 9}
+    with pytest.raises(UserError, match=r"needs 104.3 GiB .* 60.0 GiB free; use robustness.relearn_precision: bfloat16"):
+        relearning_module._check_fits(memory, torch.device("cuda", 0), "full", "float32")
+    memory = {"estimate_bytes": 56 * 10 ** 9}
+    relearning_module._check_fits(memory, torch.device("cuda", 0), "full", "bfloat16")
+    assert memory["device_free_bytes"] == 60 * 1024 ** 3
+    relearning_module._check_fits({"estimate_bytes": 10 ** 15}, torch.device("cpu"), "full", "float32")  # no check
+
+
 def test_relearning_sweep_reports_every_setting_and_the_worst(tiny):
     aggregate, per_item = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, template=TEMPLATE,
                                             max_new_tokens=6, steps=[6, 2], lrs=[1e-3, 2e-2], folds=2, batch_size=4,
@@ -431,6 +483,13 @@ def test_relearning_report_section_shows_the_grid_without_a_target_row():
     assert [[c.text for c in row] for row in grid.rows] == [["0.001", "10", "0.500", "—", "0.000", "+0.500"],
                                                             ["0.001", "50", "0.900", "—", "0.800", "+0.100"]]
     assert grid.row_cls == ["worst", ""]
+    bounded = _attacked({(1e-4, 10): 0.5}, precision="bfloat16", optimizer="bf16-adamw-stochastic-rounding",
+                        gradient_checkpointing=True, memory={"estimate_bytes": 56 * 1024 ** 3,
+                                                             "device_peak_bytes": 61.5 * 1024 ** 3})
+    text = " ".join(b.text for b in relearning_section({"unlearned": {"relearning": bounded}}).blocks
+                    if isinstance(b, Para))
+    assert ("weights in bfloat16, AdamW in bf16 with stochastic rounding, gradient checkpointing (56.00 GiB of "
+            "weights, gradients and optimizer state; 61.50 GiB peak on the GPU)") in text
     # a report from before the sweep: one row per model, no grid
     old = relearning_section({"unlearned": {"relearning": {"kfr_before": 0.9, "kfr_after": 0.1, "recovery": 0.8,
                                                            "steps": 10, "lr": 5e-4}}})

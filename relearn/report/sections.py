@@ -488,6 +488,19 @@ def _attack_settings(attack: Mapping) -> str:
         out.append(f"LoRA attacker{f' of rank {r}' if r is not None else ''} on every linear layer but the output head")
     elif attacker == "full":
         out.append("full fine-tuning of every weight")
+    precision = attack.get("precision")
+    if precision in ("float32", "bfloat16"):
+        optimizer = ("AdamW in bf16 with stochastic rounding" if attack.get("optimizer") == "bf16-adamw-stochastic-rounding"
+                     else "AdamW")
+        text = f"weights in {precision}, {optimizer}"
+        if attack.get("gradient_checkpointing"):
+            text += ", gradient checkpointing"
+        memory = attack.get("memory") if isinstance(attack.get("memory"), Mapping) else {}
+        estimate, peak = num(memory.get("estimate_bytes")), num(memory.get("device_peak_bytes"))
+        if estimate is not None:
+            text += f" ({estimate / 1024 ** 3:.2f} GiB of weights, gradients and optimizer state"
+            text += f"; {peak / 1024 ** 3:.2f} GiB peak on the GPU)" if peak is not None else ")"
+        out.append(text)
     folds = num(attack.get("folds"))
     fraction = num(attack.get("fraction"))
     if folds is not None and folds > 1:

@@ -37,7 +37,8 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 int8_block_size: int = 32, int8_keep_float: Sequence[str] = ("lm_head",),
                 probes: Sequence[str] = PROBES, jailbreaks: Optional[list[Jailbreak]] = None, typo_rate: float = 0.3,
                 relearn_steps: Sequence[int] = (10, 50, 100), relearn_lrs: Sequence[float] = (1e-5, 3e-5, 1e-4),
-                relearn_attacker: str = "full", relearn_lora_r: int = 8, relearn_folds: int = 2,
+                relearn_attacker: str = "full", relearn_lora_r: int = 8, relearn_precision: str = "float32",
+                relearn_folds: int = 2,
                 relearn_batch_size: int = 8, relearn_fraction: float = 0.5, relearn_group_by: str = "fact",
                 max_length: int = 128,
                 seed: int = 0, device: str = "cpu", provider: Optional[str] = None, dtype: str = "float32") -> tuple[dict, dict]:
@@ -80,7 +81,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
             aggregate["relearning"], per_item["relearning"] = relearning_attack(
                 base_dir, adapter_dir, forget, forget_eval, template=template, max_new_tokens=max_new_tokens,
                 max_length=max_length, steps=relearn_steps, lrs=relearn_lrs, attacker=relearn_attacker,
-                lora_r=relearn_lora_r, folds=relearn_folds, batch_size=relearn_batch_size,
+                lora_r=relearn_lora_r, precision=relearn_precision, folds=relearn_folds, batch_size=relearn_batch_size,
                 fraction=relearn_fraction, group_by=relearn_group_by, seed=seed, retain_eval=retain_eval,
                 eval_batch_size=batch_size, device=device, dtype=dtype)
     seconds["total"] = round(sum(seconds.values()), 3)
@@ -119,5 +120,6 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         int4_block_size=r.int4_block_size, int8_block_size=params.export.int8_block_size,
         int8_keep_float=params.export.int8_keep_float, probes=r.probes, jailbreaks=jailbreaks, relearn_steps=r.relearn_steps,
         relearn_lrs=r.relearn_lrs, relearn_attacker=r.relearn_attacker, relearn_lora_r=r.relearn_lora_r,
+        relearn_precision=params.attack_precision(),
         relearn_folds=r.relearn_folds, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
         seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"), dtype=params.dtype())

@@ -19,7 +19,12 @@ reported:
    that one run. The attacker is "full" (every weight) or "lora" (a fresh LoRA of rank `lora_r`,
    alpha 2r, on every linear layer but the output head: the attacker of a fine-tuning API). The
    learning rate is constant (AdamW, no decay), so the reading after n steps is what an attack of
-   exactly n steps gets, not a slice of a longer schedule.
+   exactly n steps gets, not a slice of a longer schedule. The attacker's `precision` bounds its
+   memory (attacker_memory): "float32" keeps fp32 weights, gradients and AdamW moments (16 bytes a
+   weight for "full"); "bfloat16" keeps all of them in bf16 with stochastically rounded updates
+   (relearn.optim.BF16AdamW, 8 bytes a weight), with gradient checkpointing where the model has it,
+   so that a full fine-tune of a 7B model (56 GB) fits on one 80 GB GPU; a LoRA attacker holds the
+   base weights frozen in that precision and trains an fp32 adapter.
 3. Recovery = KFR before - KFR after on the held fold's forget_eval questions (positive: forgotten
    knowledge came back); a setting's recovery is the mean over folds. The worst case is the setting
    with the largest recovery. Nothing is written to disk.
@@ -44,6 +49,8 @@ from relearn.robustness.common import VERDICT, answer_and_score, load_merged, ti
 
 GROUP_BY = ("fact", "subject")
 ATTACKERS = ("full", "lora")
+PRECISIONS = ("float32", "bfloat16")
+GiB = 1024 ** 3
 
 
 def group_key(record: QARecord, group_by: str = "fact") -> str:
@@ -117,7 +124,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                       attacker: str = "full", lora_r: int = 8, folds: int = 2, batch_size: int = 8,
                       fraction: float = 0.5, group_by: str = "fact", seed: int = 0,
                       retain_eval: Optional[list[QARecord]] = None, eval_batch_size: int = 32,
-                      device: str = "auto", dtype: str = "float32") -> tuple[dict, dict]:
+                      device: str = "auto", dtype: str = "float32", precision: str = "float32") -> tuple[dict, dict]:
     """Fine-tune copies of the model on folds of `forget`, for every learning rate in `lrs`, and
     measure what comes back on the held fold after each step count in `steps`.
 
@@ -128,7 +135,9 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
 
     The model is `base_dir` with `adapter_dir` merged in (or `base_dir` alone); a LoRA attacker is a
     fresh adapter on top of that merged model. Training runs on `device` (the `device` param: a GPU
-    when there is one), in fp32, seeded: every run sees the same batches in the same order, so runs
+    when there is one), with the weights in `precision` (module docstring; `dtype` is the run's
+    autocast precision, which accelerate allows once per process), seeded: every run sees the same
+    batches in the same order, so runs
     differ only in their learning rate, and the same inputs give the same result on the same
     hardware. Returns
 
@@ -143,7 +152,10 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                                                                            # eval items, worst setting
                     "krr_before", "krr_after",       # only with retain_eval (after: worst setting)
                     "loss_first", "loss_last",       # the worst setting's runs (mean over folds)
-                    "attacker", "lora_r" (lora only), "folds", "lrs", "steps" (both sorted),
+                    "attacker", "lora_r" (lora only), "precision", "optimizer", "gradient_checkpointing",
+                    "memory": {"estimate_bytes", "device_free_bytes", "device_peak_bytes"},  # the two
+                                                           # device figures on a GPU only, else None
+                    "folds", "lrs", "steps" (both sorted),
                     "schedule": "constant", "batch_size", "fraction" (folds 1 only), "group_by", "seed",
                     "n": {"groups", "forget_eval", "per_fold": [{"finetune_pairs", "finetune_groups",
                           "held_groups", "held_eval", "finetune_eval"}]},
@@ -158,7 +170,6 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                    ("finetune"), with more folds every item is held once and fine-tuned on elsewhere.
     """
     from accelerate.utils import set_seed
-    from torch.optim import AdamW
     from transformers import get_constant_schedule
 
     from relearn.methods.losses import answer_ce
@@ -176,6 +187,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         raise ValueError(f"lora_r must be >= 1, got {lora_r}")
     if folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     parts = attack_parts(forget, forget_eval, folds, fraction, seed, group_by)
     for k, part in enumerate(parts):
         if not part["finetune"] or not part["held_eval"]:
@@ -196,12 +209,24 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
 
     with timed(seconds, "load"):
         set_seed(seed)
-        # the process's precision: accelerate allows one per process (a stage that trained in bf16
-        # attacks in bf16 autocast too, over fp32 weights)
+        # the process's autocast precision: accelerate allows one per process (a stage that trained in
+        # bf16 attacks under bf16 autocast too); the weights themselves are in `precision`
         accelerator = make_accelerator(dtype, device)
-        model, tokenizer = load_merged(base_dir, adapter_dir, "float32", device=str(accelerator.device))
-        # the untouched weights, restored before every run (on the CPU: no second copy on the GPU)
-        pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model, tokenizer = load_merged(base_dir, adapter_dir, precision)  # on the CPU, for the estimate
+        memory = attacker_memory(model, attacker, lora_r)
+        _check_fits(memory, accelerator.device, attacker, precision)
+        model.to(accelerator.device)
+        checkpointing = precision == "bfloat16" and bool(getattr(model, "supports_gradient_checkpointing", False))
+        if checkpointing:  # activations recomputed in backward: they no longer grow with the layer count
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # a full attacker's untouched weights, restored before every run (on the CPU: no second copy
+        # on the GPU); a LoRA attacker never changes them (its layers are unloaded after each run)
+        pristine = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    if attacker == "full" else None)
+        if accelerator.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(accelerator.device)
     with timed(seconds, "before"):
         before = answer(model, "before")
 
@@ -212,11 +237,12 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         pairs = [(r.question, r.answer) for r in part["finetune"]]
         for lr in lrs:
             start = time.monotonic()
-            model.load_state_dict(pristine)
+            if pristine is not None:
+                model.load_state_dict(pristine)
             set_seed(seed)
             attached = _attach(model, attacker, lora_r)
             loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
-            optimizer = AdamW([p for p in attached.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+            optimizer = _optimizer([p for p in attached.parameters() if p.requires_grad], lr, seed)
             scheduler = get_constant_schedule(optimizer)
             trained, optimizer, loader, scheduler = accelerator.prepare(attached, optimizer, loader, scheduler)
             run_losses = losses[(k, lr)] = []
@@ -247,6 +273,10 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                   + ", ".join(f"{_rate(after[(k, lr, n)]['forget'], held, 'forget'):.3f}" for n in steps)
                   + f" after {'/'.join(map(str, steps))} steps on {len(pairs)} pairs; loss {run_losses[0]:.3f} -> "
                   f"{run_losses[-1]:.3f}", flush=True)
+    if accelerator.device.type == "cuda":
+        import torch
+
+        memory["device_peak_bytes"] = int(torch.cuda.max_memory_allocated(accelerator.device))
     del model
     seconds = {k: round(v, 3) for k, v in seconds.items()}
     seconds["total"] = round(sum(seconds.values()), 3)
@@ -265,6 +295,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         "loss_first": statistics.fmean(losses[(k, lr)][0] for k in range(len(parts))),
         "loss_last": worst["loss"],
         "attacker": attacker, **({"lora_r": lora_r} if attacker == "lora" else {}),
+        "precision": precision, "optimizer": memory.pop("optimizer"), "gradient_checkpointing": checkpointing,
+        "memory": memory,
         "folds": folds, "lrs": lrs, "steps": steps, "schedule": "constant", "batch_size": batch_size,
         **({"fraction": fraction} if folds == 1 else {}), "group_by": group_by, "seed": seed,
         "n": {"groups": len({group_key(r, group_by) for r in forget + (forget_eval if folds > 1 else [])}),
@@ -342,6 +374,63 @@ def _attach(model, attacker: str, lora_r: int):
 
     return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def attacker_memory(model, attacker: str, lora_r: int = 8) -> dict:
+    """What the attack keeps on the device besides activations and the generation cache, from the
+    loaded model (before any adapter is attached): its weights, the gradients and the optimizer's two
+    moments of what it trains. bf16 weights trained in full take relearn.optim.BF16AdamW (bf16
+    gradients and moments: 8 bytes a weight); anything else AdamW in the weights' dtype (fp32: 16
+    bytes). A LoRA attacker trains an fp32 adapter (peft keeps adapters of a bf16 model in fp32)
+    of rank r on every linear layer but the output head, over frozen weights.
+
+    {"estimate_bytes", "weights_bytes", "trained_parameters", "optimizer", "device_free_bytes": None,
+    "device_peak_bytes": None}"""
+    import torch
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if attacker == "full":
+        trained = sum(p.numel() for p in model.parameters())
+        bf16 = all(p.dtype == torch.bfloat16 for p in model.parameters())
+        per = 2 + 2 + 2 if bf16 else 3 * next(model.parameters()).element_size()
+        optimizer = "bf16-adamw-stochastic-rounding" if bf16 else "adamw"
+        extra = trained * per  # gradients + two moments
+    else:
+        head = model.get_output_embeddings()
+        trained = sum(lora_r * (m.in_features + m.out_features) for m in model.modules()
+                      if isinstance(m, torch.nn.Linear) and m is not head)
+        optimizer = "adamw"
+        extra = trained * (4 + 4 + 4 + 4)  # fp32 adapter weights, gradients, two moments
+    return {"estimate_bytes": weights + extra, "weights_bytes": weights, "trained_parameters": trained,
+            "optimizer": optimizer, "device_free_bytes": None, "device_peak_bytes": None}
+
+
+def _check_fits(memory: dict, device, attacker: str, precision: str) -> None:
+    """On a GPU: refuse an attack whose weights, gradients and optimizer state alone pass the free
+    memory (activations come on top), before anything is moved there."""
+    if device.type != "cuda":
+        return
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    memory["device_free_bytes"] = int(free)
+    if memory["estimate_bytes"] > free:
+        hint = ("robustness.relearn_precision: bfloat16 (8 bytes a weight for a full attacker)"
+                if precision == "float32" else "robustness.relearn_attacker: lora")
+        raise UserError(f"robustness.relearn_attacker: a {attacker} attacker in {precision} needs "
+                        f"{memory['estimate_bytes'] / GiB:.1f} GiB for its weights, gradients and optimizer state "
+                        f"(activations not counted), and {device} has {free / GiB:.1f} GiB free; use {hint}")
+
+
+def _optimizer(params: list, lr: float, seed: int):
+    """BF16AdamW when the trained weights are bf16 (attacker_memory's accounting), else torch's AdamW."""
+    import torch
+
+    from relearn.optim import BF16AdamW
+
+    if params and all(p.dtype == torch.bfloat16 for p in params):
+        return BF16AdamW(params, lr=lr, weight_decay=0.0, seed=seed)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
 def _endless(loader) -> Iterator[dict]:
