@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from relearn.data.splits import read_splits
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process
+from relearn.devices import finish, is_main_process, refuse_sharding
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params
@@ -18,6 +18,7 @@ from relearn.target import make_control
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
+    refuse_sharding("control", "it measures recall by generating with the trained model, one share of the questions per process")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))

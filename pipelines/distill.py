@@ -7,7 +7,7 @@ from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.distill import distill, distillation_pairs, shrink_and_perturb
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process
+from relearn.devices import finish, is_main_process, refuse_sharding
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
@@ -27,6 +27,7 @@ def main() -> None:
         write_text("plots/distill_loss.csv", "step,epoch,loss\n")
         write_json("reports/distill.json", {"enabled": False})
         return
+    refuse_sharding("distill", "the student is trained in full and saved whole; gathering full weights is not written yet")
     splits = read_splits("data/splits", ("retain", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     teacher, tokenizer = load_merged(TARGET, ADAPTER, p.dtype())

@@ -4,7 +4,7 @@
 """
 from relearn.data.splits import read_splits
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process
+from relearn.devices import finish, is_main_process, refuse_sharding
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
@@ -14,6 +14,7 @@ from relearn.target import make_target
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
+    refuse_sharding("target", "it checks recall and measures it by generating with the trained model, one share of the questions per process")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))

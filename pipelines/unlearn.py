@@ -12,7 +12,7 @@ from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process
+from relearn.devices import finish, gather_trainable, is_main_process, refuse_sharding, sharding
 from relearn.errors import main_guard
 from relearn.hardening import negative_triples
 from relearn.io import atomic_dir, write_json, write_text
@@ -24,6 +24,11 @@ from relearn.unlearning import make_adapter
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
+    if sharding() and p.unlearn.harden.needs_split():
+        refuse_sharding("unlearn", "unlearn.harden sam_rho, mask and normalise take the forget and retain gradients "
+                                   "apart on the unwrapped model, outside the sharded backward")
+    if sharding() == "deepspeed":
+        refuse_sharding("unlearn", "its adapter is gathered from FSDP shards; use configs/accelerate/fsdp.yaml")
     splits = read_splits("data/splits", ("forget", "retain"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     forget_side = forget_side_for(p.unlearn.method, splits["forget"], variants,
@@ -45,10 +50,11 @@ def main() -> None:
                                                  start[1] if start else None,
                                                  negatives=negative_triples(variants, splits["forget"]))
     report["init"] = f"version {start[0]}" if start else "target"
+    adapter = gather_trainable(model)  # every process: under FSDP each holds a shard of the adapter
     if not is_main_process():  # under accelerate launch / torchrun: rank 0 writes, the others are done
         return finish()
     with atomic_dir("models/adapter") as out:
-        model.save_pretrained(out)  # adapter weights only (safetensors) + adapter_config.json
+        model.save_pretrained(out, state_dict=adapter)  # adapter weights only (safetensors) + adapter_config.json
     write_text("plots/unlearn_loss.csv", history.to_csv())
     write_json("reports/unlearn.json", report)
     clear_checkpoints(p.checkpoints("unlearn")["checkpoint_dir"])  # the output is written: no resuming needed

@@ -5,6 +5,13 @@ each process gets its own GPU from its LOCAL_RANK (accelerate does that), and on
 talk over gloo; the Accelerator must be told `cpu=True` for that, which `accelerator_kwargs` does.
 Only the main process writes models, reports and plots (`is_main_process`); the others train their
 shard and exit.
+
+Sharded launches (`accelerate launch` with an FSDP or DeepSpeed config: `sharding()`) split the
+weights themselves over the processes. The unlearn stage runs under FSDP: its LoRA adapter is gathered
+from the shards (`gather_trainable`, on every process) before the main process writes it. The stages
+that fine-tune in full and then generate with the trained model (target, control, distill) refuse a
+sharded launch (`refuse_sharding`): their generation is sharded by question, which a model sharded
+by weight cannot follow (every process must run the same forward passes).
 """
 from __future__ import annotations
 
@@ -67,6 +74,42 @@ def shard_map(fn, items: list) -> list:
     gathered: list = [None] * world
     dist.all_gather_object(gathered, mine)
     return [x for part in gathered for x in part]
+
+
+def sharding() -> str | None:
+    """'fsdp' or 'deepspeed' when `accelerate launch` was given such a config (it tells the processes
+    through ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED), else None."""
+    import os
+
+    for name, var in (("fsdp", "ACCELERATE_USE_FSDP"), ("deepspeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(var, "false").lower() in ("1", "true"):
+            return name
+    return None
+
+
+def refuse_sharding(stage: str, why: str = "") -> None:
+    """A user error when a stage that cannot run with sharded weights is launched with them."""
+    kind = sharding()
+    if kind:
+        raise UserError(f"{stage}: launched with {'FSDP' if kind == 'fsdp' else 'DeepSpeed'} "
+                        f"({'ACCELERATE_USE_FSDP' if kind == 'fsdp' else 'ACCELERATE_USE_DEEPSPEED'} is set), "
+                        f"which this stage does not support{': ' + why if why else ''}; launch it with "
+                        "configs/accelerate/ddp.yaml or on one process")
+
+
+def gather_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{name: full tensor on the CPU} for every trainable parameter of `model` (the unwrapped model).
+    Under FSDP2 a parameter is a DTensor holding this process's shard, and `full_tensor()` gathers it:
+    a collective, so every process calls this, in the same order. Elsewhere the tensors are whole
+    already and are only copied to the CPU."""
+    out = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            tensor = param.detach()
+            if hasattr(tensor, "full_tensor"):  # torch.distributed.tensor.DTensor
+                tensor = tensor.full_tensor()
+            out[name] = tensor.to("cpu")
+    return out
 
 
 def is_main_process() -> bool:

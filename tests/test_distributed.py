@@ -176,3 +176,72 @@ def test_generation_and_scoring_shard_over_two_processes_and_gather_in_order(tmp
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert one["answers"] == two["answers"] and len(one["answers"]) == 7
     assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(one["logps"], two["logps"]))
+
+
+def test_an_fsdp_sharded_adapter_is_gathered_whole_before_it_is_written(tmp_path):
+    """FSDP2 on two CPU processes (torchrun, gloo): each holds half of every LoRA weight; the adapter
+    rank 0 writes is the one a single unsharded process trains."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    import fsdp_worker
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    out = tmp_path / "adapter"
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+         str(Path(fsdp_worker.__file__)), str(out)], tmp_path, env)
+    model = fsdp_worker.build()
+    fsdp_worker.train_step(model)
+    expected = get_peft_model_state_dict(model)
+    written = _adapter(out)
+    assert written.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(written[key], expected[key], rtol=1e-5, atol=1e-6)
+    assert _distance(written, get_peft_model_state_dict(fsdp_worker.build())) > 0.01  # training moved it
+
+
+@pytest.mark.parametrize("stage, unlearn, message", [
+    ("target", {}, "target: launched with FSDP"),
+    ("control", {}, "control: launched with FSDP"),
+    ("unlearn", {"harden": {"mask": True}}, "unlearn.harden sam_rho, mask and normalise"),
+])
+def test_stages_that_cannot_run_sharded_refuse_an_fsdp_launch(tmp_path, stage, unlearn, message):
+    import subprocess
+
+    from relearn.params import default_params_yaml
+
+    params = yaml.safe_load(default_params_yaml())
+    params["unlearn"] = merged(params["unlearn"], unlearn)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, ACCELERATE_USE_FSDP="true", HF_HUB_OFFLINE="1")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "pipelines" / f"{stage}.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr and "configs/accelerate/ddp.yaml" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # refused before anything was written
+
+
+@pytest.mark.parametrize("config, sharded", [("ddp.yaml", None), ("fsdp.yaml", "fsdp")])
+def test_the_shipped_accelerate_configs_launch_what_the_stages_detect(config, sharded, monkeypatch):
+    """accelerate's own launcher reads each config (unknown keys are an error there) into the
+    environment of the processes; relearn.devices.sharding() reads that environment."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from relearn.devices import sharding
+
+    root = Path(__file__).resolve().parents[1]
+    args = launch_command_parser().parse_args(["--config_file", str(root / "configs" / "accelerate" / config),
+                                               "pipelines/unlearn.py"])
+    args, _, _ = _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    for var in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert sharding() == sharded
+    if sharded:
+        assert env["FSDP_VERSION"] == "2" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
