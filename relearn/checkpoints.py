@@ -1,13 +1,18 @@
 """Checkpoints of a training loop, so that a stage killed mid-training resumes instead of starting over.
 
-Every `every` optimizer steps the loop's full state goes to `<directory>/latest`: the model,
-optimizer and scheduler and every process's RNG states (`Accelerator.save_state`), and `meta.json`
+Every `every` optimizer steps the loop's full state goes to `<directory>/latest`: the model's
+trainable parameters, optimizer and scheduler and every process's RNG states (`Accelerator.save_state`),
+and `meta.json`
 with the step, the loss history so far and a fingerprint of the run (its settings, its data and the
 weights it started from). It is written beside the old one and swapped in by rename, so a kill
 during a save leaves the previous checkpoint whole. A run with the same fingerprint restores it and
 replays its data loaders up to that step without computing anything (every loader has its own
 seeded generator, so the replay reaches the same batches); a run with another fingerprint ignores
 it. The stage removes it (`clear_checkpoints`) once its output is written.
+
+Only what training changes is kept: a LoRA stage's checkpoint is its adapter (megabytes), not the
+frozen base model (14 GB for a 7B model in bf16, every `every` steps). The frozen weights are the
+ones the run started from, which the fingerprint pins, so a resumed run gets them from its own start.
 
     directory/latest/   model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl, meta.json
 """
@@ -41,6 +46,25 @@ class Checkpoints:
         self.accelerator = accelerator
         self.directory = Path(directory) if directory and every > 0 else None
         self.every, self.prefix, self.key = every, print_prefix, key
+        if self.directory is not None:
+            accelerator.register_save_state_pre_hook(_keep_trainable)
+
+    def _complete(self) -> bool:
+        """Whether the checkpoint's weights file holds every trainable parameter of the prepared models
+        (resume loads it non-strictly, since the frozen ones are not in it)."""
+        from accelerate.utils import DistributedType
+        from safetensors import safe_open
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return True  # they write their own sharded model files (the save hook sees no weights)
+        for i, model in enumerate(self.accelerator._models):
+            path = self.latest / (f"model_{i}.safetensors" if i else "model.safetensors")
+            if not path.exists():
+                return False
+            with safe_open(str(path), "pt") as f:
+                if not _trainable_names(model) <= set(f.keys()):
+                    return False
+        return True
 
     @property
     def latest(self) -> Path:
@@ -55,7 +79,11 @@ class Checkpoints:
             print(f"[{self.prefix}] a checkpoint in {self.directory} is from other settings, data or weights: "
                   "starting over", flush=True)
             return 0, []
-        self.accelerator.load_state(str(self.latest))
+        if not self._complete():
+            print(f"[{self.prefix}] the checkpoint in {self.directory} lacks trainable weights of this run: "
+                  "starting over", flush=True)
+            return 0, []
+        self.accelerator.load_state(str(self.latest), strict=False)  # the frozen weights are not in it
         print(f"[{self.prefix}] resuming from the checkpoint at step {meta['step']} ({self.latest})", flush=True)
         return int(meta["step"]), list(meta["history"])
 
@@ -79,6 +107,17 @@ class Checkpoints:
             shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
+
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _keep_trainable(models: list, weights: list[dict], output_dir) -> None:
+    """Accelerator save-state hook: each model's state dict cut down to its trainable parameters
+    (the names match: both come from the prepared model)."""
+    for i, model in enumerate(models[:len(weights)]):
+        keep = _trainable_names(model)
+        weights[i] = {k: v for k, v in weights[i].items() if k in keep}
 
 
 def clear_checkpoints(directory: str | os.PathLike) -> None:

@@ -134,6 +134,11 @@ def test_a_killed_unlearn_stage_resumes_from_its_checkpoint_and_ends_where_an_un
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(meta.read_text())["step"]
+    from safetensors import safe_open
+
+    with safe_open(str(meta.parent / "model.safetensors"), "pt") as f:
+        saved = list(f.keys())
+    assert saved and all("lora_" in k for k in saved)  # the adapter only: the frozen target is not copied
     assert not (work / "models" / "adapter").exists()                         # nothing half-written
     log = run([sys.executable, "pipelines/unlearn.py"], work, env)
     assert f"resuming from the checkpoint at step {killed_at}" in log.stdout
