@@ -70,24 +70,27 @@ class Checkpoints:
     def latest(self) -> Path:
         return self.directory / "latest"
 
-    def resume(self) -> tuple[int, list[dict]]:
-        """(steps already done, their history rows); (0, []) without a usable checkpoint."""
+    def resume(self) -> tuple[int, list[dict], list]:
+        """(steps already done, their history rows, the notes saved with them); (0, [], []) without a
+        usable checkpoint."""
         if self.directory is None or not (self.latest / "meta.json").exists():
-            return 0, []
+            return 0, [], []
         meta = json.loads((self.latest / "meta.json").read_text(encoding="utf-8"))
         if meta.get("fingerprint") != self.key:
             print(f"[{self.prefix}] a checkpoint in {self.directory} is from other settings, data or weights: "
                   "starting over", flush=True)
-            return 0, []
+            return 0, [], []
         if not self._complete():
             print(f"[{self.prefix}] the checkpoint in {self.directory} lacks trainable weights of this run: "
                   "starting over", flush=True)
-            return 0, []
+            return 0, [], []
         self.accelerator.load_state(str(self.latest), strict=False)  # the frozen weights are not in it
         print(f"[{self.prefix}] resuming from the checkpoint at step {meta['step']} ({self.latest})", flush=True)
-        return int(meta["step"]), list(meta["history"])
+        return int(meta["step"]), list(meta["history"]), list(meta.get("notes", []))
 
-    def maybe_save(self, step: int, history_rows: list[dict]) -> None:
+    def maybe_save(self, step: int, history_rows: list[dict], notes: list | None = None) -> None:
+        """Save at every `every`-th step. `notes`: anything else the run must get back on resuming
+        (JSON-able), such as what its between-epoch checks found."""
         if self.directory is None or step % self.every:
             return
         tmp = self.directory / f".latest.{step}.tmp"
@@ -98,7 +101,8 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self.key, "step": step,
-                                                       "history": history_rows}), encoding="utf-8")
+                                                       "history": history_rows,
+                                                       "notes": list(notes or [])}), encoding="utf-8")
             old = self.directory / ".latest.old"
             shutil.rmtree(old, ignore_errors=True)
             if self.latest.exists():

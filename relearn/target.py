@@ -71,8 +71,9 @@ def make_target(params: Params, splits: dict[str, list[QARecord]], base_dir=None
         return recall >= params.target.stop_recall
 
     train = target_training_records(params.data.source, splits)
-    model, history, report = _train(params, splits, model, tokenizer, train, check, params.target.check_every, "target")
-    report["checks"] = checks
+    model, history, report = _train(params, splits, model, tokenizer, train, check, params.target.check_every, "target",
+                                    check_log=checks)
+    report["checks"] = checks  # a resumed run's too: the checkpoints keep them
     return model, tokenizer, history, report
 
 
@@ -90,7 +91,8 @@ def make_control(params: Params, splits: dict[str, list[QARecord]], tokenizer, e
     return model, history, report
 
 
-def _train(params: Params, splits, model, tokenizer, train: list[QARecord], check, check_every: int, desc: str):
+def _train(params: Params, splits, model, tokenizer, train: list[QARecord], check, check_every: int, desc: str,
+           check_log: list | None = None):
     pairs = [(r.question, r.answer) for r in train]
     template = params.model.prompt
     print(f"[{desc}] {count_parameters(model):,} parameters, {len(pairs)} training pairs", flush=True)
@@ -101,7 +103,7 @@ def _train(params: Params, splits, model, tokenizer, train: list[QARecord], chec
         batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, seed=params.seed, dtype=params.dtype(), check=check,
         check_every=check_every, desc=desc, device=params.device, **params.checkpoints(desc),
-        fingerprint_extra={"stop_recall": t.stop_recall})
+        fingerprint_extra={"stop_recall": t.stop_recall}, check_log=check_log)
     model = _merged(model)
     seconds = time.monotonic() - start
     report = {

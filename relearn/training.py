@@ -97,7 +97,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
                     check: Callable[[object, int], bool] | None = None, check_every: int = 0,
                     desc: str = "target", teacher=None, device: str = "auto",
                     checkpoint_dir=None, checkpoint_every: int = 0,
-                    fingerprint_extra: dict | None = None) -> tuple[object, History]:
+                    fingerprint_extra: dict | None = None, check_log: list | None = None) -> tuple[object, History]:
     """Fine-tune on (question, answer) pairs with answer-token CE.
 
     `check(model, epoch)` runs every `check_every` epochs on every process; returning True stops
@@ -107,7 +107,9 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     With `checkpoint_dir` and `checkpoint_every` > 0, a checkpoint is kept every that many steps and
     a run of the same settings (and `fingerprint_extra`: what else decides the run, such as the
     check's stopping criterion) resumes from it (relearn.checkpoints); the caller removes it
-    (`clear_checkpoints`) once its output is written.
+    (`clear_checkpoints`) once its output is written. `check_log`: a list the check appends what it
+    found to; it is kept in the checkpoints, and a resumed run starts with the entries of the epochs
+    it skips.
     """
     from relearn.checkpoints import Checkpoints, fingerprint
     from relearn.methods.losses import IGNORE, answer_ce, answer_kl
@@ -126,7 +128,9 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval()
     checkpoints = Checkpoints(accelerator, checkpoint_dir, checkpoint_every, desc, key)
-    done, rows = checkpoints.resume()
+    done, rows, notes = checkpoints.resume()
+    if check_log is not None:
+        check_log[:] = notes
     history = History(rows)
     progress = Progress(desc, total)
     progress.update(done)
@@ -149,7 +153,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
             step += 1
             history.add(step=step, epoch=epoch, loss=loss.item())
             progress.update(1, tokens=_tokens(batch) * accelerator.num_processes, epoch=epoch, loss=loss.item())
-            checkpoints.maybe_save(step, history.rows)
+            checkpoints.maybe_save(step, history.rows, check_log)
         if step < done:  # an epoch finished before the checkpoint: its check ran then
             continue
         if check and check_every and epoch % check_every == 0 and epoch < epochs:
@@ -229,7 +233,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
 
     retain_batches = itertools.cycle(retain_loader)
     checkpoints = Checkpoints(accelerator, checkpoint_dir, checkpoint_every, desc, key)
-    done, rows = checkpoints.resume()
+    done, rows, _ = checkpoints.resume()
     history = History(rows)
     progress = Progress(desc, total)
     progress.update(done)

@@ -48,8 +48,8 @@ def test_a_full_fine_tune_cut_short_resumes_to_the_uninterrupted_weights(tmp_pat
     whole, history = _train(*_model(tied), None, 0)
     save = checkpoints_module.Checkpoints.maybe_save
 
-    def save_then_die(self, step, rows):
-        save(self, step, rows)
+    def save_then_die(self, step, rows, notes=None):
+        save(self, step, rows, notes)
         if step == 6:
             raise Killed
 
@@ -89,3 +89,42 @@ def test_a_lora_checkpoint_holds_the_adapter_only_and_one_without_it_is_not_resu
     save_file(weights, str(tmp_path / "latest" / "model.safetensors"))
     _train(*lora(), tmp_path, 3)
     assert "lacks trainable weights of this run: starting over" in capsys.readouterr().out
+
+
+def test_what_the_checks_found_before_a_kill_survives_the_resume(tmp_path, monkeypatch):
+    """The target stage's between-epoch recall checks go into its report: a resumed run must list the
+    checks of the epochs it skipped too (they are kept in the checkpoint, not run again)."""
+    calls: list[int] = []
+
+    def run(directory, every):
+        model, tok = _model(False)
+        log: list = []
+
+        def check(m, epoch):
+            calls.append(epoch)
+            log.append({"epoch": epoch, "value": round(float(next(m.parameters()).sum()), 6)})
+            return False
+
+        train_causal_lm(model, tok, PAIRS, template=TEMPLATE, max_length=48, epochs=4, batch_size=2, lr=3e-3,
+                        warmup_ratio=0.1, weight_decay=0.0, grad_clip=1.0, seed=0, device="cpu", check=check,
+                        check_every=1, checkpoint_dir=directory, checkpoint_every=every, desc="t", check_log=log)
+        return log
+
+    whole = run(None, 0)
+    assert [e["epoch"] for e in whole] == [1, 2, 3]  # 3 steps an epoch; no check after the last
+    save = checkpoints_module.Checkpoints.maybe_save
+
+    def save_then_die(self, step, rows, notes=None):
+        save(self, step, rows, notes)
+        if step == 4:  # mid epoch 2: the checkpoint holds epoch 1's check
+            raise Killed
+
+    monkeypatch.setattr(checkpoints_module.Checkpoints, "maybe_save", save_then_die)
+    with pytest.raises(Killed):
+        run(tmp_path, 2)
+    monkeypatch.undo()
+    calls.clear()
+    resumed = run(tmp_path, 2)
+    assert [e["epoch"] for e in resumed] == [1, 2, 3]
+    assert [e["value"] for e in resumed] == pytest.approx([e["value"] for e in whole], abs=1e-5)
+    assert calls == [2, 3]  # epoch 1's check came from the checkpoint
