@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from relearn.data.splits import read_splits
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process, refuse_sharding
+from relearn.devices import finish, gather_state, is_main_process, refuse_sharding, sharding
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params
@@ -18,17 +18,21 @@ from relearn.target import make_control
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    refuse_sharding("control", "it measures recall by generating with the trained model, one share of the questions per process")
+    if p.model.base and p.target.finetune == "lora":
+        refuse_sharding("control", "target.finetune lora merges the adapter into the sharded weights; use full")
+    if sharding() == "deepspeed":
+        refuse_sharding("control", "its weights are gathered from FSDP shards; use configs/accelerate/fsdp.yaml")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))
     tokenizer = AutoTokenizer.from_pretrained("models/target")  # the very same tokenizer
     epochs = read_json("reports/target.json")["epochs_run"]
     model, history, report = make_control(p, splits, tokenizer, epochs, "models/base" if p.model.base else None)
+    state = gather_state(model)  # every process: under FSDP each holds a shard of every weight
     if not is_main_process():  # under accelerate launch / torchrun: rank 0 writes, the others are done
         return finish()
     with atomic_dir("models/control") as out:
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state)
         tokenizer.save_pretrained(out)
     write_text("plots/control_loss.csv", history.to_csv())
     write_json("reports/control.json", report)

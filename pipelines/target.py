@@ -4,7 +4,7 @@
 """
 from relearn.data.splits import read_splits
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process, refuse_sharding
+from relearn.devices import finish, gather_state, is_main_process, refuse_sharding, sharding
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
@@ -14,16 +14,20 @@ from relearn.target import make_target
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    refuse_sharding("target", "it checks recall and measures it by generating with the trained model, one share of the questions per process")
+    if p.model.base and p.target.finetune == "lora":
+        refuse_sharding("target", "target.finetune lora merges the adapter into the sharded weights; use full")
+    if sharding() == "deepspeed":
+        refuse_sharding("target", "its weights are gathered from FSDP shards; use configs/accelerate/fsdp.yaml")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))
     # a pretrained model.base was prepared by the `base` stage as a safetensors directory
     model, tokenizer, history, report = make_target(p, splits, "models/base" if p.model.base else None)
+    state = gather_state(model)  # every process: under FSDP each holds a shard of every weight
     if not is_main_process():  # under accelerate launch / torchrun: rank 0 writes, the others are done
         return finish()
     with atomic_dir("models/target") as out:
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state)
         tokenizer.save_pretrained(out)
     write_text("plots/target_loss.csv", history.to_csv())
     write_json("reports/target.json", report)

@@ -6,12 +6,14 @@ talk over gloo; the Accelerator must be told `cpu=True` for that, which `acceler
 Only the main process writes models, reports and plots (`is_main_process`); the others train their
 shard and exit.
 
-Sharded launches (`accelerate launch` with an FSDP or DeepSpeed config: `sharding()`) split the
-weights themselves over the processes. The unlearn stage runs under FSDP: its LoRA adapter is gathered
-from the shards (`gather_trainable`, on every process) before the main process writes it. The stages
-that fine-tune in full and then generate with the trained model (target, control, distill) refuse a
-sharded launch (`refuse_sharding`): their generation is sharded by question, which a model sharded
-by weight cannot follow (every process must run the same forward passes).
+Sharded launches (`accelerate launch` with an FSDP config: `sharding()`) split the weights
+themselves over the processes (FSDP2: each parameter a DTensor holding this process's shard). Then
+every process must run the same forward passes, so generation and scoring with such a model are not
+split by question: every process answers every question, generation kept in step across them
+(`weight_sharded`, relearn.generation). Before the main process writes, the weights are gathered
+on every process (`gather_trainable` for a LoRA adapter, `gather_state` for a whole model). The
+distill stage and the split-gradient hardening refuse a sharded launch (`refuse_sharding`), as do a
+LoRA-fine-tuned target (merged after training) and DeepSpeed.
 """
 from __future__ import annotations
 
@@ -110,6 +112,27 @@ def gather_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
                 tensor = tensor.full_tensor()
             out[name] = tensor.to("cpu")
     return out
+
+
+def weight_sharded(model) -> bool:
+    """Whether `model`'s weights are split over the processes (FSDP2 DTensors): then each process
+    must take part in every forward pass (no splitting of the questions)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or not hasattr(model, "parameters"):
+        return False
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+def gather_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole state dict of a weight-sharded model, gathered to the CPU of the main process (the
+    others get {}): a collective, every process calls it. None for a model that is whole already
+    (save_pretrained then reads the model itself)."""
+    if not weight_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def is_main_process() -> bool:

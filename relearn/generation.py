@@ -31,15 +31,20 @@ def generate_token_ids(model, tokenizer, questions: list[str], template: str | P
                        top_p: float = 0.9, top_k: int = 5, seed: int = 0, desc: str = "generate") -> list[list[int]]:
     """New tokens for each question, cut at the first stop token (eos, or the chat format's
     end-of-turn), padding stripped. Under a multi-process launch each process generates its shard
-    of the questions and every process gets all the answers (relearn.devices.shard_map)."""
-    from relearn.devices import shard_map
+    of the questions and every process gets all the answers (relearn.devices.shard_map); with
+    weights sharded over the processes (FSDP) every process generates every answer, the processes
+    kept stepping together until the last one is done (transformers' synced_gpus)."""
+    from relearn.devices import shard_map, weight_sharded
 
-    return shard_map(lambda part: _generate_token_ids(model, tokenizer, part, template, max_new_tokens, batch_size,
-                                                      do_sample, temperature, top_p, top_k, seed, desc), questions)
+    def run(part: list[str], synced: bool = False) -> list[list[int]]:
+        return _generate_token_ids(model, tokenizer, part, template, max_new_tokens, batch_size, do_sample, temperature,
+                                   top_p, top_k, seed, desc, synced)
+
+    return run(questions, synced=True) if weight_sharded(model) else shard_map(run, questions)
 
 
 def _generate_token_ids(model, tokenizer, questions, template, max_new_tokens, batch_size, do_sample, temperature,
-                        top_p, top_k, seed, desc) -> list[list[int]]:
+                        top_p, top_k, seed, desc, synced: bool = False) -> list[list[int]]:
     if hasattr(model, "eval"):
         model.eval()
     torch.manual_seed(seed)
@@ -53,7 +58,7 @@ def _generate_token_ids(model, tokenizer, questions, template, max_new_tokens, b
         device = _device(model)
         generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                    max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stops,
-                                   **sampling)
+                                   **sampling, **({"synced_gpus": True} if synced else {}))
         for row in generated[:, ids.shape[1]:].tolist():
             end = next((i for i, t in enumerate(row) if t in stops), len(row))
             row = row[:end]
@@ -72,13 +77,16 @@ def generate_answers(model, tokenizer, questions: list[str], template: str | Pro
 def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[str], template: str | PromptFormat,
                           max_length: int = 512, batch_size: int = 32) -> list[list[float]]:
     """log p(token) of every answer token given the question and the answer so far, per pair
-    (sharded over the processes of a multi-process launch, as generation is)."""
-    from relearn.devices import shard_map
+    (sharded over the processes of a multi-process launch, as generation is; every pair on every
+    process when the weights are sharded)."""
+    from relearn.devices import shard_map, weight_sharded
 
-    pairs = shard_map(lambda part: _answer_token_logprobs(model, tokenizer, [q for q, _ in part], [a for _, a in part],
-                                                          template, max_length, batch_size),
-                      list(zip(questions, answers)))
-    return pairs
+    def run(part: list[tuple[str, str]]) -> list[list[float]]:
+        return _answer_token_logprobs(model, tokenizer, [q for q, _ in part], [a for _, a in part], template,
+                                      max_length, batch_size)
+
+    pairs = list(zip(questions, answers))
+    return run(pairs) if weight_sharded(model) else shard_map(run, pairs)
 
 
 def _answer_token_logprobs(model, tokenizer, questions, answers, template, max_length, batch_size) -> list[list[float]]:

@@ -102,7 +102,7 @@ def test_what_the_checks_found_before_a_kill_survives_the_resume(tmp_path, monke
 
         def check(m, epoch):
             calls.append(epoch)
-            log.append({"epoch": epoch, "value": round(float(next(m.parameters()).sum()), 6)})
+            log.append({"epoch": epoch, "value": round(float(next(m.parameters()).detach().sum()), 6)})
             return False
 
         train_causal_lm(model, tok, PAIRS, template=TEMPLATE, max_length=48, epochs=4, batch_size=2, lr=3e-3,

@@ -183,6 +183,14 @@ def test_generation_and_scoring_shard_over_two_processes_and_gather_in_order(tmp
     assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(one["logps"], two["logps"]))
 
 
+def _fsdp(mode: str, out: Path, cwd: Path) -> None:
+    import fsdp_worker
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+         str(Path(fsdp_worker.__file__)), mode, str(out)], cwd, env)
+
+
 def test_an_fsdp_sharded_adapter_is_gathered_whole_before_it_is_written(tmp_path):
     """FSDP2 on two CPU processes (torchrun, gloo): each holds half of every LoRA weight; the adapter
     rank 0 writes is the one a single unsharded process trains."""
@@ -191,32 +199,54 @@ def test_an_fsdp_sharded_adapter_is_gathered_whole_before_it_is_written(tmp_path
 
     import fsdp_worker
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    out = tmp_path / "adapter"
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
-         str(Path(fsdp_worker.__file__)), str(out)], tmp_path, env)
-    model = fsdp_worker.build()
+    _fsdp("lora", tmp_path / "adapter", tmp_path)
+    model = fsdp_worker.build(lora=True)
     fsdp_worker.train_step(model)
     expected = get_peft_model_state_dict(model)
-    written = _adapter(out)
+    written = _adapter(tmp_path / "adapter")
     assert written.keys() == expected.keys()
     for key in expected:
         torch.testing.assert_close(written[key], expected[key], rtol=1e-5, atol=1e-6)
-    assert _distance(written, get_peft_model_state_dict(fsdp_worker.build())) > 0.01  # training moved it
+    assert _distance(written, get_peft_model_state_dict(fsdp_worker.build(lora=True))) > 0.01  # training moved it
 
 
-@pytest.mark.parametrize("stage, unlearn, message", [
-    ("target", {}, "target: launched with FSDP"),
-    ("control", {}, "control: launched with FSDP"),
-    ("unlearn", {"harden": {"mask": True}}, "unlearn.harden sam_rho, mask and normalise"),
+def test_a_weight_sharded_model_generates_scores_and_is_saved_as_one_unsharded_process_would(tmp_path):
+    """The target and control stages under FSDP: every process takes part in generation (kept in
+    step) and scoring, and the whole model is gathered for rank 0 to write."""
+    import torch
+    from safetensors.torch import load_file
+
+    import fsdp_worker
+
+    _fsdp("full", tmp_path / "model", tmp_path)
+    model = fsdp_worker.build(lora=False)
+    fsdp_worker.train_step(model)
+    used = json.loads((tmp_path / "model" / "used.json").read_text())
+    expected = fsdp_worker.use(model)
+    assert used["answers"] == expected["answers"] and any(used["answers"])
+    for got, want in zip(used["logps"], expected["logps"]):
+        assert got == pytest.approx(want, abs=1e-4)
+    written = load_file(str(tmp_path / "model" / "model.safetensors"))
+    state = model.state_dict()
+    assert written.keys() == state.keys()
+    for key in state:
+        torch.testing.assert_close(written[key], state[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage, override, message", [
+    ("target", {"model": {"base": "models/pretrained/x"}, "target": {"finetune": "lora"}},
+     "target: launched with FSDP"),
+    ("control", {"model": {"base": "models/pretrained/x"}, "target": {"finetune": "lora"}},
+     "control: launched with FSDP"),
+    ("distill", {"distill": {"enabled": True}}, "distill: launched with FSDP"),
+    ("unlearn", {"unlearn": {"harden": {"mask": True}}}, "unlearn.harden sam_rho, mask and normalise"),
 ])
-def test_stages_that_cannot_run_sharded_refuse_an_fsdp_launch(tmp_path, stage, unlearn, message):
+def test_what_cannot_run_sharded_refuses_an_fsdp_launch(tmp_path, stage, override, message):
     import subprocess
 
     from relearn.params import default_params_yaml
 
-    params = yaml.safe_load(default_params_yaml())
-    params["unlearn"] = merged(params["unlearn"], unlearn)
+    params = merged(yaml.safe_load(default_params_yaml()), override)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, ACCELERATE_USE_FSDP="true", HF_HUB_OFFLINE="1")
     root = Path(__file__).resolve().parents[1]
