@@ -1,6 +1,6 @@
 """What the three hot loops cost, for the built-in model and SmolLM2: fp32 against bf16, and the ratios of issue 12.
 
-    python bench/throughput.py [--models builtin,smollm2] [--steps 5] [--only precision|ratios] [--json FILE]
+    python bench/throughput.py [--models builtin,smollm2] [--steps 5] [--only precision|ratios|attack] [--json FILE]
 
 Every measurement runs on one fixed batch (--batch QA pairs of the built-in world, at most --max-length
 tokens, encoded in the model's PromptFormat: SmolLM2's chat template, the plain template for the built-in
@@ -39,6 +39,14 @@ through /proc/self/clear_refs), which counts every page the process holds (tenso
 paged in by the first step); where that file cannot be written, the resident set sampled every millisecond
 by a thread, which can miss a shorter peak. Each step measure runs in a fresh interpreter (run_worker).
 
+The attack part (--only attack, or with the others when --attack is given) measures a relearning attacker's
+step as relearn.robustness.relearning runs it (attacker_setup, bound_activations, answer-token CE on the
+forget batch, clip, step), each in a fresh interpreter like the step measures:
+    attack_full_fp32   every weight, fp32 weights, AdamW (16 bytes a weight before activations)
+    attack_full_bf16   every weight, bf16 weights, gradients and moments (BF16AdamW), gradient checkpointing
+    attack_lora_bf16   a LoRA attacker (robustness.relearn_lora_r) over frozen bf16 weights
+with the attack's own estimate (attacker_memory) beside the measured peak, and prints the bf16/fp32 peak.
+
 MFU, when the device's peak is known (H100, H200 or A100 from torch.cuda.get_device_name, or --peak-tflops,
 which gives an MFU on a CPU too): 6 * N * tokens / step seconds for the training steps (the model FLOPs of a
 full training step; a LoRA step does less work, so its MFU is the conventional, flattering one) and
@@ -60,7 +68,11 @@ FLOP/s. N is the weights that multiply per token: all but an input embedding tha
      "verdicts": {model: {the same keys: "PASS" or "MISS"}},
      "aims": {the same keys: "<= 1.3", "<= 0.6", ">= 5"},
      "ratios_model": the first model measured, whose three ratios are repeated at the top level:
-     "relearn_over_sft_step", "memory_over_two_copy", "batched_over_sequential"}
+     "relearn_over_sft_step", "memory_over_two_copy", "batched_over_sequential",
+     # the attack part, absent unless it ran:
+     "attack": {model: {"attack_full_fp32" | "attack_full_bf16" | "attack_lora_bf16":
+                            {"tokens", "seconds", "tok_s", "peak_bytes", "estimate_bytes", "matmul_params"},
+                        "full_bf16_over_fp32_peak"}}}
 where model is "builtin" or "smollm2", seconds are the best step unrounded (so every ratio is exactly the
 quotient of the numbers in "cost"), tokens count non-padding tokens (forget + retain for ReLearn; new tokens,
 the stop token included, for generation) and mfu is null without a known peak.
@@ -129,6 +141,7 @@ class Step:
     run: Callable[[], object]
     device: torch.device
     matmul_params: int
+    estimate_bytes: int | None = None  # the relearning attack's own estimate (attack measures only)
 
 
 def best_seconds(step: Callable[[], object], steps: int, device: torch.device) -> float:
@@ -210,8 +223,39 @@ def prepare_relearn(s: Subject, p, dtype: str, steps: int, two_copy: bool = Fals
     return Step(tokens, step, accelerator.device, n)
 
 
+def prepare_attack(s: Subject, p, steps: int, attacker: str, precision: str) -> Step:
+    """One step of the relearning attack's fine-tuning on the forget batch's original pairs, set up by the
+    attack's own functions; the Step carries the attack's memory estimate."""
+    from transformers import get_constant_schedule
+
+    from relearn.robustness.relearning import attacker_memory, attacker_setup, bound_activations
+
+    accelerator = accelerator_for("float32")  # the weights' own precision, no autocast on top
+    r = p.robustness
+    model = s.load(precision).to(accelerator.device)
+    n, estimate = matmul_params(model), attacker_memory(model, attacker, r.relearn_lora_r)["estimate_bytes"]
+    bound_activations(model, precision)
+    attached, optimizer = attacker_setup(model, attacker, r.relearn_lora_r, min(r.relearn_lrs), p.seed)
+    scheduler = get_constant_schedule(optimizer)
+    attached, optimizer, scheduler = accelerator.prepare(attached, optimizer, scheduler)
+    attached.train()
+    batch = on(s.forget, accelerator.device)
+
+    def step():
+        loss = answer_ce(attached(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                         batch["labels"])
+        optimizer_step(accelerator, attached, optimizer, scheduler, loss, grad_clip=1.0)
+    return Step(int(batch["attention_mask"].sum()), step, accelerator.device, n, estimate)
+
+
+ATTACK_MEASURES = {"attack_full_fp32": ("full", "float32"), "attack_full_bf16": ("full", "bfloat16"),
+                   "attack_lora_bf16": ("lora", "bfloat16")}
+LABELS.update({"attack_full_fp32": "attack full, fp32", "attack_full_bf16": "attack full, bf16",
+               "attack_lora_bf16": "attack lora, bf16"})
 PREPARE = {"sft": prepare_sft, "relearn_adapter_off": prepare_relearn,
-           "relearn_two_copy": lambda s, p, dtype, steps: prepare_relearn(s, p, dtype, steps, two_copy=True)}
+           "relearn_two_copy": lambda s, p, dtype, steps: prepare_relearn(s, p, dtype, steps, two_copy=True),
+           **{name: (lambda s, p, dtype, steps, a=a, pr=pr: prepare_attack(s, p, steps, a, pr))
+              for name, (a, pr) in ATTACK_MEASURES.items()}}
 
 
 def timed(step: Step, steps: int) -> tuple[int, float]:
@@ -321,7 +365,8 @@ def worker(args, p) -> dict:
     memory.reset()
     tokens, seconds = timed(step, args.steps)
     return {"tokens": tokens, "seconds": seconds, "peak_bytes": memory.peak(), "matmul_params": step.matmul_params,
-            "memory_method": memory.method}
+            "memory_method": memory.method,
+            **({"estimate_bytes": step.estimate_bytes} if step.estimate_bytes is not None else {})}
 
 
 def run_worker(measure: str, name: str, args, dtype: str) -> dict:
@@ -409,6 +454,24 @@ def measure_ratios(models: list[Subject], p, args, dtype: str, peak_tflops: floa
     return out
 
 
+def measure_attack(models: list[Subject], args) -> dict:
+    """The attack part: each attacker's step in a fresh process, with its estimate beside its peak."""
+    print(f"\n{'model':<8} | {'measure':<22} | {'s/step':>8} | {'tok/s':>9} | {'peak MiB':>8} | {'estimate MiB':>12}",
+          flush=True)
+    out: dict = {}
+    for s in models:
+        rows = out[s.name] = {}
+        for measure in ATTACK_MEASURES:
+            row = rows[measure] = run_worker(measure, s.name, args, "float32")
+            row.pop("memory_method")
+            row["tok_s"] = row["tokens"] / row["seconds"]
+            print(f"{s.name:<8} | {LABELS[measure]:<22} | {row['seconds']:>8.4f} | {row['tok_s']:>9,.0f} | "
+                  f"{row['peak_bytes'] / 2**20:>8.1f} | {row['estimate_bytes'] / 2**20:>12.1f}", flush=True)
+        rows["full_bf16_over_fp32_peak"] = rows["attack_full_bf16"]["peak_bytes"] / rows["attack_full_fp32"]["peak_bytes"]
+        print(f"{s.name}: full attacker's peak memory, bf16 / fp32 = {rows['full_bf16_over_fp32_peak']:.2f}", flush=True)
+    return out
+
+
 def subjects(names: list[str], p, args) -> list[Subject]:
     d = p.data
     splits = generate_world(p.seed, d.people, d.forget_people, d.holdout_people, d.general, d.eval_templates,
@@ -470,14 +533,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-length", type=int, default=96, help="tokens per pair at most")
     ap.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--only", choices=("precision", "ratios"),
-                    help="run only the fp32/bf16 part or only the ratios part (default: both)")
+    ap.add_argument("--only", choices=("precision", "ratios", "attack"),
+                    help="run only the fp32/bf16 part, the ratios part or the attack part (default: the first two, "
+                         "and the attack part with --attack)")
+    ap.add_argument("--attack", action="store_true", help="also measure the relearning attacker (see --only attack)")
     ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                     help="the ratios part's dtype (auto: bfloat16 on a CUDA device that has it, else float32)")
     ap.add_argument("--peak-tflops", type=float,
                     help="the device's peak dense bf16 TFLOP/s for MFU (default: looked up for H100, H200, A100)")
     ap.add_argument("--json", help="write the numbers to this file")
-    ap.add_argument("--worker", choices=STEP_MEASURES, help=argparse.SUPPRESS)  # run_worker's child process
+    ap.add_argument("--worker", choices=list(PREPARE), help=argparse.SUPPRESS)  # run_worker's child process
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
@@ -493,13 +558,15 @@ def main(argv: list[str] | None = None) -> dict:
             "max_length": args.max_length, "new_tokens": args.new_tokens}
     print(", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     models = subjects(args.models.split(","), p, args)
-    rows, ratios = measure_precision(models, p, args) if args.only != "ratios" else [], {}
-    if args.only != "precision":
+    rows, ratios = measure_precision(models, p, args) if args.only in (None, "precision") else [], {}
+    if args.only in (None, "ratios"):
         dtype, peak = cost_dtype(args.dtype), device_peak_tflops(args.peak_tflops)
         print(f"\nratios in {dtype}: time per step, peak memory, generation batched against one by one", flush=True)
         if torch.cuda.is_available() and peak is None:
             print(f"no peak FLOP/s known for {torch.cuda.get_device_name()}: pass --peak-tflops for MFU")
         ratios = measure_ratios(models, p, args, dtype, peak)
+    if args.only == "attack" or (args.attack and args.only is None):
+        ratios["attack"] = measure_attack(models, args)
     info["loadavg_after"] = os.getloadavg()[0]
     info["under_load"] = device == "cpu" and info["loadavg_before"] >= 1.0  # something else had the CPUs
     print(f"load average (1 min) before {info['loadavg_before']:.2f}, after {info['loadavg_after']:.2f} on {info['cpus']} CPUs"

@@ -96,3 +96,21 @@ def test_peak_memory_sees_an_allocation(sample):
     del x
     peak = memory.peak()
     assert 60 * 2**20 < peak < 100 * 2**20, (memory.method, peak)
+
+
+def test_throughput_attack_only(tmp_path):
+    """--only attack: each attacker's step with the attack's own estimate; the bf16 full attacker's
+    estimate is half the fp32 one (8 against 16 bytes a weight) and the ratio is of the peaks shown."""
+    main = runpy.run_path(str(BENCH))["main"]
+    params = tmp_path / "params.yaml"
+    params.write_text("model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64, vocab_size: 300}\n")
+    result = main(["--params", str(params), "--models", "builtin", "--only", "attack", "--steps", "1",
+                   "--batch", "2", "--max-length", "16", "--threads", "1"])
+    assert "cost" not in result and result["results"] == []
+    rows = result["attack"]["builtin"]
+    for measure in ("attack_full_fp32", "attack_full_bf16", "attack_lora_bf16"):
+        assert rows[measure]["tokens"] > 0 and rows[measure]["seconds"] > 0 and rows[measure]["peak_bytes"] > 0
+    assert rows["attack_full_bf16"]["estimate_bytes"] * 2 == rows["attack_full_fp32"]["estimate_bytes"]
+    assert rows["attack_lora_bf16"]["estimate_bytes"] < rows["attack_full_bf16"]["estimate_bytes"]
+    assert rows["full_bf16_over_fp32_peak"] == pytest.approx(
+        rows["attack_full_bf16"]["peak_bytes"] / rows["attack_full_fp32"]["peak_bytes"])

@@ -216,9 +216,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         memory = attacker_memory(model, attacker, lora_r)
         _check_fits(memory, accelerator.device, attacker, precision)
         model.to(accelerator.device)
-        checkpointing = precision == "bfloat16" and bool(getattr(model, "supports_gradient_checkpointing", False))
-        if checkpointing:  # activations recomputed in backward: they no longer grow with the layer count
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpointing = bound_activations(model, precision)
         # a full attacker's untouched weights, restored before every run (on the CPU: no second copy
         # on the GPU); a LoRA attacker never changes them (its layers are unloaded after each run)
         pristine = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -240,9 +238,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
             if pristine is not None:
                 model.load_state_dict(pristine)
             set_seed(seed)
-            attached = _attach(model, attacker, lora_r)
+            attached, optimizer = attacker_setup(model, attacker, lora_r, lr, seed)
             loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
-            optimizer = _optimizer([p for p in attached.parameters() if p.requires_grad], lr, seed)
             scheduler = get_constant_schedule(optimizer)
             trained, optimizer, loader, scheduler = accelerator.prepare(attached, optimizer, loader, scheduler)
             run_losses = losses[(k, lr)] = []
@@ -420,6 +417,22 @@ def _check_fits(memory: dict, device, attacker: str, precision: str) -> None:
         raise UserError(f"robustness.relearn_attacker: a {attacker} attacker in {precision} needs "
                         f"{memory['estimate_bytes'] / GiB:.1f} GiB for its weights, gradients and optimizer state "
                         f"(activations not counted), and {device} has {free / GiB:.1f} GiB free; use {hint}")
+
+
+def bound_activations(model, precision: str) -> bool:
+    """With precision bfloat16 (the bounded-memory attacker), gradient checkpointing where the model has
+    it: activations recomputed in backward, so they no longer grow with the layer count. Whether it is on."""
+    on = precision == "bfloat16" and bool(getattr(model, "supports_gradient_checkpointing", False))
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return on
+
+
+def attacker_setup(model, attacker: str, lora_r: int, lr: float, seed: int):
+    """(the module to train, its optimizer): `model` made trainable or wrapped in a fresh LoRA
+    attacker (_attach), and AdamW of lr (BF16AdamW over bf16 weights: _optimizer), no weight decay."""
+    attached = _attach(model, attacker, lora_r)
+    return attached, _optimizer([p for p in attached.parameters() if p.requires_grad], lr, seed)
 
 
 def _optimizer(params: list, lr: float, seed: int):
