@@ -180,15 +180,20 @@ def prepare_sft(s: Subject, p, dtype: str, steps: int) -> Step:
     model = s.load("float32")  # the target stage trains fp32 master weights; bf16 is the autocast
     n = matmul_params(model)
     optimizer, scheduler = make_optimizer(model, p.target.lr, p.target.weight_decay, 0.0, steps + 1)
+    return ce_step(accelerator, model, optimizer, scheduler, on(s.forget, accelerator.device), p.target.grad_clip, n)
+
+
+def ce_step(accelerator, model, optimizer, scheduler, batch: dict, grad_clip: float, n: int,
+            estimate: int | None = None) -> Step:
+    """An answer-token CE training step of `model` on `batch`, prepared by `accelerator`."""
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    batch = on(s.forget, accelerator.device)
 
     def step():
         loss = answer_ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                          batch["labels"])
-        optimizer_step(accelerator, model, optimizer, scheduler, loss, p.target.grad_clip)
-    return Step(int(batch["attention_mask"].sum()), step, accelerator.device, n)
+        optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+    return Step(int(batch["attention_mask"].sum()), step, accelerator.device, n, estimate)
 
 
 def prepare_relearn(s: Subject, p, dtype: str, steps: int, two_copy: bool = False) -> Step:
@@ -236,16 +241,8 @@ def prepare_attack(s: Subject, p, steps: int, attacker: str, precision: str) -> 
     n, estimate = matmul_params(model), attacker_memory(model, attacker, r.relearn_lora_r)["estimate_bytes"]
     bound_activations(model, precision)
     attached, optimizer = attacker_setup(model, attacker, r.relearn_lora_r, min(r.relearn_lrs), p.seed)
-    scheduler = get_constant_schedule(optimizer)
-    attached, optimizer, scheduler = accelerator.prepare(attached, optimizer, scheduler)
-    attached.train()
-    batch = on(s.forget, accelerator.device)
-
-    def step():
-        loss = answer_ce(attached(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                         batch["labels"])
-        optimizer_step(accelerator, attached, optimizer, scheduler, loss, grad_clip=1.0)
-    return Step(int(batch["attention_mask"].sum()), step, accelerator.device, n, estimate)
+    return ce_step(accelerator, attached, optimizer, get_constant_schedule(optimizer), on(s.forget, accelerator.device),
+                   1.0, n, estimate)
 
 
 ATTACK_MEASURES = {"attack_full_fp32": ("full", "float32"), "attack_full_bf16": ("full", "bfloat16"),

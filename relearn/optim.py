@@ -7,11 +7,15 @@ its spacing is about 1e-4 and an update of lr 1e-5 rounds back to the old value 
 tensor's update is computed in fp32 and written back with *stochastic rounding*: rounded up or down
 at random, with the probability that makes the stored value right on average, so many small updates
 add up as they would in fp32 (Gupta et al. 2015; Zamirai et al. 2020, "Revisiting BFloat16
-Training"). fp32 temporaries exist for one tensor at a time.
+Training"). The update runs over each tensor in chunks of CHUNK elements, so the fp32 temporaries
+are a few of 16 MiB at any time, not a few copies of the largest tensor (a 7B model's embedding:
+half a GiB each).
 """
 from __future__ import annotations
 
 import torch
+
+CHUNK = 1 << 22  # elements updated at a time: fp32 temporaries of 16 MiB
 
 
 def round_stochastic_(dst: torch.Tensor, src: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -62,20 +66,31 @@ class BF16AdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 t = state["step"]
-                g = p.grad.to(torch.float32)
-                m = state["exp_avg"].to(torch.float32).mul_(b1).add_(g, alpha=1 - b1)
-                v = state["exp_avg_sq"].to(torch.float32).mul_(b2).addcmul_(g, g, value=1 - b2)
-                del g
-                denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
-                w = p.to(torch.float32)
-                if wd:
-                    w.mul_(1 - lr * wd)
-                w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
-                del denom
-                self._store(p, w)
-                self._store(state["exp_avg"], m)
-                self._store(state["exp_avg_sq"], v)
+                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+                if all(x.is_contiguous() for x in tensors):
+                    flat = [x.view(-1) for x in tensors]
+                    for start in range(0, p.numel(), CHUNK):
+                        self._update(*(x[start:start + CHUNK] for x in flat), t, lr, b1, b2, eps, wd)
+                else:
+                    self._update(*tensors, t, lr, b1, b2, eps, wd)
         return loss
+
+    def _update(self, w_out: torch.Tensor, grad: torch.Tensor, m_out: torch.Tensor, v_out: torch.Tensor, t: int,
+                lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
+        """One AdamW step of (a chunk of) a parameter, computed in fp32 and stored back."""
+        g = grad.to(torch.float32)
+        m = m_out.to(torch.float32).mul_(b1).add_(g, alpha=1 - b1)
+        v = v_out.to(torch.float32).mul_(b2).addcmul_(g, g, value=1 - b2)
+        del g
+        denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+        w = w_out.to(torch.float32)
+        if wd:
+            w.mul_(1 - lr * wd)
+        w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+        del denom
+        self._store(w_out, w)
+        self._store(m_out, m)
+        self._store(v_out, v)
 
     def _store(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         if dst.dtype == torch.bfloat16:

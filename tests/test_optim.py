@@ -44,7 +44,11 @@ def test_bf16_adamw_keeps_small_updates_that_plain_bf16_adamw_loses():
     assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.bfloat16
 
 
-def test_bf16_adamw_matches_adamw_on_fp32_parameters_and_applies_weight_decay():
+@pytest.mark.parametrize("chunk", [1 << 22, 7], ids=["whole", "chunks-of-7"])
+def test_bf16_adamw_matches_adamw_on_fp32_parameters_and_applies_weight_decay(chunk, monkeypatch):
+    import relearn.optim
+
+    monkeypatch.setattr(relearn.optim, "CHUNK", chunk)  # 64 weights in 10 chunks: the same update
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(64))
     b = torch.nn.Parameter(a.detach().clone())

@@ -137,9 +137,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
     fresh adapter on top of that merged model. Training runs on `device` (the `device` param: a GPU
     when there is one), with the weights in `precision` (module docstring; `dtype` is the run's
     autocast precision, which accelerate allows once per process), seeded: every run sees the same
-    batches in the same order, so runs
-    differ only in their learning rate, and the same inputs give the same result on the same
-    hardware. Returns
+    batches in the same order, so runs differ only in their learning rate, and the same inputs give
+    the same result on the same hardware. Returns
 
         aggregate: {"recovery",                      # the worst case: the largest recovery of any setting
                     "worst": {"lr", "steps", "recovery"},  # on a tie the weakest such attack: smallest lr,
