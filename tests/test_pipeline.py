@@ -198,6 +198,10 @@ def test_robustness_stage_probes_three_models(project):
     for name in ("control", "unlearned"):
         assert report[name]["relearning"]["steps"] == [1, 2]
         assert len(report[name]["relearning"]["settings"]) == 4
+        # relearn_precision auto on a CPU run: fp32 weights, AdamW, and what that holds
+        attack = report[name]["relearning"]
+        assert (attack["precision"], attack["optimizer"], attack["gradient_checkpointing"]) == ("float32", "adamw", False)
+        assert attack["memory"]["estimate_bytes"] > attack["memory"]["weights_bytes"] > 0
     summary = report["summary"]
     assert set(summary) >= {"int4_kfr_drop", "int8_kfr_drop", "jailbreak_min_kfr", "relearning_excess"}
     control = {(s["lr"], s["steps"]): s["recovery"] for s in report["control"]["relearning"]["settings"]}
@@ -205,6 +209,23 @@ def test_robustness_stage_probes_three_models(project):
                                                              for s in report["unlearned"]["relearning"]["settings"]))
     compared = json.loads((work / "reports" / "compare" / "npo.json").read_text())
     assert "onnx-int4" in compared["robustness"]["ladder"]["rungs"]
+
+
+def test_attack_precision_bench_runs_the_attack_in_both_precisions_on_the_workspace(project, tmp_path):
+    work, env = project
+    out = tmp_path / "attack.json"
+    run([sys.executable, str(ROOT / "bench" / "attack_precision.py"), "--workspace", str(work), "--threads", "1",
+         "--set", "robustness.relearn_steps=[2]", "--json", str(out)], work, env)
+    result = json.loads(out.read_text())
+    lrs = yaml.safe_load((work / "params.yaml").read_text())["robustness"]["relearn_lrs"]
+    assert [row["lr"] for row in result["table"]] == sorted(lrs)
+    for row in result["table"]:
+        for precision in ("float32", "bfloat16"):
+            cell = row[precision]
+            assert cell["excess"] == pytest.approx(cell["recovery"] - cell["control"])
+    assert result["runs"]["unlearned/bfloat16"]["memory"]["estimate_bytes"] * 2 == \
+        result["runs"]["unlearned/float32"]["memory"]["estimate_bytes"]
+    assert set(result["worst_excess"]) == {"float32", "bfloat16"}
 
 
 def test_report_is_attached_and_shows_no_forget_fact(project):
