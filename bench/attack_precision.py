@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workspace", default=".", help="a project directory after `dvc repro` (default: here)")
     ap.add_argument("--precisions", default="float32,bfloat16")
     ap.add_argument("--attacker", choices=("full", "lora"), default=None, help="default: robustness.relearn_attacker")
+    ap.add_argument("--models", default="unlearned,control",
+                    help="unlearned,control (default) or unlearned alone: recovery without the excess, half the time")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json")
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     attacker = args.attacker or p.robustness.relearn_attacker
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval"))
     models = {"unlearned": unlearned_model(p), "control": ("models/control", None)}
+    models = {name: models[name] for name in args.models.split(",")}
+    control = "control" in models
     runs: dict = {}
     for precision in args.precisions.split(","):
         for name, model in models.items():
@@ -78,24 +82,30 @@ def main(argv: list[str] | None = None) -> dict:
             runs[f"{name}/{precision}"] = {"settings": aggregate["settings"], "worst": aggregate["worst"],
                                            "memory": aggregate["memory"], "seconds": round(seconds, 1)}
     table = []
-    print(f"\n{attacker} attacker; recovery of the unlearned model (excess over the control) per precision")
+    print(f"\n{attacker} attacker; recovery of the unlearned model" + (" (excess over the control)" if control else "")
+          + " per precision")
     print(f"{'lr':>8} {'steps':>5} | " + " | ".join(f"{pr:>22}" for pr in args.precisions.split(",")))
     for i, setting in enumerate(runs[f"unlearned/{args.precisions.split(',')[0]}"]["settings"]):
         row = {"lr": setting["lr"], "steps": setting["steps"]}
         cells = []
         for precision in args.precisions.split(","):
             u = runs[f"unlearned/{precision}"]["settings"][i]["recovery"]
-            c = runs[f"control/{precision}"]["settings"][i]["recovery"]
-            row[precision] = {"recovery": u, "control": c, "excess": u - c}
-            cells.append(f"{u:>7.3f} ({u - c:+.3f})      ")
+            if control:
+                c = runs[f"control/{precision}"]["settings"][i]["recovery"]
+                row[precision] = {"recovery": u, "control": c, "excess": u - c}
+                cells.append(f"{u:>7.3f} ({u - c:+.3f})      ")
+            else:
+                row[precision] = {"recovery": u}
+                cells.append(f"{u:>7.3f}")
         table.append(row)
         print(f"{setting['lr']:>8g} {setting['steps']:>5} | " + " | ".join(f"{c:>22}" for c in cells))
+    worst = "excess" if control else "recovery"
     result = {"attacker": attacker, "workspace": str(workspace), "table": table,
-              "worst_excess": {pr: max(r[pr]["excess"] for r in table) for pr in args.precisions.split(",")},
+              f"worst_{worst}": {pr: max(r[pr][worst] for r in table) for pr in args.precisions.split(",")},
               "seconds": {k: v["seconds"] for k, v in runs.items()}, "runs": runs}
-    for precision, excess in result["worst_excess"].items():
-        print(f"{precision}: worst-case excess {excess:+.3f}; attack seconds unlearned "
-              f"{runs[f'unlearned/{precision}']['seconds']}, control {runs[f'control/{precision}']['seconds']}")
+    for precision, value in result[f"worst_{worst}"].items():
+        print(f"{precision}: worst-case {worst} {value:+.3f}; attack seconds "
+              + ", ".join(f"{name} {runs[f'{name}/{precision}']['seconds']}" for name in models))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
