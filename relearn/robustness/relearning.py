@@ -247,7 +247,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
             for step in range(1, steps[-1] + 1):
                 trained.train()
                 batch = next(batches)
-                logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
                 loss = answer_ce(logits, batch["labels"])
                 optimizer_step(accelerator, trained, optimizer, scheduler, loss, grad_clip=1.0)
                 run_losses.append(loss.item())
