@@ -41,7 +41,7 @@ def attack(p, model: tuple[str, str | None], splits: dict, precision: str, attac
         max_new_tokens=p.evaluate.max_new_tokens, max_length=p.model.max_length, steps=r.relearn_steps,
         lrs=r.relearn_lrs, attacker=attacker, lora_r=r.relearn_lora_r, folds=r.relearn_folds,
         fraction=r.relearn_fraction, seed=p.seed, retain_eval=splits["retain_eval"],
-        eval_batch_size=p.evaluate.batch_size, device=p.device, dtype="float32", precision=precision)
+        eval_batch_size=p.evaluate.batch_size, device=p.device, dtype=p.dtype(), precision=precision)
     return aggregate, time.monotonic() - start
 
 

@@ -228,14 +228,15 @@ def prepare_relearn(s: Subject, p, dtype: str, steps: int, two_copy: bool = Fals
     return Step(tokens, step, accelerator.device, n)
 
 
-def prepare_attack(s: Subject, p, steps: int, attacker: str, precision: str) -> Step:
+def prepare_attack(s: Subject, p, dtype: str, steps: int, attacker: str, precision: str) -> Step:
     """One step of the relearning attack's fine-tuning on the forget batch's original pairs, set up by the
-    attack's own functions; the Step carries the attack's memory estimate."""
+    attack's own functions, under `dtype` autocast as the robustness stage runs it (the run's dtype); the
+    Step carries the attack's memory estimate."""
     from transformers import get_constant_schedule
 
     from relearn.robustness.relearning import attacker_memory, attacker_setup, bound_activations
 
-    accelerator = accelerator_for("float32")  # the weights' own precision, no autocast on top
+    accelerator = accelerator_for(dtype)
     r = p.robustness
     model = s.load(precision).to(accelerator.device)
     n, estimate = matmul_params(model), attacker_memory(model, attacker, r.relearn_lora_r)["estimate_bytes"]
@@ -251,7 +252,7 @@ LABELS.update({"attack_full_fp32": "attack full, fp32", "attack_full_bf16": "att
                "attack_lora_bf16": "attack lora, bf16"})
 PREPARE = {"sft": prepare_sft, "relearn_adapter_off": prepare_relearn,
            "relearn_two_copy": lambda s, p, dtype, steps: prepare_relearn(s, p, dtype, steps, two_copy=True),
-           **{name: (lambda s, p, dtype, steps, a=a, pr=pr: prepare_attack(s, p, steps, a, pr))
+           **{name: (lambda s, p, dtype, steps, a=a, pr=pr: prepare_attack(s, p, dtype, steps, a, pr))
               for name, (a, pr) in ATTACK_MEASURES.items()}}
 
 
@@ -451,15 +452,16 @@ def measure_ratios(models: list[Subject], p, args, dtype: str, peak_tflops: floa
     return out
 
 
-def measure_attack(models: list[Subject], args) -> dict:
-    """The attack part: each attacker's step in a fresh process, with its estimate beside its peak."""
+def measure_attack(models: list[Subject], args, dtype: str) -> dict:
+    """The attack part: each attacker's step in a fresh process, with its estimate beside its peak, under
+    `dtype` autocast (--dtype: the run's dtype)."""
     print(f"\n{'model':<8} | {'measure':<22} | {'s/step':>8} | {'tok/s':>9} | {'peak MiB':>8} | {'estimate MiB':>12}",
           flush=True)
     out: dict = {}
     for s in models:
         rows = out[s.name] = {}
         for measure in ATTACK_MEASURES:
-            row = rows[measure] = run_worker(measure, s.name, args, "float32")
+            row = rows[measure] = run_worker(measure, s.name, args, dtype)
             row.pop("memory_method")
             row["tok_s"] = row["tokens"] / row["seconds"]
             print(f"{s.name:<8} | {LABELS[measure]:<22} | {row['seconds']:>8.4f} | {row['tok_s']:>9,.0f} | "
@@ -563,7 +565,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"no peak FLOP/s known for {torch.cuda.get_device_name()}: pass --peak-tflops for MFU")
         ratios = measure_ratios(models, p, args, dtype, peak)
     if args.only == "attack" or (args.attack and args.only is None):
-        ratios["attack"] = measure_attack(models, args)
+        ratios["attack"] = measure_attack(models, args, cost_dtype(args.dtype))
     info["loadavg_after"] = os.getloadavg()[0]
     info["under_load"] = device == "cpu" and info["loadavg_before"] >= 1.0  # something else had the CPUs
     print(f"load average (1 min) before {info['loadavg_before']:.2f}, after {info['loadavg_after']:.2f} on {info['cpus']} CPUs"

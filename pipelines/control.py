@@ -21,7 +21,7 @@ def main() -> None:
     if p.model.base and p.target.finetune == "lora":
         refuse_sharding("control", "target.finetune lora merges the adapter into the sharded weights; use full")
     if sharding() == "deepspeed":
-        refuse_sharding("control", "its weights are gathered from FSDP shards; use configs/accelerate/fsdp.yaml")
+        refuse_sharding("control", "its weights are gathered from FSDP shards", instead="configs/accelerate/fsdp.yaml")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))

@@ -28,7 +28,7 @@ def main() -> None:
         refuse_sharding("unlearn", "unlearn.harden sam_rho, mask and normalise take the forget and retain gradients "
                                    "apart on the unwrapped model, outside the sharded backward")
     if sharding() == "deepspeed":
-        refuse_sharding("unlearn", "its adapter is gathered from FSDP shards; use configs/accelerate/fsdp.yaml")
+        refuse_sharding("unlearn", "its adapter is gathered from FSDP shards", instead="configs/accelerate/fsdp.yaml")
     splits = read_splits("data/splits", ("forget", "retain"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     forget_side = forget_side_for(p.unlearn.method, splits["forget"], variants,

@@ -13,6 +13,7 @@ it. The stage removes it (`clear_checkpoints`) once its output is written.
 Only what training changes is kept: a LoRA stage's checkpoint is its adapter (megabytes), not the
 frozen base model (14 GB for a 7B model in bf16, every `every` steps). The frozen weights are the
 ones the run started from, which the fingerprint pins, so a resumed run gets them from its own start.
+(Under FSDP, accelerate writes its own sharded checkpoint of the whole model: the frozen weights too.)
 
     directory/latest/   model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl, meta.json
 """
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +123,8 @@ def _keep_trainable(models: list, weights: list[dict], output_dir) -> None:
     (the names match: both come from the prepared model)."""
     for i, model in enumerate(models[:len(weights)]):
         keep = _trainable_names(model)
-        weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+        # an OrderedDict, as accelerate's save expects (it drops aliased tensors from those only)
+        weights[i] = OrderedDict((k, v) for k, v in weights[i].items() if k in keep)
 
 
 def clear_checkpoints(directory: str | os.PathLike) -> None:

@@ -89,14 +89,14 @@ def sharding() -> str | None:
     return None
 
 
-def refuse_sharding(stage: str, why: str = "") -> None:
+def refuse_sharding(stage: str, why: str = "",
+                    instead: str = "configs/accelerate/ddp.yaml or on one process") -> None:
     """A user error when a stage that cannot run with sharded weights is launched with them."""
     kind = sharding()
     if kind:
         raise UserError(f"{stage}: launched with {'FSDP' if kind == 'fsdp' else 'DeepSpeed'} "
                         f"({'ACCELERATE_USE_FSDP' if kind == 'fsdp' else 'ACCELERATE_USE_DEEPSPEED'} is set), "
-                        f"which this stage does not support{': ' + why if why else ''}; launch it with "
-                        "configs/accelerate/ddp.yaml or on one process")
+                        f"which this stage does not support{': ' + why if why else ''}; launch it with {instead}")
 
 
 def gather_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -143,11 +143,11 @@ def is_main_process() -> bool:
 
 
 def finish() -> None:
-    """End a stage's distributed run cleanly: every rank waits, then the process group is torn down
-    (without it gloo aborts the processes at exit). A no-op in a one-process run."""
+    """End a stage's distributed run cleanly: this process's side of the process group is torn down
+    (without it gloo aborts the processes at exit). No barrier: the other processes have left their
+    last collective already, and a barrier would make them wait on the main process's writes (a
+    large model's can outlast NCCL's 10-minute collective timeout). A no-op in a one-process run."""
     import torch.distributed as dist
-    from accelerate import PartialState
 
     if dist.is_available() and dist.is_initialized():
-        PartialState().wait_for_everyone()
         dist.destroy_process_group()

@@ -119,6 +119,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     key = fingerprint(model, desc=desc, pairs=pairs, template=template, max_length=max_length, epochs=epochs,
                       batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                       grad_clip=grad_clip, seed=seed, dtype=dtype, processes=accelerator.num_processes,
+                      launch=str(accelerator.distributed_type),
                       teacher=None if teacher is None else fingerprint(teacher), check_every=check_every,
                       **(fingerprint_extra or {})) if checkpoint_dir and checkpoint_every > 0 else ""
     loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
@@ -209,7 +210,8 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
                       loss=getattr(loss_fn, "__module__", repr(loss_fn)), weights=weights, template=template,
                       max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                       weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, dtype=dtype,
-                      processes=accelerator.num_processes) if checkpoint_dir and checkpoint_every > 0 else ""
+                      processes=accelerator.num_processes,
+                      launch=str(accelerator.distributed_type)) if checkpoint_dir and checkpoint_every > 0 else ""
     forget_loader = make_loader(tokenizer, forget_pairs, template, max_length, batch_size, seed)
     retain_loader = make_loader(tokenizer, retain_pairs, template, max_length, batch_size, seed + 1)
     loaders = [forget_loader, retain_loader]

@@ -355,16 +355,25 @@ def test_relearning_in_bf16_trains_bf16_weights_with_bounded_state_and_records_i
 
 
 def test_relearning_refuses_an_attack_that_cannot_fit_the_gpu(monkeypatch):
-    """The check runs before anything moves to the GPU and names the param that makes it fit."""
+    """The check runs before anything moves to the GPU, counts what AdamW and autocast add on a GPU,
+    and names a param that makes it fit."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 1024 ** 3, 80 * 1024 ** 3))
-    memory = {"estimate_bytes": 112 * 10 ** 9}
-    with pytest.raises(UserError, match=r"needs 104.3 GiB .* 60.0 GiB free; use robustness.relearn_precision: bfloat16"):
-        relearning_module._check_fits(memory, torch.device("cuda", 0), "full", "float32")
-    memory = {"estimate_bytes": 56 * 10 ** 9}
-    relearning_module._check_fits(memory, torch.device("cuda", 0), "full", "bfloat16")
-    assert memory["device_free_bytes"] == 60 * 1024 ** 3
+    gpu = torch.device("cuda", 0)
+    n = 3_300_000_000  # 16 bytes a weight fit 60 GiB (49.2), with the AdamW temporaries not (61.5)
+    fp32 = {"estimate_bytes": 16 * n, "weights_bytes": 4 * n, "trained_parameters": n, "optimizer": "adamw"}
+    with pytest.raises(UserError, match=r"needs 61.5 GiB .* 60.0 GiB free; use robustness.relearn_precision: bfloat16 "
+                                        r"\(half the bytes\) or robustness.relearn_attacker: lora"):
+        relearning_module._check_fits(dict(fp32), gpu, "full", "float32")
+    memory = {"estimate_bytes": 8 * n, "weights_bytes": 2 * n, "trained_parameters": n,
+              "optimizer": "bf16-adamw-stochastic-rounding"}
+    relearning_module._check_fits(memory, gpu, "full", "bfloat16", autocast=True)  # no temporaries, no copies
+    assert memory["device_free_bytes"] == 60 * 1024 ** 3 and memory["needed_bytes"] == 8 * n
+    lora = {"estimate_bytes": 70 * 1024 ** 3, "weights_bytes": 70 * 1024 ** 3, "trained_parameters": 0,
+            "optimizer": "adamw"}
+    with pytest.raises(UserError, match=r"use a GPU with more free memory \(the frozen weights alone take 70.0 GiB\)"):
+        relearning_module._check_fits(lora, gpu, "lora", "bfloat16")
     relearning_module._check_fits({"estimate_bytes": 10 ** 15}, torch.device("cpu"), "full", "float32")  # no check
 
 

@@ -152,8 +152,9 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                     "krr_before", "krr_after",       # only with retain_eval (after: worst setting)
                     "loss_first", "loss_last",       # the worst setting's runs (mean over folds)
                     "attacker", "lora_r" (lora only), "precision", "optimizer", "gradient_checkpointing",
-                    "memory": {"estimate_bytes", "device_free_bytes", "device_peak_bytes"},  # the two
-                                                           # device figures on a GPU only, else None
+                    "memory": {"estimate_bytes", "weights_bytes", "trained_parameters",  # attacker_memory
+                               "device_free_bytes", "needed_bytes", "device_peak_bytes"},  # on a GPU only
+                                                                                           # (None or absent)
                     "folds", "lrs", "steps" (both sorted),
                     "schedule": "constant", "batch_size", "fraction" (folds 1 only), "group_by", "seed",
                     "n": {"groups", "forget_eval", "per_fold": [{"finetune_pairs", "finetune_groups",
@@ -213,7 +214,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         accelerator = make_accelerator(dtype, device)
         model, tokenizer = load_merged(base_dir, adapter_dir, precision)  # on the CPU, for the estimate
         memory = attacker_memory(model, attacker, lora_r)
-        _check_fits(memory, accelerator.device, attacker, precision)
+        _check_fits(memory, accelerator.device, attacker, precision, autocast=dtype in ("bfloat16", "float16"))
         model.to(accelerator.device)
         checkpointing = bound_activations(model, precision)
         # a full attacker's untouched weights, restored before every run (on the CPU: no second copy
@@ -260,6 +261,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
             del trained, optimizer, loader, scheduler
             if attached is not model:
                 attached.unload()  # the LoRA layers out again: the next run starts from the plain model
+                if checkpointing and hasattr(model, "_require_grads_hook"):
+                    model.disable_input_require_grads()  # peft's hook for checkpointing, else one more per run
             del attached
             seconds["after"] += eval_seconds
             seconds["finetune"] += time.monotonic() - start - eval_seconds
@@ -401,21 +404,31 @@ def attacker_memory(model, attacker: str, lora_r: int = 8) -> dict:
             "optimizer": optimizer, "device_free_bytes": None, "device_peak_bytes": None}
 
 
-def _check_fits(memory: dict, device, attacker: str, precision: str) -> None:
-    """On a GPU: refuse an attack whose weights, gradients and optimizer state alone pass the free
-    memory (activations come on top), before anything is moved there."""
+def _check_fits(memory: dict, device, attacker: str, precision: str, autocast: bool = False) -> None:
+    """On a GPU: refuse an attack whose weights, gradients and optimizer state pass the free memory
+    before anything is moved there. Counted on top of attacker_memory's estimate: torch AdamW's
+    full-size temporaries on a GPU (foreach: 4 bytes a trained weight), and under bf16/fp16 autocast
+    (`autocast`) the half-precision copies it caches of fp32 weights (2 bytes a weight); activations
+    come on top of that still. Records "device_free_bytes" and "needed_bytes" in `memory`."""
     if device.type != "cuda":
         return
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)
-    memory["device_free_bytes"] = int(free)
-    if memory["estimate_bytes"] > free:
-        hint = ("robustness.relearn_precision: bfloat16 (8 bytes a weight for a full attacker)"
-                if precision == "float32" else "robustness.relearn_attacker: lora")
-        raise UserError(f"robustness.relearn_attacker: a {attacker} attacker in {precision} needs "
-                        f"{memory['estimate_bytes'] / GiB:.1f} GiB for its weights, gradients and optimizer state "
-                        f"(activations not counted), and {device} has {free / GiB:.1f} GiB free; use {hint}")
+    needed = memory["estimate_bytes"]
+    if memory.get("optimizer") == "adamw":
+        needed += 4 * memory.get("trained_parameters", 0)
+    if autocast and precision == "float32":
+        needed += memory.get("weights_bytes", 0) // 2
+    memory.update(device_free_bytes=int(free), needed_bytes=int(needed))
+    if needed > free:
+        hints = (["robustness.relearn_precision: bfloat16 (half the bytes)"] if precision == "float32" else []) + \
+            (["robustness.relearn_attacker: lora (the weights frozen)"] if attacker == "full" else [])
+        hint = (" or ".join(hints) if hints else
+                f"a GPU with more free memory (the frozen weights alone take {memory.get('weights_bytes', 0) / GiB:.1f} GiB)")
+        raise UserError(f"robustness.relearn_attacker: a {attacker} attacker in {precision} needs {needed / GiB:.1f} GiB "
+                        f"for its weights, gradients and optimizer state (activations not counted), and {device} has "
+                        f"{free / GiB:.1f} GiB free; use {hint}")
 
 
 def bound_activations(model, precision: str) -> bool:
