@@ -8,20 +8,17 @@ from transformers import AutoTokenizer
 
 from relearn.data.splits import read_splits
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, gather_state, is_main_process, refuse_sharding, sharding
+from relearn.devices import finish, gather_state, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params
-from relearn.target import make_control
+from relearn.target import check_launch, make_control
 
 
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    if p.model.base and p.target.finetune == "lora":
-        refuse_sharding("control", "target.finetune lora merges the adapter into the sharded weights; use full")
-    if sharding() == "deepspeed":
-        refuse_sharding("control", "its weights are gathered from FSDP shards", instead="configs/accelerate/fsdp.yaml")
+    check_launch(p, "control")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))

@@ -4,20 +4,17 @@
 """
 from relearn.data.splits import read_splits
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, gather_state, is_main_process, refuse_sharding, sharding
+from relearn.devices import finish, gather_state, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params
-from relearn.target import make_target
+from relearn.target import check_launch, make_target
 
 
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    if p.model.base and p.target.finetune == "lora":
-        refuse_sharding("target", "target.finetune lora merges the adapter into the sharded weights; use full")
-    if sharding() == "deepspeed":
-        refuse_sharding("target", "its weights are gathered from FSDP shards", instead="configs/accelerate/fsdp.yaml")
+    check_launch(p, "target")
     # the forget pool (data/corpus): the target learns it whatever the erasure requests say
     splits = read_splits("data/splits", ("retain", "retain_eval", "general")) | \
         read_splits("data/corpus", ("forget", "forget_eval"))

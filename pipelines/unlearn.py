@@ -12,7 +12,7 @@ from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, gather_trainable, is_main_process, refuse_sharding, sharding
+from relearn.devices import finish, gather_trainable, is_main_process, refuse_deepspeed, refuse_sharding, sharding
 from relearn.errors import main_guard
 from relearn.hardening import negative_triples
 from relearn.io import atomic_dir, write_json, write_text
@@ -27,8 +27,7 @@ def main() -> None:
     if sharding() and p.unlearn.harden.needs_split():
         refuse_sharding("unlearn", "unlearn.harden sam_rho, mask and normalise take the forget and retain gradients "
                                    "apart on the unwrapped model, outside the sharded backward")
-    if sharding() == "deepspeed":
-        refuse_sharding("unlearn", "its adapter is gathered from FSDP shards", instead="configs/accelerate/fsdp.yaml")
+    refuse_deepspeed("unlearn")
     splits = read_splits("data/splits", ("forget", "retain"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     forget_side = forget_side_for(p.unlearn.method, splits["forget"], variants,

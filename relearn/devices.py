@@ -99,6 +99,12 @@ def refuse_sharding(stage: str, why: str = "",
                         f"which this stage does not support{': ' + why if why else ''}; launch it with {instead}")
 
 
+def refuse_deepspeed(stage: str) -> None:
+    """The stages gather sharded weights from FSDP2 DTensors only: a DeepSpeed launch is a user error."""
+    if sharding() == "deepspeed":
+        refuse_sharding(stage, "its weights are gathered from FSDP shards", instead="configs/accelerate/fsdp.yaml")
+
+
 def gather_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """{name: full tensor on the CPU} for every trainable parameter of `model` (the unwrapped model).
     Under FSDP2 a parameter is a DTensor holding this process's shard, and `full_tensor()` gathers it:

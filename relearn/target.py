@@ -31,6 +31,16 @@ def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> fl
     return sum(shares) / max(len(shares), 1)
 
 
+def check_launch(params: Params, stage: str) -> None:
+    """The target and control stages under a sharded launch: FSDP only, and full fine-tuning (a LoRA
+    fine-tune is merged into the weights after training, which sharded weights cannot take)."""
+    from relearn.devices import refuse_deepspeed, refuse_sharding
+
+    if params.model.base and params.target.finetune == "lora":
+        refuse_sharding(stage, "target.finetune lora merges the adapter into the sharded weights; use full")
+    refuse_deepspeed(stage)
+
+
 def _pretrained(params: Params, base_dir):
     """The base model to fine-tune: fp32 master weights (bf16 runs as autocast), wrapped in a LoRA
     adapter when target.finetune is 'lora'."""

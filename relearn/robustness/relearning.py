@@ -169,6 +169,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                    the fold that holds it out; with folds 1 the fine-tuned facts' items appear too
                    ("finetune"), with more folds every item is held once and fine-tuned on elsewhere.
     """
+    import torch
     from accelerate.utils import set_seed
     from transformers import get_constant_schedule
 
@@ -222,8 +223,6 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         pristine = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                     if attacker == "full" else None)
         if accelerator.device.type == "cuda":
-            import torch
-
             torch.cuda.reset_peak_memory_stats(accelerator.device)
     with timed(seconds, "before"):
         before = answer(model, "before")
@@ -273,8 +272,6 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                   + f" after {'/'.join(map(str, steps))} steps on {len(pairs)} pairs; loss {run_losses[0]:.3f} -> "
                   f"{run_losses[-1]:.3f}", flush=True)
     if accelerator.device.type == "cuda":
-        import torch
-
         memory["device_peak_bytes"] = int(torch.cuda.max_memory_allocated(accelerator.device))
     del model
     seconds = {k: round(v, 3) for k, v in seconds.items()}
