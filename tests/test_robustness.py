@@ -316,10 +316,26 @@ def test_relearning_one_split_measures_held_items_and_leaves_the_model_on_disk(t
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in aggregate.items() if k != "seconds"}
 
 
+def _tail(curve: list[float]) -> float:
+    """The end of a loss curve: the mean of its last three steps (one step's loss is one batch's)."""
+    return sum(curve[-3:]) / len(curve[-3:])
+
+
+def _fall(curve: list[float]) -> float:
+    return curve[0] - _tail(curve)
+
+
 @pytest.mark.parametrize("attacker", ["full", "lora"])
 def test_relearning_in_bf16_trains_bf16_weights_with_bounded_state_and_records_it(tiny, attacker):
     """relearn_precision bfloat16: the attack's weights are bf16 (a full attacker's gradients and
-    moments too, through BF16AdamW), gradient checkpointing is on, and the aggregate says so."""
+    moments too, through BF16AdamW), gradient checkpointing is on, and the aggregate says so.
+
+    What bf16 must guarantee is checked on the whole loss curve against fp32's, not on one final
+    value: where fp32 learns steadily (lr 3e-3) the bf16 curve stays within a band of it at every
+    step, and where updates are smaller than bf16's spacing (lr 3e-5: near the tiny model's weights
+    bf16 keeps steps of about 1e-4) bf16 still learns as far as fp32. Plain bf16 AdamW rounds those
+    updates away and gets about a third of fp32's fall there, so it fails this test; one final loss
+    at lr 3e-2 (the old check) differed by 7% between CPUs with the same code."""
     import torch
 
     seen = {}
@@ -331,12 +347,14 @@ def test_relearning_in_bf16_trains_bf16_weights_with_bounded_state_and_records_i
         return optimizer
 
     before = _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"])
-    kw = dict(template=TEMPLATE, max_new_tokens=4, steps=[12], lrs=[3e-2], folds=1, batch_size=4, seed=0,
+    kw = dict(template=TEMPLATE, max_new_tokens=4, steps=[12], folds=1, batch_size=4, seed=0,
               attacker=attacker, lora_r=4)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(relearning_module, "_optimizer", recording_optimizer)
-        aggregate, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision="bfloat16", **kw)
-    fp32, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision="float32", **kw)
+        aggregate, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision="bfloat16",
+                                         lrs=[3e-3], **kw)
+    fp32, _ = relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision="float32",
+                                lrs=[3e-3], **kw)
     base = load_merged(tiny["base"])[0]
     n = sum(p.numel() for p in base.parameters())
     assert aggregate["precision"] == "bfloat16" and aggregate["gradient_checkpointing"] is True
@@ -348,9 +366,19 @@ def test_relearning_in_bf16_trains_bf16_weights_with_bounded_state_and_records_i
         assert seen == {"kind": "AdamW", "dtypes": {torch.float32}}  # the adapter in fp32 over bf16 weights
         assert aggregate["memory"]["weights_bytes"] == 2 * n
     assert aggregate["memory"]["device_peak_bytes"] is None  # a CPU run has no device figure
-    assert aggregate["loss_last"] < aggregate["loss_first"] - 0.1, "the bf16 attack does learn"
-    assert aggregate["loss_last"] == pytest.approx(fp32["loss_last"], rel=0.05), "as far as the fp32 attack"
     assert fp32["precision"] == "float32" and fp32["gradient_checkpointing"] is False
+    curve, reference = aggregate["loss_curve"], fp32["loss_curve"]
+    assert len(curve) == len(reference) == 12 and curve[-1] == aggregate["loss_last"]
+    assert _fall(reference) > 0.2, "the fp32 attack learns: the band below is measured against a real fall"
+    assert _fall(curve) > 0.2, "the bf16 attack does learn"
+    band = 0.15 * _fall(reference)
+    assert max(abs(a - b) for a, b in zip(curve, reference)) <= band, "bf16 follows fp32's loss at every step"
+    if attacker == "full":  # updates below bf16's spacing: only stochastic rounding keeps them
+        small = {precision: relearning_attack(tiny["base"], tiny["adapter"], FORGET, FORGET_EVAL, precision=precision,
+                                              lrs=[3e-5], **kw)[0]["loss_curve"]
+                 for precision in ("bfloat16", "float32")}
+        assert _fall(small["float32"]) > 0.03
+        assert _fall(small["bfloat16"]) >= 0.75 * _fall(small["float32"]), "small updates add up as in fp32"
     assert _tree_digest(tiny["base"]) | _tree_digest(tiny["adapter"]) == before
 
 

@@ -290,6 +290,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         "finetuned": finetuned or None,
         "loss_first": statistics.fmean(losses[(k, lr)][0] for k in range(len(parts))),
         "loss_last": worst["loss"],
+        # the worst lr's training loss at every step (mean over folds): the whole run, not one point
+        "loss_curve": [statistics.fmean(losses[(k, lr)][i] for k in range(len(parts))) for i in range(steps[-1])],
         "attacker": attacker, **({"lora_r": lora_r} if attacker == "lora" else {}),
         "precision": precision, "optimizer": memory.pop("optimizer"), "gradient_checkpointing": checkpointing,
         "memory": memory,
