@@ -11,6 +11,7 @@ from relearn.comparison import forget_side_for, unlearn_params_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.errors import UserError, main_guard
+from relearn.evaluation.intervals import compact_items, model_intervals
 from relearn.evaluation.tofu import forget_quality
 from relearn.evidence import model_evidence, robustness_summary, truth_ratios
 from relearn.checkpoints import clear_checkpoints
@@ -45,8 +46,10 @@ def main() -> None:
     metrics, items = model_evidence(model, tokenizer, splits, variants, reference, tokenizer, p)
     control_items = read_json("reports/answers.json").get("control", {})
     metrics["tofu"]["forget_quality"] = forget_quality(truth_ratios(items), truth_ratios(control_items))
+    model_intervals(metrics, items, p.evaluate.ppl_aggregate, p.seed, p.evaluate.bootstrap_resamples)
     target_seesaw = read_json("reports/evaluation.json")["target"]["seesaw"]
-    result = {"method": method, "metrics": metrics, "train": train_report,
+    # per-item verdicts and LS parts (no text): `relearn compare` tests each method against relearn on them
+    result = {"method": method, "metrics": metrics, "train": train_report, "per_item": compact_items(items),
               "seesaw": {"target": target_seesaw, "unlearned": metrics["seesaw"]}}
     if method in p.compare.robustness:
         work = f".cache/robustness/compare-{method}"  # the ladder's merged and ONNX copies, removed after
@@ -70,6 +73,7 @@ def reuse_main_run(p, method: str) -> None:
     evaluation = read_json("reports/evaluation.json")
     metrics = evaluation["unlearned"]
     result = {"method": method, "metrics": metrics, "train": read_json("reports/unlearn.json"),
+              "per_item": compact_items(read_json("reports/answers.json")["unlearned"]),
               "seesaw": {"target": evaluation["target"]["seesaw"], "unlearned": metrics["seesaw"]},
               "reused": "the unlearn, evaluate and robustness stages' outputs (unlearn.method, same settings)"}
     if method in p.compare.robustness:

@@ -4,7 +4,8 @@ from relearn.data.splits import read_splits
 from relearn.devices import finish, init_processes, is_main_process
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
-from relearn.evidence import add_forget_quality, model_evidence
+from relearn.evaluation.intervals import model_intervals, paired_intervals
+from relearn.evidence import add_forget_quality, headline_metrics, model_evidence
 from relearn.io import read_json, write_json
 from relearn.ledger import request_kfr
 from relearn.model import load_pretrained, load_with_adapter
@@ -40,11 +41,17 @@ def main() -> None:
             metrics[name]["requests"] = request_kfr(manifest, items[name]["forget"])
         print("[evaluate] unlearned KFR per request: " + ", ".join(
             f"{rid} {r['kfr']:.3f}" for rid, r in metrics["unlearned"]["requests"].items()), flush=True)
+    # a 95% interval and the item count beside every number (Wilson for rates, a seeded bootstrap
+    # over items for the rest; numbers read against another model resample the same items for both)
+    interval_kw = dict(ppl_aggregate=p.evaluate.ppl_aggregate, seed=p.seed, resamples=p.evaluate.bootstrap_resamples)
+    for name in metrics:
+        model_intervals(metrics[name], items[name], **interval_kw)
+    paired_intervals(metrics, items, **interval_kw)
     if not is_main_process():  # every process has every result; the main one writes them
         return finish()
     write_json("reports/evaluation.json", metrics)  # every aggregate: set parts, LS parts, ROUGE, TOFU, MIA
     # the headline DVC metrics, so that `dvc metrics show` puts the models side by side
-    write_json("metrics.json", {name: {k: m[k] for k in ("kfr", "krr", "ls")} for name, m in metrics.items()})
+    write_json("metrics.json", headline_metrics(metrics))
     write_json("reports/answers.json", items)  # per-item evidence; contains forget-set text, stays local
     finish()
 

@@ -382,7 +382,8 @@ def ui(host: str, port: int) -> None:
 @click.option("--plots", "plots_dir", default="plots", show_default=True, help="Where the comparison plots go.")
 def compare(results: str, target_path: str, out: str, plots_dir: str) -> None:
     """Table and plots of the methods run by the compare stages, next to the target."""
-    from relearn.comparison import evidence_rows, load_results, markdown_table, plot_comparison, table_rows
+    from relearn.comparison import (evidence_rows, load_results, markdown_table, paired_markdown, paired_tests,
+                                    plot_comparison, table_rows)
     from relearn.io import read_json, write_json, write_text
 
     found = load_results(results)
@@ -394,8 +395,15 @@ def compare(results: str, target_path: str, out: str, plots_dir: str) -> None:
     rows = table_rows(evaluation["target"], found)
     robustness_path = Path(target_path).with_name("robustness.json")
     evidence = evidence_rows(evaluation, read_json(robustness_path) if robustness_path.is_file() else None, found)
-    table = markdown_table(rows) + "\n" + markdown_table(evidence)
+    p = _params("params.yaml") if Path("params.yaml").is_file() else None
+    tests = paired_tests(found, ppl_aggregate=p.evaluate.ppl_aggregate if p else "mean", seed=p.seed if p else 0,
+                         resamples=p.evaluate.bootstrap_resamples if p else 1000)
+    paired = paired_markdown(tests)
+    table = markdown_table(rows) + "\n" + markdown_table(evidence) + ("\n" + paired if paired else "")
+    if tests:
+        table += "\n" + "\n".join(t["summary"] for t in tests) + "\n"
     write_text(Path(out) / "compare.md", table)
+    write_json(Path(out) / "compare_tests.json", tests)
     write_json(Path(out) / "compare.json", {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows})
     write_json(Path(out) / "compare_evidence.json", {r["model"]: {k: v for k, v in r.items() if k != "model"}
                                                      for r in evidence})

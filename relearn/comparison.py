@@ -40,13 +40,104 @@ def probability_histogram(token_logprobs: list[list[float]], bins: int = SEESAW_
 
 
 def table_rows(target: dict, results: dict[str, dict]) -> list[dict]:
-    """One row per model (target first): KFR, KRR, LS and the forget-set LS parts."""
+    """One row per model (target first): KFR, KRR, LS with their 95% intervals ([low, high]) and
+    item counts where the evaluation computed them, and the forget-set LS parts."""
     def row(name: str, m: dict) -> dict:
         f = m["forget"]
-        return {"method": name, "kfr": m["kfr"], "krr": m["krr"], "ls": m["ls"], "ls_forget": f["ls"],
-                "ls_retain": m["retain"]["ls"], "ppl_forget": f["ppl"], "brunet_forget": f["brunet"],
-                "honore_forget": f["honore"], "rougeL_forget": f["rougeL_recall"]}
+        out = {"method": name}
+        for key in ("kfr", "krr", "ls"):
+            ci = (m.get("ci") or {}).get(key) or {}
+            out[key] = m[key]
+            out[f"{key} 95% CI"] = [ci["low"], ci["high"]] if ci.get("low") is not None else None
+        out["n forget/retain"] = "/".join(str((m.get("ci") or {}).get(k, {}).get("n", "-")) for k in ("kfr", "krr"))
+        out.update({"ls_forget": f["ls"], "ls_retain": m["retain"]["ls"], "ppl_forget": f["ppl"],
+                    "brunet_forget": f["brunet"], "honore_forget": f["honore"], "rougeL_forget": f["rougeL_recall"]})
+        return out
     return [row("target", target)] + [row(method, results[method]["metrics"]) for method in sorted(results)]
+
+
+def paired_tests(results: dict[str, dict], reference: str = "relearn", ppl_aggregate: str = "mean", seed: int = 0,
+                 resamples: int = 1000) -> list[dict]:
+    """Each method against `reference` on the same items (the compare results' `per_item`):
+    McNemar's exact test on the KFR and KRR verdicts, and a paired bootstrap of the LS difference
+    (method - reference; forget and retain items resampled, each jointly for both methods). A
+    method without per-item evidence (results from before intervals) is skipped."""
+    from relearn.evaluation import uncertainty as u
+    from relearn.evaluation.intervals import SETS, model_ls
+
+    base = (results.get(reference) or {}).get("per_item")
+    if not base:
+        return []
+    out = []
+    for method, result in sorted(results.items()):
+        mine = result.get("per_item")
+        if method == reference or not mine:
+            continue
+        row: dict = {"method": method, "reference": reference}
+        ids = {}
+        for name, (rate, label) in SETS.items():
+            ids[name] = [i for i in base[name] if i in mine[name] and label in base[name][i] and label in mine[name][i]]
+            a = [bool(mine[name][i][label]) for i in ids[name]]
+            b = [bool(base[name][i][label]) for i in ids[name]]
+            test = u.mcnemar(a, b)
+            test["difference"] = (sum(a) - sum(b)) / len(a) if a else None
+            row[rate] = test
+        (mf, mr), (rf, rr) = model_ls(mine, ppl_aggregate, ids), model_ls(base, ppl_aggregate, ids)
+        row["ls"] = u.paired_bootstrap([len(ids["forget"]), len(ids["retain"])],
+                                       lambda i, j, mf=mf, mr=mr, rf=rf, rr=rr: (mf(i) + mr(j)) / 2 - (rf(i) + rr(j)) / 2,
+                                       seed, resamples)
+        row["ls"]["difference"] = row["ls"]["value"]
+        row["summary"] = _in_words(row)
+        out.append(row)
+    return out
+
+
+def _in_words(row: dict) -> str:
+    """'npo vs relearn: KFR +0.125 (p 0.25, not significant); ...'"""
+    from relearn.evaluation.uncertainty import ALPHA
+
+    parts = []
+    for key in ("kfr", "krr", "ls"):
+        test = row[key]
+        diff, p = test.get("difference"), test.get("p_value")
+        if diff is None or p is None:
+            parts.append(f"{key.upper()}: not testable")
+            continue
+        words = "significant" if p < ALPHA else "not significant: the items cannot tell them apart"
+        parts.append(f"{key.upper()} {diff:+.3f} (p {_p(p, '= ')}, {words})")
+    return f"{row['method']} vs {row['reference']}: " + "; ".join(parts)
+
+
+def _p(p: float | None, eq: str = "") -> str:
+    """A p-value for people: a bootstrap p of 0 means below one resample in RESAMPLES."""
+    if p is None:
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{eq}{p:.3g}"
+
+
+def paired_markdown(tests: list[dict]) -> str:
+    """The paired tests as a table, differences as method minus the reference."""
+    from relearn.evaluation import uncertainty as u
+
+    if not tests:
+        return ""
+    lines = [f"Paired tests against {tests[0]['reference']} on the same items (McNemar for KFR/KRR, paired "
+             f"bootstrap for LS; p < 0.05 is called significant):", "",
+             "| method | ΔKFR | p | ΔKRR | p | ΔLS [95% CI] | p | verdict |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(test: dict) -> tuple[str, str]:
+        diff, p = test.get("difference"), test.get("p_value")
+        text = "-" if diff is None else f"{diff:+.3f}"
+        if test.get("low") is not None:
+            text += f" [{test['low']:+.3f}, {test['high']:+.3f}]"
+        return text, _p(p)
+
+    for t in tests:
+        cells = [c for key in ("kfr", "krr", "ls") for c in cell(t[key])]
+        significant = [k.upper() for k in ("kfr", "krr", "ls") if u.significant(t[k])]
+        verdict = ("differs in " + ", ".join(significant)) if significant else "no significant difference"
+        lines.append(f"| {t['method']} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def _dig(tree, *path):
@@ -80,9 +171,15 @@ def evidence_rows(evaluation: dict, robustness: dict | None, results: dict[str, 
 def markdown_table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):
+            return f"[{v[0]:.2f}, {v[1]:.2f}]"
+        return "-" if v is None else str(v)
+
     for r in rows:
-        lines.append("| " + " | ".join(f"{r.get(k):.3f}" if isinstance(r.get(k), float) else
-                                       ("-" if r.get(k) is None else str(r.get(k))) for k in keys) + " |")
+        lines.append("| " + " | ".join(cell(r.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,23 @@ def model_evidence(model, tokenizer, splits: Mapping[str, list[QARecord]], varia
     return metrics, items
 
 
+HEADLINE = ("kfr", "krr", "ls")
+
+
+def headline_metrics(evaluation: Mapping[str, Mapping[str, Any]]) -> dict:
+    """metrics.json: each model's KFR, KRR and LS at the keys `dvc metrics show` and the gates have
+    always read, and beside them `ci.<metric>.low/high/n` (the 95% interval and the item count)."""
+    out = {}
+    for name, m in evaluation.items():
+        row: dict[str, Any] = {k: m[k] for k in HEADLINE if k in m}
+        ci = {k: {"low": c.get("low"), "high": c.get("high"), "n": c.get("n")}
+              for k, c in (m.get("ci") or {}).items() if k in HEADLINE}
+        if ci:
+            row["ci"] = ci
+        out[name] = row
+    return out
+
+
 def truth_ratios(items: Mapping[str, Any]) -> list[float]:
     """The forget-set truth ratios of one model's per-item results."""
     return [v["truth_ratio"] for v in items.get("tofu_forget", {}).values() if v.get("truth_ratio") is not None]
@@ -191,6 +208,7 @@ def request_rows(manifest: Mapping[str, Any], evaluation: Mapping[str, Any], gat
         rows.append({"id": rid, "kind": entry.get("kind"), "received": entry.get("received"),
                      "kfr_target": _get(evaluation, "target", "requests", rid, "kfr"),
                      "kfr": _get(evaluation, "unlearned", "requests", rid, "kfr"),
+                     "ci": _get(evaluation, "unlearned", "requests", rid, "ci", "kfr"),
                      "n": _get(evaluation, "unlearned", "requests", rid, "n"), "eval": entry.get("eval"),
                      "passed": verdicts.get(f"request.{rid}")})
     return rows

@@ -246,9 +246,13 @@ def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[
 
 def request_kfr(manifest: dict, items: dict) -> dict[str, dict]:
     """Per-request KFR from the per-item forget results of one model (`items[id]['forgotten']`):
-    {request id: {"kfr": share forgotten, "n": items scored}}; NaN when none could be scored."""
+    {request id: {"kfr": share forgotten, "n": items scored, "ci": {"kfr": Wilson 95% interval}}};
+    NaN when none could be scored."""
+    from relearn.evaluation.uncertainty import wilson
+
     out = {}
     for request_id, entry in manifest.get("requests", {}).items():
         verdicts = [items[i]["forgotten"] for i in entry["eval_ids"] if i in items and "forgotten" in items[i]]
-        out[request_id] = {"kfr": sum(verdicts) / len(verdicts) if verdicts else float("nan"), "n": len(verdicts)}
+        out[request_id] = {"kfr": sum(verdicts) / len(verdicts) if verdicts else float("nan"), "n": len(verdicts),
+                           "ci": {"kfr": wilson(sum(verdicts), len(verdicts))}}
     return out

@@ -195,6 +195,7 @@ class EvaluateParams:
     embedding_threshold: float = _f(0.8, "Cosine similarity at which the embedding model counts a fact as revealed (the paper: 0.8).")
     ppl_model: str = _f("auto", "Reference language model of LS's PPL: 'target' (the fine-tuned target; it has memorised the forget answers, so any new answer costs PPL even when fluent), 'base' (the pretrained model.base before fine-tuning on the data: judges fluency without having seen it) or 'auto' (base when model.base is set, else target).")
     ppl_aggregate: str = _f("mean", "How LS aggregates per-answer PPL over a set: mean (the paper) | median | geomean (exp of mean log PPL); robust choices keep a few astronomical PPLs from zeroing p. The raw mean is reported as ppl_mean either way.")
+    bootstrap_resamples: int = _f(1000, "Resamples of the seeded bootstrap that gives LS, ROUGE, MIA AUC, truth ratio and every difference between models their 95% interval (seed: the top-level seed). Rates use the Wilson interval and need none.")
 
 
 @dataclass
@@ -203,6 +204,7 @@ class GateParams:
     min: Optional[float] = _f(None, "Passes when the metric is >= min.")
     max: Optional[float] = _f(None, "Passes when the metric is <= max.")
     blocks: list = _f(["api", "weights"], "Releases (register.release) under which a failing gate blocks the version; under the others it is advisory: shown in the report, the version's tags and `relearn status`, never blocking.")
+    bound: str = _f("value", "What min and max are compared with: 'value' (the point value), 'lower' or 'upper' (that end of the metric's 95% interval: 'lower' with min passes only when the interval's lower end is at least min, so that a handful of lucky items cannot pass it).")
 
 
 @dataclass
@@ -363,6 +365,7 @@ CHOICES = {
     "robustness.relearn_precision": ("auto", "float32", "bfloat16"),
 }
 RELEASES = CHOICES["register.release"]
+GATE_BOUNDS = ("value", "lower", "upper")  # a gate's `bound`: the point value or an end of its 95% interval
 GATE_TAG_NAMES = ("status", "advisory")  # version tags gate.status and gate.advisory sum up the gates: no gate may take those names
 LADDER_RUNGS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4")
 PROBES = ("paraphrase", "perturb", "jailbreak")
@@ -449,7 +452,7 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     positive = ["data.people", "model.hidden_size", "model.layers", "model.heads", "model.vocab_size",
                 "model.max_length", "target.epochs", "target.batch_size", "target.lora_r", "unlearn.epochs",
                 "unlearn.batch_size", "unlearn.lora.r", "evaluate.batch_size", "evaluate.max_new_tokens",
-                "evaluate.rounds", "serve.port", "serve.max_batch_size", "serve.max_queue", "serve.max_tokens",
+                "evaluate.rounds", "evaluate.bootstrap_resamples", "serve.port", "serve.max_batch_size", "serve.max_queue", "serve.max_tokens",
                 "serve.max_prompt_tokens", "serve.poll_seconds", "serve.request_timeout_s"]
     for dotted in positive:
         obj = params
@@ -601,9 +604,11 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
             continue
         if name in GATE_TAG_NAMES:
             problems.append(f"{where(p)}: a gate may not be named {name!r} (its tag would clash with gate.{name})")
-        unknown = set(gate) - {"metric", "min", "max", "blocks"}
+        unknown = set(gate) - {"metric", "min", "max", "blocks", "bound"}
         if unknown:
-            problems.append(f"{where(p)}: unknown gate keys {sorted(unknown)} (known: metric, min, max, blocks)")
+            problems.append(f"{where(p)}: unknown gate keys {sorted(unknown)} (known: metric, min, max, blocks, bound)")
+        if gate.get("bound", "value") not in GATE_BOUNDS:
+            problems.append(f"{where(p + ('bound',))}: {gate['bound']!r} is not one of {', '.join(GATE_BOUNDS)}")
         if "blocks" in gate and not isinstance(gate["blocks"], list):
             problems.append(f"{where(p + ('blocks',))}: expected a list of releases (of {', '.join(RELEASES)}), got {gate['blocks']!r}")
         else:

@@ -121,8 +121,14 @@ def test_request_kfr():
     manifest = {"requests": {"R-1": {"eval_ids": ["a", "b"]}, "R-2": {"eval_ids": ["c"]}, "R-3": {"eval_ids": ["z"]}}}
     items = {"a": {"forgotten": True}, "b": {"forgotten": False}, "c": {"forgotten": True}}
     out = request_kfr(manifest, items)
-    assert out["R-1"] == {"kfr": 0.5, "n": 2} and out["R-2"] == {"kfr": 1.0, "n": 1}
+    assert {k: out["R-1"][k] for k in ("kfr", "n")} == {"kfr": 0.5, "n": 2}
+    assert {k: out["R-2"][k] for k in ("kfr", "n")} == {"kfr": 1.0, "n": 1}
     assert math.isnan(out["R-3"]["kfr"]) and out["R-3"]["n"] == 0
+    # each request's KFR carries its Wilson interval: 1 of 2 forgotten spans most of [0, 1]
+    ci = out["R-1"]["ci"]["kfr"]
+    assert (ci["n"], ci["method"]) == (2, "wilson") and ci["low"] == pytest.approx(0.0945, abs=1e-3) \
+        and ci["high"] == pytest.approx(0.9055, abs=1e-3)
+    assert out["R-3"]["ci"]["kfr"]["low"] is None
 
 
 def test_cli_add_list_withdraw(tmp_path, files):

@@ -186,7 +186,7 @@ def test_bad_gates(tmp_path):
                             "    flat: 3\n")             # 10
     assert _problems(path) == [
         f"{path}:4: register.gates.no_metric.metric: a metric key is required, e.g. 'unlearned.kfr'",
-        f"{path}:6: register.gates.extra: unknown gate keys ['foo'] (known: metric, min, max, blocks)",
+        f"{path}:6: register.gates.extra: unknown gate keys ['foo'] (known: metric, min, max, blocks, bound)",
         f"{path}:7: register.gates.unbounded: needs 'min' or 'max'",
         f"{path}:9: register.gates.bad_bound.max: expected a number, got 'high'",
         f"{path}:10: register.gates.flat: expected a mapping with 'metric' and 'min' or 'max'",

@@ -444,3 +444,37 @@ def test_release_api_makes_relearning_advisory_and_weights_blocks_it(tiny, tmp_p
     assert "gates passed" in lines[api_line] and "release api" in lines[api_line] and "production" in lines[api_line]
     assert lines[api_line + 1].strip() == "advisory: relearning 0.875 > max 0.25"
     assert "failed gate relearning: value 0.875 (max 0.25)" in out.output
+
+
+def test_a_gate_on_the_lower_bound_blocks_a_version_whose_value_passes(tiny, tmp_path):
+    """bound: lower end to end: the registry's tag and verdict, the version's description in the
+    MLflow UI and the approver's report all show the interval the gate read."""
+    from mlflow.tracking import MlflowClient
+
+    from relearn.report import write_report
+
+    interval = {"kfr": {"value": 0.9, "low": 0.62, "high": 0.97, "n": 12, "method": "wilson", "level": 0.95}}
+    metrics = {**PASSING, "unlearned": {**PASSING["unlearned"], "ci": interval}}
+    params = Params()
+    params.register.gates = {**params.register.gates, "kfr": {"metric": "unlearned.kfr", "min": 0.8, "bound": "lower"}}
+    reg = versions.register_version(
+        model_name="relearn-bound-test", experiment="relearn-tests", params=params, metrics=metrics,
+        base_model_dir=tiny["base"], adapter_dir=tiny["adapter"], generation=GENERATION,
+        dataset_hashes={"forget": versions.file_md5(tiny["forget"])}, counts={"forget": 1, "retain": 7},
+        git_commit="abc123")
+    assert reg["gate_status"] == "failed"  # KFR 0.9 passes min 0.8; the interval's lower end 0.62 does not
+    kfr = {r["name"]: r for r in reg["gates"]}["kfr"]
+    assert (kfr["passed"], kfr["bound"], kfr["low"], kfr["n"]) == (False, "lower", 0.62, 12)
+    mv = MlflowClient().get_model_version("relearn-bound-test", reg["version"])
+    assert mv.tags["gate.kfr"] == "value=0.9000 ci=0.6200..0.9700 n=12 min=0.8 bound=lower failed"
+    assert mv.tags["approval_status"] == "blocked"
+    assert mv.description.startswith("**Blocked by gates: kfr.**")
+    assert "- kfr: lower end 0.62 of [0.62, 0.97] < min 0.8; value 0.9, n = 12" in mv.description
+    paths = write_report({"model_name": "relearn-bound-test", "version": reg["version"], "gates": reg["gates"],
+                          "gate_status": reg["gate_status"], "models": metrics}, tmp_path / "report")
+    markdown = paths["markdown"].read_text()
+    assert r"| kfr | unlearned.kfr | 0.900 \[0.62, 0.97\], n = 12 | lower | 0.800 |" in markdown
+    assert "lower end of the 95% interval 0.62 &lt; min 0.8" in markdown
+    assert r"KFR unlearned: **0.900 \[0.62, 0.97\], n = 12**" in markdown  # the cards at the top too
+    html = paths["html"].read_text()
+    assert "0.900 [0.62, 0.97], n = 12" in html and "lower end of the 95% interval 0.62 &lt; min 0.8" in html

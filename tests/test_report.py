@@ -346,8 +346,8 @@ def test_verdict_says_what_it_covers_under_each_release():
     # the gate table: under which releases each gate blocks, and the failure marked advisory
     assert "blocks under" in text and "failed (advisory)" in text
     assert page.count('<td class="fail">failed</td>') == 0 and page.count("<tr class=\"worst\">") == 1
-    assert "| 0.875 | — | 0.250 | weights | failed (advisory) |" in md
-    assert "| 0.900 | 0.800 | — | api, weights | **passed** |" in md
+    assert "| 0.875 | value | — | 0.250 | weights | failed (advisory) |" in md
+    assert "| 0.900 | value | 0.800 | — | api, weights | **passed** |" in md
 
     page, md = render_report(_release_data("weights"))
     text = " ".join(parse(page).text)

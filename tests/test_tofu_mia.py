@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from relearn.evaluation.mia import auc, loss_score, mia, mink_score
+from relearn.evaluation.mia import auc, loss_score, mia, mink_score, name_spans, name_token_mask
 from relearn.evaluation.tofu import (aggregate_items, forget_quality, harmonic_mean, length_normalised_probability,
                                      model_utility, option_share, tofu_item_scores, tofu_set_metrics, truth_ratio,
                                      truth_ratio_stat_forget, truth_ratio_stat_retain)
@@ -276,3 +276,188 @@ def test_mia_without_holdout_gives_none_and_a_note(memorised):
     assert len(items) == 3
     with pytest.raises(ValueError):
         mia(model, tok, MEMBERS, MEMBERS[:1], TEMPLATE, 64, 4)
+
+
+# ---- MIA with the subject's name masked out of the answer ----
+
+def _char_spans(tok, ids):
+    """Each token's [start, end) in the decoded text, from decoding token by token: an alignment
+    independent of the tokenizer's offsets (exact for the byte-level tokenizer on ASCII text)."""
+    spans, at = [], 0
+    for i in ids:
+        piece = tok.decode([i])
+        spans.append((at, at + len(piece)))
+        at += len(piece)
+    return spans
+
+
+def test_name_spans_cover_the_name_and_each_capitalised_word():
+    text = " Alice Moran met Moran's aunt in Moranville; alice, Alice and Jean de la Rue ate a la carte."
+    spans = name_spans(text, "Alice Moran")
+    found = sorted({text[a:b] for a, b in spans})
+    assert found == [" Alice", " Alice Moran", " Moran"]                           # with the space before
+    assert (text.index(" Moran's"), text.index(" Moran's") + 6) in spans         # possessive
+    assert not any(a <= text.index("Moranville") < b for a, b in spans)           # not inside a longer word
+    assert not any("alice" in text[a:b] for a, b in spans)                        # case-sensitive
+    # lower-case particles only inside the full name
+    rue = name_spans(text, "Jean de la Rue")
+    assert sorted(text[a:b] for a, b in rue) == [" Jean", " Jean de la Rue", " Rue"]
+    assert name_spans("Moran, Alice", "Alice Moran") == [(0, 5), (6, 12)]
+    assert name_spans(text, "  ") == [] and name_spans(text, "Nobody Here") == []
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_name_token_mask_matches_an_independent_alignment(chat):
+    from relearn.encoding import PromptFormat, answer_ids
+    from relearn.model import train_tokenizer
+
+    answer = "Mara Velin was born in Velmor Bay; Velin's sister said so."
+    tok = train_tokenizer([TEMPLATE.format(question="Where was Mara Velin born?") + " " + answer], vocab_size=300)
+    template: object = TEMPLATE
+    if chat:
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                             "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                             "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+        template = PromptFormat(mode="chat")
+    ids = answer_ids(tok, answer, template)
+    text = "".join(tok.decode([i]) for i in ids[:-1])
+    assert text == ("" if chat else " ") + answer
+    start = 0 if chat else text.index(" Mara Velin")   # the name and the space before it
+    names = [(start, text.index("Mara Velin") + len("Mara Velin")),
+             (text.index(" Velin's"), text.index(" Velin's") + len(" Velin"))]
+    expected = [any(s < b and e > a for a, b in names) for s, e in _char_spans(tok, ids[:-1])] + [False]
+    mask = name_token_mask(tok, answer, "Mara Velin", template)
+    assert mask == expected and len(mask) == len(ids)
+    assert 3 <= sum(mask) < len(mask) - 5
+    masked_text = "".join(tok.decode([i]) for i, m in zip(ids, mask) if m)
+    assert "Mara" in masked_text and masked_text.count("Vel") == 2 and "mor" not in masked_text
+
+
+def test_name_token_mask_refuses_to_guess_when_answer_encoding_changes(monkeypatch):
+    import relearn.evaluation.mia as mia_module
+    from relearn.encoding import answer_ids
+    from relearn.model import train_tokenizer
+
+    tok = train_tokenizer(["Question: Who?\nAnswer: Mara Velin sings."], vocab_size=300)
+    assert name_token_mask(tok, "Mara Velin sings.", "Mara Velin", TEMPLATE) is not None
+
+    def drifted(tokenizer, answer, template):
+        if isinstance(tokenizer, mia_module._OffsetRecorder):   # encodes without calling the tokenizer
+            return tokenizer.encode(" " + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+        return answer_ids(tokenizer, answer, template)
+
+    monkeypatch.setattr(mia_module, "answer_ids", drifted)
+    with pytest.raises(RuntimeError):
+        name_token_mask(tok, "Mara Velin sings.", "Mara Velin", TEMPLATE)
+
+
+def test_name_masked_scores_exclude_exactly_the_name_tokens(memorised):
+    from relearn.encoding import answer_ids
+    from relearn.generation import answer_token_logprobs
+
+    model, tok = memorised
+    member = QARecord(id="m", question="Where was Mara born?", subject="Mara Velin",
+                      answer="Mara Velin was born in Velmor Bay; Velin's sister said so.")
+    other = QARecord(id="n", question="What does Neve do?", subject="Neve Okafor",
+                     answer="Neve works as a clockmaker, like Okafor senior.")
+    aggregate, items = mia(model, tok, [member], [other], TEMPLATE, 64, 4, k=0.4)
+    for record, names in ((member, [" Mara Velin", " Velin's"]), (other, [" Neve", " Okafor"])):
+        ids = answer_ids(tok, record.answer, TEMPLATE)
+        text = " " + record.answer
+        spans = [(text.index(n), text.index(n) + len(n.removesuffix("'s"))) for n in names]
+        is_name = [any(s < b and e > a for a, b in spans) for s, e in _char_spans(tok, ids[:-1])] + [False]
+        logprobs = answer_token_logprobs(model, tok, [record.question], [record.answer], TEMPLATE, 64, 1)[0]
+        assert len(logprobs) == len(ids)
+        kept = [lp for lp, n in zip(logprobs, is_name) if not n]
+        it = items[record.id]
+        assert it["name_tokens"] == sum(is_name) > 0 and len(kept) == it["tokens"] - it["name_tokens"]
+        assert it["name_masked_loss"] == pytest.approx(-sum(kept) / len(kept), rel=1e-4)
+        lowest = sorted(kept)[:max(1, math.floor(0.4 * len(kept)))]
+        assert it["name_masked_mink"] == pytest.approx(-sum(lowest) / len(lowest), rel=1e-4)
+        assert it["loss"] == pytest.approx(-sum(logprobs) / len(logprobs), rel=1e-4)  # the plain score: all tokens
+    assert (aggregate["n_name_masked_members"], aggregate["n_name_masked_nonmembers"]) == (1, 1)
+    assert aggregate["n_without_subject"] == 0
+
+    # a max_length that cuts the answer: the mask follows the scored tokens only
+    _, cut = mia(model, tok, [member], [other], TEMPLATE, 20, 4)
+    assert 0 < cut["m"]["tokens"] < items["m"]["tokens"]
+    assert cut["m"]["name_tokens"] <= cut["m"]["tokens"]
+
+
+class _Unigram(torch.nn.Module):
+    """A causal LM whose next-token distribution is the same everywhere: log p(token) = table[token]
+    (log-softmaxed), whatever came before it."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table.expand(*input_ids.shape, -1).clone())
+
+
+def test_name_masked_auc_is_chance_when_only_the_names_are_familiar():
+    """Members' names are familiar (very likely tokens), nothing else is: the plain AUC separates
+    the sets perfectly, the name-masked one is at chance, as it is for a model that never saw them."""
+    from relearn.model import train_tokenizer
+
+    people = [("Mara Velin", "Corwin Dale"), ("Tobin Ashgrove", "Neve Okafor"), ("Ilsa Brenholt", "Odile Marsh")]
+    facts = ["works as a glassblower, said {}.", "was born in a small town far to the north.", "wrote a book; {} agrees."]
+    member_records, nonmember_records = [], []
+    for i, ((member, nonmember), fact) in enumerate(zip(people, facts)):
+        for records, name, side in ((member_records, member, "m"), (nonmember_records, nonmember, "n")):
+            records.append(QARecord(id=f"{side}{i}", question="Who is this?", subject=name,
+                                    answer=f"{name} {fact.format(name.split()[-1])}"))
+    tok = train_tokenizer([TEMPLATE.format(question=r.question) + " " + r.answer
+                           for r in member_records + nonmember_records], vocab_size=300)
+
+    def name_ids(name):
+        return set(tok(" " + name, add_special_tokens=False)["input_ids"]) | set(tok(" " + name.split()[-1])["input_ids"])
+
+    other = {i for fact in facts for i in tok(" " + fact.format(""))["input_ids"]}
+    familiar = set().union(*(name_ids(m) for m, _ in people)) - set().union(*(name_ids(n) for _, n in people)) - other
+    assert all(name_ids(m) & familiar for m, _ in people)
+    table = torch.randn(len(tok), generator=torch.Generator().manual_seed(0))
+    table[sorted(familiar)] += 12.0
+    aggregate, items = mia(_Unigram(table), tok, member_records, nonmember_records, TEMPLATE, 64, 4)
+
+    assert aggregate["loss_auc"] == 1.0                      # the names give the members away
+    assert aggregate["name_masked_loss_auc"] == pytest.approx(0.5)
+    assert aggregate["name_masked_mink_auc"] == pytest.approx(0.5)
+    for i in range(3):    # the same facts, told of a familiar or an unknown name, score the same
+        assert items[f"m{i}"]["name_masked_loss"] == pytest.approx(items[f"n{i}"]["name_masked_loss"], rel=1e-5)
+        assert items[f"m{i}"]["loss"] < items[f"n{i}"]["loss"]
+    assert (aggregate["n_name_masked_members"], aggregate["n_name_masked_nonmembers"]) == (3, 3)
+
+
+def test_name_masked_mia_still_detects_memorised_answers_and_skips_items_without_subject(memorised):
+    from dataclasses import replace
+
+    model, tok = memorised
+    named = [replace(r, id="s" + r.id, subject=r.question.split()[-2].rstrip("?")) for r in MEMBERS + NONMEMBERS]
+    assert [r.subject for r in named[:3]] == ["Mara", "Tobin", "Ilsa"]
+    aggregate, items = mia(model, tok, named[:3], named[3:], TEMPLATE, 64, 4)
+    # the model memorised whole answers, not only names: the masked score still tells them apart
+    assert aggregate["name_masked_loss_auc"] == 1.0 and aggregate["loss_auc"] == 1.0
+    assert all(it["name_tokens"] >= 1 and it["name_masked_loss"] is not None for it in items.values())
+
+    # the fixture's records have no subject and no two-word name to guess one from: left out, counted
+    plain, plain_items = mia(model, tok, MEMBERS, NONMEMBERS, TEMPLATE, 64, 4)
+    assert plain["name_masked_loss_auc"] is None and plain["name_masked_mink_auc"] is None
+    assert plain["n_without_subject"] == 6 and plain["n_name_masked_members"] == 0
+    assert all(it["name_masked_loss"] is None and it["name_tokens"] is None for it in plain_items.values())
+    assert plain["loss_auc"] == aggregate["loss_auc"]
+
+
+def test_name_masked_auc_excess_is_derived_beside_the_gated_one():
+    from relearn.registry.gates import derived
+
+    flat = {"control.mia.loss_auc": 0.7, "unlearned.mia.loss_auc": 1.0,
+            "control.mia.name_masked_loss_auc": 0.5, "unlearned.mia.name_masked_loss_auc": 0.62}
+    out = derived(flat)
+    assert out["mia_auc_excess"] == pytest.approx(0.3)
+    assert out["mia_name_masked_auc_excess"] == pytest.approx(0.12)
+    assert "mia_name_masked_auc_excess" not in derived({"control.mia.loss_auc": 0.7, "unlearned.mia.loss_auc": 1.0})

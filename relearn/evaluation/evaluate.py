@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from relearn.evaluation.linguistic import linguistic_score, perplexity
-from relearn.evaluation.rouge import mean_rouge
+from relearn.evaluation.rouge import mean_rouge, rouge1_recall, rougel_recall
 from relearn.evaluation.scoring import KnowledgeScorer
 from relearn.generation import answer_nll, generate_answers
 from relearn.params import Params
@@ -41,7 +41,9 @@ def score_set(answers: list[str], records: list[QARecord], kind: str, ppl_model,
     rouge = mean_rouge(answers, [r.answer for r in records])
     rate = "kfr" if kind == "forget" else "krr"
     aggregate = {rate: knowledge[rate], **knowledge.get("components", {}), **ls, **rouge, "n": len(records)}
-    items = {r.id: {"answer": a, "ppl": p, **knowledge["by_id"].get(r.id, {})}
+    # per item too, so that every set-level number can be given an interval over items
+    items = {r.id: {"answer": a, "ppl": p, "rouge1_recall": rouge1_recall(a, r.answer),
+                    "rougeL_recall": rougel_recall(a, r.answer), **knowledge["by_id"].get(r.id, {})}
              for r, a, p in zip(records, answers, ppls)}
     return aggregate, items
 
@@ -81,6 +83,11 @@ def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: l
             result[name] = aggregate
             if round_ == 0:
                 items[name] = per_item
+            else:  # the first round's evidence, plus each item's verdict in every round
+                label = "forgotten" if kind == "forget" else "retained"
+                for rid, item in per_item.items():
+                    if label in item and rid in items[name]:
+                        items[name][rid].setdefault(f"{label}_rounds", [items[name][rid][label]]).append(item[label])
         rounds.append(result)
     result = _mean_dicts(rounds)
 

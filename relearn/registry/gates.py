@@ -2,7 +2,12 @@
 
 Metrics arrive nested (`{"unlearned": {"kfr": 0.9}}`) and are checked by dotted key
 (`unlearned.kfr`). The verdicts are written to the model version as tags, one per gate
-(`gate.kfr = value=0.9000 min=0.8 passed`) plus `gate.status`.
+(`gate.kfr = value=0.9000 ci=0.7500..0.9700 n=32 min=0.8 passed`) plus `gate.status`.
+
+A gate compares min and max with the metric's point value (`bound: value`) or with one end of its
+95% interval (`bound: lower` / `upper`). The interval of `a.b.kfr` is `a.b.ci.kfr.low/high/n`
+(relearn.evaluation.uncertainty); a derived metric's (`ls_ratio`, ...) is the unlearned model's
+`unlearned.ci.<name>`. A gate on a bound whose interval is missing fails ("interval not found").
 
 Whether a failing gate blocks depends on how the model is released (`register.release`): a gate
 blocks only under the releases in its `blocks`. Behind an API nobody can fine-tune the weights or
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from relearn.errors import UserError
-from relearn.params import GATE_TAG_NAMES, RELEASES, GateParams
+from relearn.params import GATE_BOUNDS, GATE_TAG_NAMES, RELEASES, GateParams
 
 PASSED, FAILED, ADVISORY = "passed", "failed", "advisory"
 
@@ -67,7 +72,12 @@ def derived(flat: Mapping[str, float]) -> dict[str, float]:
 
     - `ls_ratio` = unlearned LS / target LS;
     - `mia_auc_excess` = unlearned - control LOSS membership-inference AUC (0: the forget set is
-      as hard to tell from never-seen questions as for a model that never saw it);
+      as hard to tell from never-seen questions as for a model that never saw it); the `mia` gate
+      reads this one: a model that still finds the forgotten people's names familiar leaks their
+      membership, whatever else it forgot;
+    - `mia_name_masked_auc_excess` = the same over the answer tokens that are not the subject's
+      name (`mia.name_masked_loss_auc`): whether knowledge beyond the names is left, shown beside
+      the gated one and gated by nothing by default;
     - `truth_ratio_vs_control` = unlearned / control forget-set TOFU truth ratio (1.0: true and
       perturbed answers weighed as the control weighs them; below 1 the true answers are still
       preferred). A ratio rather than a difference: the truth ratio is itself a ratio of
@@ -82,6 +92,9 @@ def derived(flat: Mapping[str, float]) -> dict[str, float]:
     control, unlearned = flat.get("control.mia.loss_auc"), flat.get("unlearned.mia.loss_auc")
     if control is not None and unlearned is not None:
         out["mia_auc_excess"] = unlearned - control
+    control, unlearned = flat.get("control.mia.name_masked_loss_auc"), flat.get("unlearned.mia.name_masked_loss_auc")
+    if control is not None and unlearned is not None:
+        out["mia_name_masked_auc_excess"] = unlearned - control
     control, unlearned = flat.get("control.tofu.forget.truth_ratio"), flat.get("unlearned.tofu.forget.truth_ratio")
     if control is not None and unlearned is not None and control > 0:
         out["truth_ratio_vs_control"] = unlearned / control
@@ -101,6 +114,24 @@ class GateResult:
     reason: str
     blocking: bool = True  # False: advisory under the release it was evaluated for (shown, never blocking)
     blocks: list[str] | None = None  # the releases under which it blocks (the gate's `blocks`)
+    bound: str = "value"  # what min/max were compared with: the value or an end of the 95% interval
+    low: float | None = None  # the metric's 95% interval and item count, where known
+    high: float | None = None
+    n: int | None = None
+
+
+def interval_key(metric: str) -> str:
+    """Where the 95% interval of `metric` sits in the flat metrics: `a.b.kfr` -> `a.b.ci.kfr`; a
+    derived metric (no dot: `ls_ratio`) -> `unlearned.ci.ls_ratio`, read against its reference."""
+    head, _, leaf = metric.rpartition(".")
+    return f"{head}.ci.{leaf}" if head else f"unlearned.ci.{leaf}"
+
+
+def interval_of(flat: Mapping[str, float], metric: str) -> tuple[float | None, float | None, int | None]:
+    """(low, high, n) of `metric`'s 95% interval; None where not known."""
+    key = interval_key(metric)
+    n = flat.get(f"{key}.n")
+    return flat.get(f"{key}.low"), flat.get(f"{key}.high"), None if n is None else int(n)
 
 
 def blocks_under(gate: GateParams, release: str | None) -> bool:
@@ -112,18 +143,29 @@ def blocks_under(gate: GateParams, release: str | None) -> bool:
 def evaluate_gate(name: str, gate: GateParams, flat: Mapping[str, float], release: str | None = None) -> GateResult:
     value = flat.get(gate.metric)
     blocking = blocks_under(gate, release)
+    bound = getattr(gate, "bound", "value") or "value"
+    if bound not in GATE_BOUNDS:
+        raise UserError(f"register.gates.{name}.bound: {bound!r} is not one of {', '.join(GATE_BOUNDS)}")
+    low, high, n = interval_of(flat, gate.metric)
 
     def result(passed: bool, reason: str) -> GateResult:
-        return GateResult(name, gate.metric, value, gate.min, gate.max, passed, reason, blocking, list(gate.blocks))
+        return GateResult(name, gate.metric, value, gate.min, gate.max, passed, reason, blocking, list(gate.blocks),
+                          bound, low, high, n)
 
     if value is None:
         return result(False, "metric not found")
     if math.isnan(value):
         return result(False, "metric is NaN")
-    if gate.min is not None and value < gate.min:
-        return result(False, f"{value:.4g} < min {gate.min:g}")
-    if gate.max is not None and value > gate.max:
-        return result(False, f"{value:.4g} > max {gate.max:g}")
+    compared, what = value, ""
+    if bound != "value":
+        compared = low if bound == "lower" else high
+        what = f"{bound} end of the 95% interval "
+        if compared is None or math.isnan(compared):
+            return result(False, "interval not found")
+    if gate.min is not None and compared < gate.min:
+        return result(False, f"{what}{compared:.4g} < min {gate.min:g}")
+    if gate.max is not None and compared > gate.max:
+        return result(False, f"{what}{compared:.4g} > max {gate.max:g}")
     return result(True, "ok")
 
 
@@ -140,30 +182,63 @@ def evaluate_gates(flat: Mapping[str, float], gates: Mapping[str, GateParams],
 
 
 def gate_tag(result: GateResult) -> str:
-    """`value=0.8512 min=0.8 passed` (`value=missing` when the metric was not found), with
-    ` advisory` after the verdict when the gate does not block under the version's release."""
+    """`value=0.8512 ci=0.7012..0.9321 n=40 min=0.8 bound=lower passed` (`value=missing` when the
+    metric was not found; `ci` and `n` when its interval is known; `bound` unless it is the value),
+    with ` advisory` after the verdict when the gate does not block under the version's release."""
     parts = ["value=missing" if result.value is None else f"value={result.value:.4f}"]
+    if result.low is not None and result.high is not None:
+        parts.append(f"ci={result.low:.4f}..{result.high:.4f}")
+    if result.n is not None:
+        parts.append(f"n={result.n}")
     if result.min is not None:
         parts.append(f"min={result.min:g}")
     if result.max is not None:
         parts.append(f"max={result.max:g}")
+    if result.bound != "value":
+        parts.append(f"bound={result.bound}")
     parts.append(PASSED if result.passed else FAILED)
     if not result.blocking:
         parts.append(ADVISORY)
     return " ".join(parts)
 
 
-def shortfall(value: Any, min: Any = None, max: Any = None) -> str:
-    """How a value misses its bounds, for people: `0.875 > max 0.25`, `0.3 < min 0.8`, `missing`."""
+def shortfall(value: Any, min: Any = None, max: Any = None, bound: str = "value", ci: Any = None) -> str:
+    """How a value misses its bounds, for people: `0.875 > max 0.25`, `0.3 < min 0.8`, `missing`;
+    for a gate on an interval's end (bound lower/upper, ci 'low..high'):
+    `lower end 0.62 of [0.62, 0.91] < min 0.7`."""
     if not _is_number(value):
         return "missing" if value in (None, "missing") else str(value)
     if math.isnan(value):
         return "NaN"
+    if bound in ("lower", "upper"):
+        low, high = _ends(ci)
+        end = low if bound == "lower" else high
+        if end is None:
+            return "interval not found"
+        where = f"{bound} end {end:.4g} of [{low:.4g}, {high:.4g}]"
+        if _is_number(min) and end < min:
+            return f"{where} < min {min:g}"
+        if _is_number(max) and end > max:
+            return f"{where} > max {max:g}"
+        return where
     if _is_number(min) and value < min:
         return f"{value:.4g} < min {min:g}"
     if _is_number(max) and value > max:
         return f"{value:.4g} > max {max:g}"
     return f"{value:.4g}"
+
+
+def _ends(ci: Any) -> tuple[float | None, float | None]:
+    """(low, high) of a tag's `ci=low..high` text, or of a [low, high] pair."""
+    if isinstance(ci, str) and ".." in ci:
+        try:
+            low, high = (float(x) for x in ci.split("..", 1))
+            return low, high
+        except ValueError:
+            return None, None
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return ci[0], ci[1]
+    return None, None
 
 
 def blocking_failures(results: list[GateResult]) -> list[GateResult]:
@@ -206,8 +281,12 @@ def parse_gate_tag(text: str) -> dict[str, Any]:
             parsed["advisory"] = True
         elif "=" in part:
             key, _, raw = part.partition("=")
+            if key == "ci":
+                low, high = _ends(raw)
+                parsed[key] = [low, high] if low is not None else raw
+                continue
             try:
-                parsed[key] = float(raw)
+                parsed[key] = int(raw) if key == "n" else float(raw)
             except ValueError:
                 parsed[key] = raw
     return parsed

@@ -163,11 +163,26 @@ def _failed_gate_tags(tags: Mapping[str, str], advisory: bool = False) -> dict[s
 def _failures(tags: Mapping[str, str], advisory: bool = False) -> list[dict]:
     """`[{"gate", "value", "min", "max", "passed", "shortfall", ...}]` of the failed gates (see
     `_failed_gate_tags`), for `relearn status` and the description."""
-    out = []
-    for name, value in _failed_gate_tags(tags, advisory).items():
-        parsed = parse_gate_tag(value)
-        out.append({"gate": name, **parsed, "shortfall": shortfall(parsed.get("value"), parsed.get("min"), parsed.get("max"))})
-    return out
+    return [_gate_row(name, value) for name, value in _failed_gate_tags(tags, advisory).items()]
+
+
+def _gate_row(name: str, tag: str) -> dict:
+    """One gate's tag, parsed, with `shortfall` in words; the 95% interval and n follow a point value."""
+    parsed = parse_gate_tag(tag)
+    bound = parsed.get("bound", "value")
+    text = shortfall(parsed.get("value"), parsed.get("min"), parsed.get("max"), bound, parsed.get("ci"))
+    ci = parsed.get("ci")
+    if bound == "value" and isinstance(ci, list) and ci[0] is not None:
+        text += f" (95% interval [{ci[0]:.4g}, {ci[1]:.4g}], n = {parsed.get('n', '?')})"
+    elif bound != "value" and isinstance(parsed.get("value"), float):
+        text += f"; value {parsed['value']:.4g}, n = {parsed.get('n', '?')}"
+    return {"gate": name, **parsed, "shortfall": text}
+
+
+def _bounded_gates(tags: Mapping[str, str]) -> list[dict]:
+    """The gates read on an end of the 95% interval (their tag has `bound=`), passed or not."""
+    return [_gate_row(key[len("gate."):], value) for key, value in sorted(tags.items())
+            if key.startswith("gate.") and key[len("gate."):] not in GATE_TAG_NAMES and " bound=" in f" {value}"]
 
 
 def _now() -> str:
@@ -269,6 +284,10 @@ def version_description(tags: Mapping[str, str], report: str | None = None) -> s
     if advisory:
         lines += ["", f"Advisory gates that failed (they do not block under release {release}):"]
         lines += [f"- {f['gate']}: {f['shortfall']}" for f in advisory]
+    bounded = _bounded_gates(tags)
+    if bounded:
+        lines += ["", "Gates read on an end of the metric's 95% interval (a few lucky items cannot pass them):"]
+        lines += [f"- {g['gate']}: {g['shortfall']}: {'passed' if g.get('passed') else 'failed'}" for g in bounded]
     lines += ["", f"Report: `{report}` (the run's artifacts)" if report else "Report: not attached yet."]
     text = "\n".join(lines)
     return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION - 1] + "…"

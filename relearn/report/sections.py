@@ -134,6 +134,47 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def ci_at(obj: Any, *path: str) -> Mapping | None:
+    """The 95% interval stored beside the number at `path` (`("forget", "kfr")` ->
+    `forget.ci.kfr`; relearn.evaluation.uncertainty), or None."""
+    if not path:
+        return None
+    ci = get(obj, *path[:-1], "ci", path[-1])
+    return ci if isinstance(ci, Mapping) else None
+
+
+def fmt_ci(value: Any, ci: Mapping | None) -> str:
+    """`0.750 [0.47, 0.91], n = 12`: the value with its 95% interval and item count where known."""
+    text = fmt(value)
+    if not isinstance(ci, Mapping) or value is None:
+        return text
+    low, high, n = num(ci.get("low")), num(ci.get("high")), num(ci.get("n"))
+    if low is not None and high is not None:
+        text += f" [{_end(float(low))}, {_end(float(high))}]"
+    if n is not None:
+        text += f", n = {n}"
+    return text
+
+
+def _end(x: float) -> str:
+    """An interval's end: two decimals (as the value's third is noise there), else as fmt writes it."""
+    return f"{x:.2f}" if math.isfinite(x) and (x == 0 or 1e-2 <= abs(x) < 100) else fmt(x)
+
+
+def first_ci(obj: Any, *paths: tuple[str, ...]) -> tuple[float | None, Mapping | None]:
+    """(the first number found along `paths`, its interval)."""
+    for path in paths:
+        value = num(get(obj, *path))
+        if value is not None:
+            return value, ci_at(obj, *path)
+    return None, None
+
+
+def _ci_cell(obj: Any, *paths: tuple[str, ...]) -> Cell:
+    value, ci = first_ci(obj, *paths)
+    return Cell(fmt_ci(value, ci), "num")
+
+
 def mapping(obj: Any) -> Mapping:
     return obj if isinstance(obj, Mapping) else {}
 
@@ -158,7 +199,8 @@ def _num_cell(value: Any, cls: str = "num") -> Cell:
 
 
 # ---------------------------------------------------------------- gates and verdict
-GATE_KEYS = ("name", "metric", "value", "min", "max", "passed", "reason", "blocking", "blocks")
+GATE_KEYS = ("name", "metric", "value", "min", "max", "passed", "reason", "blocking", "blocks", "bound", "low", "high",
+             "n")
 
 
 def release_scope(release: str | None) -> Mapping[str, str] | None:
@@ -253,15 +295,21 @@ def gates_section(gate_rows: list[dict], release: str | None = None) -> Section:
             word, word_cls, row_cls = "failed (advisory)", "", "worst"
         blocks = g["blocks"]
         under = (", ".join(blocks) or "never") if blocks is not None else ("yes" if g["blocking"] else "advisory")
+        interval = {"low": g.get("low"), "high": g.get("high"), "n": g.get("n")}
         rows.append([Cell(str(g["name"] if g["name"] is not None else MISSING), "strong"),
                      Cell(str(g["metric"] if g["metric"] is not None else MISSING), "mono"),
-                     _num_cell(num(g["value"]) if g["value"] is not None else None),
+                     Cell(fmt_ci(num(g["value"]) if g["value"] is not None else None, interval), "num"),
+                     Cell(str(g.get("bound") or "value"), "" if (g.get("bound") or "value") != "value" else "muted"),
                      _num_cell(num(g["min"])), _num_cell(num(g["max"])),
                      Cell(under, "" if g["blocking"] else "muted"),
                      Cell(word, word_cls),
                      Cell(str(g["reason"]) if g["reason"] is not None else "")])
         cls.append(row_cls)
-    s.blocks.append(Table(["gate", "metric", "value", "min", "max", "blocks under", "verdict", "reason"], rows, cls))
+    if any((g.get("bound") or "value") != "value" for g in gate_rows):
+        s.blocks.append(Para("A gate compared on 'lower' (or 'upper') reads that end of the metric's 95% interval: "
+                             "it passes only when the whole interval clears the threshold on that side.", "note"))
+    s.blocks.append(Table(["gate", "metric", "value [95% interval], n", "compared", "min", "max", "blocks under",
+                           "verdict", "reason"], rows, cls))
     return s
 
 
@@ -294,6 +342,7 @@ METRICS: list[tuple[str, str, tuple[tuple[str, ...], ...], str]] = [
     ("TOFU", "model utility", (("tofu", "model_utility"),), "near target"),
     ("Membership inference", "LOSS AUC", (("mia", "loss_auc"),), "near 0.5 / control"),
     ("Membership inference", "Min-K% AUC", (("mia", "mink_auc"),), "near 0.5 / control"),
+    ("Membership inference", "name-masked LOSS AUC", (("mia", "name_masked_loss_auc"),), "near 0.5 / control"),
 ]
 
 
@@ -306,14 +355,16 @@ def metrics_section(models: Mapping) -> Section:
     s.blocks.append(Para("Target: the model before unlearning. Control: a model trained on the retain "
                          "set only, which never saw the forget set; a model that truly forgot should "
                          "look like the control on the forget set and like the target on the retain "
-                         "set.", "note"))
+                         "set. Brackets: the 95% interval (Wilson for rates, a seeded bootstrap over items "
+                         "for scores); n: the items it rests on. Two models whose intervals overlap may "
+                         "not differ at all.", "note"))
     rows, cls, last_group = [], [], None
     for group, label, paths, hint in METRICS:
         values = [first_num(models[r], *paths) for r in roles]
         if all(v is None for v in values):
             continue
         rows.append([Cell(group if group != last_group else "", "muted"), Cell(label, "strong")]
-                    + [_num_cell(v) for v in values] + [Cell(hint, "muted")])
+                    + [_ci_cell(models[r], *paths) for r in roles] + [Cell(hint, "muted")])
         cls.append("groupstart" if group != last_group else "")
         last_group = group
     if not rows:
@@ -344,7 +395,7 @@ def variants_section(models: Mapping, masker) -> Section:
     if svg:
         s.blocks.append(Plot(svg, "KFR (share of forget items whose answer no longer carries the fact) "
                                   "for each kind of rephrased forget question."))
-    rows = [[Cell(k, "strong")] + [_num_cell(num(get(per_model[r], k, m))) for r in roles for m in metrics]
+    rows = [[Cell(k, "strong")] + [_ci_cell(per_model[r], (k, m)) for r in roles for m in metrics]
             for k in kinds]
     s.blocks.append(Table(rows=rows, **grouped(["variant"], roles, [m.upper() for m in metrics])))
     return s
@@ -537,7 +588,8 @@ def requests_section(requests: Any) -> Section:
         gate = r.get("passed")
         rows.append([Cell(_str(r.get("id"), MISSING), "strong"), Cell(_str(r.get("kind"), MISSING)),
                      Cell(_str(r.get("received"), MISSING)), _num_cell(num(r.get("kfr_target"))),
-                     _num_cell(num(r.get("kfr"))), _num_cell(num(r.get("n"))), Cell(_str(r.get("eval"), MISSING)),
+                     Cell(fmt_ci(num(r.get("kfr")), r.get("ci")), "num"), _num_cell(num(r.get("n"))),
+                     Cell(_str(r.get("eval"), MISSING)),
                      Cell("passed" if gate else "FAILED" if gate is False else MISSING,
                           "pass" if gate else "fail" if gate is False else "muted")])
         cls.append("" if gate is not False else "worst")
@@ -617,14 +669,19 @@ def seesaw_section(seesaw: Any, masker) -> Section:
 def mia_section(models: Mapping, masker) -> Section:
     s = Section("mia", "Membership inference")
     roles = [r for r in model_roles(models) if isinstance(get(models[r], "mia"), Mapping)]
-    keys = (("loss_auc", "LOSS AUC"), ("mink_auc", "Min-K% AUC"))
+    keys = (("loss_auc", "LOSS AUC"), ("name_masked_loss_auc", "name-masked LOSS AUC"),
+            ("mink_auc", "Min-K% AUC"), ("name_masked_mink_auc", "name-masked Min-K% AUC"))
     roles = [r for r in roles if any(num(get(models[r], "mia", k)) is not None for k, _ in keys)]
     if not roles:
         s.blocks.append(na())
         return s
     s.blocks.append(Para("AUC of telling forget-set questions from never-seen ones by the model's loss. "
                          "0.5: indistinguishable; the unlearned model should be as close to 0.5 as the "
-                         "control.", "note"))
+                         "control. The name-masked AUCs score only the answer tokens that are not the "
+                         "subject's name, so a model cannot tell the sets apart by familiar names alone: "
+                         "high plain but near-control name-masked AUCs mean the names are still known, "
+                         "not the facts. The mia gate reads the plain LOSS AUC (minus the control's), "
+                         "since recognising a forgotten person's name also leaks membership.", "note"))
     mask = masker.mask
     series = {mask(r): {label: num(get(models[r], "mia", k)) for k, label in keys} for r in roles}
     svg = plots.bar_groups(masker.mask("Membership-inference AUC"), [("AUC forget vs holdout", series)],
@@ -682,11 +739,11 @@ def glance(models: Mapping, robustness: Mapping) -> list[tuple[str, str, str]]:
     out = []
 
     def trio(label: str, paths: tuple[tuple[str, ...], ...]) -> None:
-        v = {r: first_num(models.get(r), *paths) for r in ROLES}
-        if v["unlearned"] is None:
+        v = {r: first_ci(models.get(r), *paths) for r in ROLES}
+        if v["unlearned"][0] is None:
             return
-        detail = ", ".join(f"{r} {fmt(v[r])}" for r in ("target", "control") if v[r] is not None)
-        out.append((label, fmt(v["unlearned"]), detail))
+        detail = ", ".join(f"{r} {fmt_ci(*v[r])}" for r in ("target", "control") if v[r][0] is not None)
+        out.append((label, fmt_ci(*v["unlearned"]), detail))
 
     trio("KFR unlearned", (("kfr",), ("forget", "kfr")))
     trio("KRR unlearned", (("krr",), ("retain", "krr")))
