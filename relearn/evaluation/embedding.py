@@ -26,14 +26,25 @@ keyfacts.fuzzy_found, numbers are never matched fuzzily ("3 March 1978" may matc
 Embeddings: e(text) is the mean of the last hidden states of an `AutoModel` over the text's
 tokens (attention mask, so padding is ignored), L2-normalised; the cosine is their dot product.
 This is the pooling of sentence-transformers models such as all-MiniLM-L6-v2, whose directory
-AutoModel reads (local files only). Each distinct string is embedded once per call, in batches
+AutoModel reads (local files only; `relearn model get minilm` puts it in
+models/pretrained/all-MiniLM-L6-v2). Each distinct string is embedded once per call, in batches
 of `batch_size`, without gradients, on the GPU when there is one.
+
+What the embedding changed (`embedding_changes`, recorded per set by the evaluation): an item's
+verdict without the embedding is the share rule on the facts the rules found alone (its
+`revealed` less `revealed_by_embedding`), combined with the item's NLI label as in
+relearn.evaluation.scoring when there is one. Per set, `embedding_changed` counts the items whose
+verdict the embedding turned, in each direction: {'to_not_forgotten', 'to_forgotten'} on a forget
+set, {'to_retained', 'to_not_retained'} on a retain set. Since the embedding only adds revealed
+facts, only 'to_not_forgotten' and 'to_retained' can be above 0; `<rate>_without_embedding`
+(kfr/krr) is the rate with the rules alone.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from relearn.errors import UserError
 from relearn.evaluation.nli import MAX_LENGTH, default_device, forward_keys, load_local
@@ -134,7 +145,12 @@ def load_embedder(path: str, batch_size: int = 32, device: str | None = None) ->
     """Load an AutoModel and its tokenizer from `path` (local files only); cached per arguments."""
     from transformers import AutoModel, AutoTokenizer
 
-    model = load_local(path, "evaluate.embedding_model", lambda p: AutoModel.from_pretrained(p, local_files_only=True))
+    try:
+        model = load_local(path, "evaluate.embedding_model", lambda p: AutoModel.from_pretrained(p, local_files_only=True))
+    except UserError as e:
+        if "minilm" in path.lower() and not Path(path).exists():
+            raise UserError(f"{e}; get all-MiniLM-L6-v2 with `relearn model get minilm` (or `make minilm`)") from None
+        raise
     tokenizer = load_local(path, "evaluate.embedding_model", lambda p: AutoTokenizer.from_pretrained(p, local_files_only=True))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -144,3 +160,26 @@ def load_embedder(path: str, batch_size: int = 32, device: str | None = None) ->
     limit = min(getattr(tokenizer, "model_max_length", MAX_LENGTH) or MAX_LENGTH,
                 getattr(model.config, "max_position_embeddings", MAX_LENGTH) or MAX_LENGTH, MAX_LENGTH)
     return SentenceEmbedder(model, tokenizer, batch_size=batch_size, max_length=limit)
+
+
+def embedding_changes(by_id: dict, facts_count: dict[str, int], kind: str) -> tuple[dict[str, int], dict[str, bool]]:
+    """({'to_<label>': k, 'to_not_<label>': k}, {id: verdict without the embedding}) for one set's
+    knowledge_scores(...)['by_id'] (scored with an embedder); facts_count[id] is the item's number
+    of facts (structured facts or extracted key facts). label: 'forgotten' (kind 'forget') or
+    'retained' (kind 'retain')."""
+    from relearn.evaluation.scoring import is_forgotten, is_retained
+
+    label = "forgotten" if kind == "forget" else "retained"
+    counts = {f"to_not_{label}": 0, f"to_{label}": 0}
+    without: dict[str, bool] = {}
+    for rid, entry in by_id.items():
+        n = facts_count[rid]
+        share = (len(entry["revealed"]) - len(entry.get("revealed_by_embedding", []))) / n
+        ok = is_forgotten(share, n) if kind == "forget" else is_retained(share)
+        if "nli" in entry:  # the NLI label's part of the verdict stays as it is
+            contradiction = entry["nli"]["label"] == "contradiction"
+            ok = (ok or contradiction) if kind == "forget" else (ok and not contradiction)
+        without[rid] = ok
+        if ok != entry[label]:
+            counts[f"to_{label}" if entry[label] else f"to_not_{label}"] += 1
+    return counts, without

@@ -7,9 +7,12 @@ that a surprising number can be traced to its questions.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
+from relearn.evaluation.embedding import embedding_changes
 from relearn.evaluation.linguistic import linguistic_score, perplexity
+from relearn.evaluation.relevance import set_relevance
 from relearn.evaluation.rouge import mean_rouge, rouge1_recall, rougel_recall
 from relearn.evaluation.scoring import KnowledgeScorer
 from relearn.generation import answer_nll, generate_answers
@@ -32,18 +35,40 @@ def _mean_dicts(dicts: list[dict]) -> dict:
 
 def score_set(answers: list[str], records: list[QARecord], kind: str, ppl_model, ppl_tokenizer,
               params: Params) -> tuple[dict, dict]:
-    """(aggregate metrics, per-item results) for one set; kind is 'forget' or 'retain'."""
-    knowledge = KnowledgeScorer.from_params(params.evaluate).score(answers, records, kind)
+    """(aggregate metrics, per-item results) for one set; kind is 'forget' or 'retain'.
+
+    With evaluate.embedding_model set, the aggregate also has `relevance`, `relevance_reference`,
+    `relevance_ratio` (relearn.evaluation.relevance), `embedding_changed` and
+    `<rate>_without_embedding` (relearn.evaluation.embedding.embedding_changes), and each item its
+    `relevance` and `<label>_without_embedding`."""
+    scorer = KnowledgeScorer.from_params(params.evaluate)
+    knowledge = scorer.score(answers, records, kind)
     nll = answer_nll(ppl_model, ppl_tokenizer, [r.question for r in records], answers,
                      params.model.prompt, params.model.max_length, params.evaluate.batch_size)
     ppls = [perplexity(s, n) for s, n in nll]
     ls = linguistic_score(answers, ppls, ppl_aggregate=params.evaluate.ppl_aggregate)
     rouge = mean_rouge(answers, [r.answer for r in records])
     rate = "kfr" if kind == "forget" else "krr"
+    label = "forgotten" if kind == "forget" else "retained"
     aggregate = {rate: knowledge[rate], **knowledge.get("components", {}), **ls, **rouge, "n": len(records)}
+    extra: dict[str, dict] = {r.id: {} for r in records}
+    if scorer.embedder is not None:
+        by_id = knowledge["by_id"]
+        counts = {r.id: len(by_id[r.id]["key_facts"]) if by_id[r.id].get("scorer") == "keyfacts" else len(r.facts)
+                  for r in records if r.id in by_id}
+        changed, without = embedding_changes(by_id, counts, kind)
+        aggregate["embedding_changed"] = changed
+        aggregate[f"{rate}_without_embedding"] = sum(without.values()) / len(without) if without else math.nan
+        for rid, ok in without.items():
+            extra[rid][f"{label}_without_embedding"] = ok
+        relevance, per_item = set_relevance(scorer.embedder, [r.question for r in records], answers,
+                                            [r.answer for r in records])
+        aggregate.update(relevance)
+        for r, value in zip(records, per_item):
+            extra[r.id]["relevance"] = value
     # per item too, so that every set-level number can be given an interval over items
     items = {r.id: {"answer": a, "ppl": p, "rouge1_recall": rouge1_recall(a, r.answer),
-                    "rougeL_recall": rougel_recall(a, r.answer), **knowledge["by_id"].get(r.id, {})}
+                    "rougeL_recall": rougel_recall(a, r.answer), **knowledge["by_id"].get(r.id, {}), **extra[r.id]}
              for r, a, p in zip(records, answers, ppls)}
     return aggregate, items
 
