@@ -55,6 +55,10 @@ def absolute_paths(params: dict) -> dict:
     base = params["model"].get("base")
     if base and (ROOT / base).exists():  # a local model directory or .gguf file (not a hub id)
         params["model"]["base"] = str((ROOT / base).resolve())
+    for key in ("embedding_model", "nli_model"):  # local model directories (not hub ids)
+        path = params["evaluate"].get(key)
+        if path and (ROOT / path).exists():
+            params["evaluate"][key] = str((ROOT / path).resolve())
     local = params["augment"]["local"]
     if local.get("model_path"):
         local["model_path"] = str((ROOT / local["model_path"]).resolve())
@@ -95,9 +99,14 @@ def main() -> None:
     table = json.loads((work / "reports" / "compare.json").read_text())
     evidence = json.loads((work / "reports" / "compare_evidence.json").read_text())
     robustness = json.loads((work / "reports" / "robustness.json").read_text())
-    Path(args.json_out).write_text(json.dumps({"seconds": round(seconds, 1), "source": params["data"]["source"],
-                                               "methods": table, "evidence": evidence,
-                                               "robustness_summary": robustness.get("summary")}, indent=2))
+    evaluation = json.loads((work / "reports" / "evaluation.json").read_text())
+    tests = work / "reports" / "compare_tests.json"
+    Path(args.json_out).write_text(json.dumps({
+        "seconds": round(seconds, 1), "source": params["data"]["source"], "methods": table, "evidence": evidence,
+        "robustness_summary": robustness.get("summary"),
+        # every model's headline intervals (KFR/KRR/LS, ls_ratio, MIA excess, ...) and MIA AUCs
+        "intervals": {name: {"ci": m.get("ci"), "mia": m.get("mia")} for name, m in evaluation.items()},
+        "paired_tests": json.loads(tests.read_text()) if tests.is_file() else []}, indent=2))
     print((work / "reports" / "compare.md").read_text())
     plots = Path(args.json_out).resolve().parent
     for png in (work / "plots").glob("compare_*.png"):

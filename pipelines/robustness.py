@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from relearn.data.splits import read_splits
+from relearn.evaluation.intervals import robustness_intervals
 from relearn.errors import main_guard
 from relearn.evidence import robustness_summary
 from relearn.io import write_json
@@ -35,9 +36,11 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["summary"] = robustness_summary(report)
+    print("[robustness] " + ", ".join(f"{k} {v:.3f}" for k, v in report["summary"].items() if v is not None), flush=True)
+    # the 95% interval and n of every rate, drop, recovery and excess (summary.ci: the gated ones)
+    robustness_intervals(report, items, seed=p.seed, resamples=p.evaluate.bootstrap_resamples)
     write_json("reports/robustness.json", report)
     write_json("reports/robustness_items.json", items)
-    print("[robustness] " + ", ".join(f"{k} {v:.3f}" for k, v in report["summary"].items() if v is not None), flush=True)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,22 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 def test_repro_writes_metrics_for_both_models(project):
     work, env = project
     headline = json.loads((work / "metrics.json").read_text())
-    assert {name: set(m) for name, m in headline.items()} == {name: {"kfr", "krr", "ls"} for name in MODELS}
+    assert {name: set(m) for name, m in headline.items()} == {name: {"kfr", "krr", "ls", "ci"} for name in MODELS}
     metrics = json.loads((work / "reports" / "evaluation.json").read_text())
     for model in MODELS:
         for key in ("kfr", "krr", "ls"):
             assert 0.0 <= metrics[model][key] <= 1.0 and metrics[model][key] == headline[model][key]
+            # beside each headline number, its 95% interval and item count (the same in both files)
+            ci = metrics[model]["ci"][key]
+            assert headline[model]["ci"][key] == {"low": ci["low"], "high": ci["high"], "n": ci["n"]}
+            assert ci["low"] <= metrics[model][key] <= ci["high"] and ci["n"] > 0
+        assert metrics[model]["ci"]["kfr"]["method"] == "wilson" and metrics[model]["ci"]["ls"]["method"] == "bootstrap"
+        assert metrics[model]["variants"]["simple"]["ci"]["kfr"]["n"] > 0
+        assert metrics[model]["mia"]["ci"]["loss_auc"]["n"] == metrics[model]["mia"]["n_members"] + \
+            metrics[model]["mia"]["n_nonmembers"]
+    assert metrics["unlearned"]["ci"]["ls_ratio"]["value"] == pytest.approx(
+        metrics["unlearned"]["ls"] / metrics["target"]["ls"])
+    for model in MODELS:
         assert set(metrics[model]["forget"]) >= {"ppl", "brunet", "honore", "p", "b", "h", "rougeL_recall"}
         assert set(metrics[model]["variants"]) == {"original", "simple", "contextual", "noise", "logical"}
         tofu, mia = metrics[model]["tofu"], metrics[model]["mia"]
@@ -180,6 +191,11 @@ def test_compare_stage_and_report(project):
     assert reused["robustness"]["summary"] == json.loads((work / "reports" / "robustness.json").read_text())["summary"]
     summary = json.loads((work / "reports" / "compare.json").read_text())
     assert set(summary) == {"target", "relearn", "npo"} and {"kfr", "krr", "ls", "ls_forget", "ppl_forget"} <= set(summary["npo"])
+    # intervals in the table, and npo tested against relearn on the same items
+    assert len(summary["npo"]["kfr 95% CI"]) == 2 and result["per_item"]["forget"]
+    tests = json.loads((work / "reports" / "compare_tests.json").read_text())
+    assert [t["method"] for t in tests] == ["npo"] and tests[0]["kfr"]["n"] == len(result["per_item"]["forget"])
+    assert "npo vs relearn: KFR" in table and "Paired tests against relearn" in table
     for name in ("compare_kfr_krr.png", "compare_ls.png", "compare_seesaw.png"):
         assert (work / "plots" / name).stat().st_size > 1000
 
@@ -204,6 +220,10 @@ def test_robustness_stage_probes_three_models(project):
         assert attack["memory"]["estimate_bytes"] > attack["memory"]["weights_bytes"] > 0
     summary = report["summary"]
     assert set(summary) >= {"int4_kfr_drop", "int8_kfr_drop", "jailbreak_min_kfr", "relearning_excess"}
+    # each gated number with its 95% interval and item count
+    assert {"int4_kfr_drop", "jailbreak_min_kfr", "relearning_recovery", "relearning_excess"} <= set(summary["ci"])
+    assert summary["ci"]["relearning_excess"]["value"] == pytest.approx(summary["relearning_excess"])
+    assert report["unlearned"]["ladder"]["rungs"]["onnx-int4"]["ci"]["kfr"]["method"] == "wilson"
     control = {(s["lr"], s["steps"]): s["recovery"] for s in report["control"]["relearning"]["settings"]}
     assert summary["relearning_excess"] == pytest.approx(max(s["recovery"] - control[(s["lr"], s["steps"])]
                                                              for s in report["unlearned"]["relearning"]["settings"]))

@@ -226,3 +226,56 @@ def test_compare_tests_each_method_against_relearn_on_the_same_items():
     assert tests["ga"]["kfr"]["p_value"] == 1.0 and "KFR +0.083 (p = 1, not significant" in tests["ga"]["summary"]
     table = paired_markdown(list(tests.values()))
     assert "| ga |" in table and "no significant difference" in table and "differs in KFR, LS" in table
+
+
+# ------------------------------------------------------------------------------------ robustness
+def _attack(before: dict, afters: dict) -> dict:
+    settings = [{"lr": lr, "steps": steps, "held_forgotten_after": after,
+                 "recovery": sum(before.values()) / len(before) - sum(after.values()) / len(after)}
+                for (lr, steps), after in afters.items()]
+    worst = max(settings, key=lambda s: s["recovery"])
+    return {"held_forgotten_before": before, "settings": settings, "recovery": worst["recovery"],
+            "worst": {"lr": worst["lr"], "steps": worst["steps"], "recovery": worst["recovery"]}}
+
+
+def test_robustness_intervals_cover_rungs_probes_recovery_and_the_excess_over_the_control():
+    from relearn.evaluation.intervals import robustness_intervals
+    from relearn.evidence import robustness_summary
+
+    ids = [f"f{i}" for i in range(12)]
+    before = {i: True for i in ids}
+    unlearned = _attack(before, {(1e-5, 10): {i: k >= 3 for k, i in enumerate(ids)},    # 3 of 12 back
+                                 (1e-5, 50): {i: k >= 9 for k, i in enumerate(ids)}})   # 9 of 12 back
+    control = _attack(before, {(1e-5, 10): {i: k >= 1 for k, i in enumerate(ids)},
+                               (1e-5, 50): {i: k >= 2 for k, i in enumerate(ids)}})
+    for a in (unlearned, control):
+        a.update(attacker="full", folds=1, seed=0, batch_size=4, schedule="constant", group_by="subject", fraction=0.5)
+    ladder_items = {"forget": {i: {"torch-fp32": {"forgotten": True}, "onnx-int4": {"forgotten": k >= 2}}
+                               for k, i in enumerate(ids)}, "retain": {}}
+    probe_items = {"forget": {i: {"plain": {"forgotten": True}, "jailbreak:x": {"forgotten": k >= 4}}
+                              for k, i in enumerate(ids)}, "retain": {}}
+    report = {
+        "unlearned": {"relearning": unlearned,
+                      "ladder": {"reference": "torch-fp32", "kfr_drop": {"torch-fp32": 0.0, "onnx-int4": 2 / 12},
+                                 "rungs": {"torch-fp32": {"kfr": 1.0}, "onnx-int4": {"kfr": 10 / 12}}},
+                      "probes": {"probes": {"plain": {"kfr": 1.0, "kfr_drop": 0.0},
+                                            "jailbreak:x": {"kfr": 8 / 12, "kfr_drop": 4 / 12}},
+                                 "worst": {"probe": "jailbreak:x", "kfr": 8 / 12, "kfr_drop": 4 / 12},
+                                 "jailbreak_min_kfr": {"probe": "jailbreak:x", "kfr": 8 / 12}}},
+        "control": {"relearning": control}}
+    report["summary"] = robustness_summary(report)
+    assert report["summary"]["relearning_excess"] == pytest.approx(9 / 12 - 2 / 12)
+    robustness_intervals(report, {"unlearned": {"ladder": ladder_items, "probes": probe_items}}, seed=0, resamples=300)
+    ci = report["summary"]["ci"]
+    assert (ci["jailbreak_min_kfr"]["low"], ci["jailbreak_min_kfr"]["high"]) == pytest.approx(_wilson_by_hand(8, 12))
+    assert ci["int4_kfr_drop"]["value"] == pytest.approx(2 / 12) and ci["int4_kfr_drop"]["n"] == 12
+    assert ci["relearning_recovery"]["value"] == pytest.approx(0.75)
+    excess = ci["relearning_excess"]
+    assert excess["value"] == pytest.approx(7 / 12) and excess["n"] == 12
+    assert 0 < excess["low"] < excess["value"] < excess["high"] <= 1
+    assert report["unlearned"]["ladder"]["rungs"]["onnx-int4"]["ci"]["kfr"]["n"] == 12
+    # the gates find them where interval_key says
+    from relearn.registry.gates import flatten
+
+    flat = flatten({"robustness": report["summary"]})
+    assert flat[interval_key("robustness.relearning_excess") + ".low"] == excess["low"]

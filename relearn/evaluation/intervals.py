@@ -119,7 +119,7 @@ def model_intervals(metrics: dict, items: Mapping[str, Any], ppl_aggregate: str 
         ids = list(per_item)
         parts[name] = SetLS(per_item, ids, ppl_aggregate)
         _ci(metrics[name], "ls", u.bootstrap([len(ids)], parts[name], value=metrics[name].get("ls"), **kw))
-        for key in ("rouge1_recall", "rougeL_recall"):
+        for key in ("rouge1_recall", "rougeL_recall", "relevance"):  # relevance: with evaluate.embedding_model
             values = [per_item[i][key] for i in ids if per_item[i].get(key) is not None]
             if values:
                 _ci(metrics[name], key, u.bootstrap([len(values)], _mean_of(values), value=metrics[name].get(key), **kw))
@@ -230,3 +230,112 @@ def paired_intervals(metrics: dict[str, dict], items: dict[str, Mapping], ppl_ag
 
             _ci(quality, "p_value", u.bootstrap([len(ids)], p_value, value=quality["p_value"], **kw))
     return metrics
+
+
+# ------------------------------------------------------------------------------------ robustness
+def _verdict_interval(per_item: Mapping[str, Mapping], kind: str, key: str, seed: int, resamples: int) -> dict:
+    """Wilson interval of one rung's or probe's rate from the per-item results {id: {key: item}}."""
+    label = SETS[kind][1]
+    values = [by_key[key].get(label) for by_key in per_item.values() if key in by_key]
+    return u.mean_interval([float(v) for v in values if v is not None], seed=seed, resamples=resamples)
+
+
+def _drop_interval(per_item: Mapping[str, Mapping], reference: str, key: str, value: float | None, seed: int,
+                   resamples: int) -> dict:
+    """Paired bootstrap of a KFR drop (reference minus `key`) over the items scored under both."""
+    pairs = [(float(b[reference]["forgotten"]), float(b[key]["forgotten"])) for b in per_item.values()
+             if reference in b and key in b and b[reference].get("forgotten") is not None
+             and b[key].get("forgotten") is not None]
+    return u.bootstrap([len(pairs)], lambda i: statistics.fmean(pairs[x][0] - pairs[x][1] for x in i),
+                       seed=seed, resamples=resamples, value=value)
+
+
+def _recovery_parts(attack: Mapping) -> tuple[list[str], dict[str, float], dict[tuple, dict[str, float]]] | None:
+    """(held ids, before verdicts, (lr, steps) -> after verdicts) of one relearning aggregate."""
+    before = attack.get("held_forgotten_before")
+    if not isinstance(before, Mapping):
+        return None
+    after = {(s.get("lr"), s.get("steps")): s.get("held_forgotten_after") or {} for s in attack.get("settings") or []}
+    ids = [i for i, v in before.items() if v is not None]
+    return ids, {i: float(before[i]) for i in ids}, after
+
+
+def _recovery(ids: list[str], before: Mapping, after: Mapping) -> float:
+    """Held KFR before minus after over the ids scored after the attack (NaN when none was)."""
+    scored = [i for i in ids if after.get(i) is not None]
+    if not scored:
+        return math.nan
+    return statistics.fmean(before[i] for i in scored) - statistics.fmean(float(after[i]) for i in scored)
+
+
+def robustness_intervals(report: dict, items: Mapping[str, Any], seed: int = 0, resamples: int = u.RESAMPLES,
+                         model: str = "unlearned", control: str = "control") -> dict:
+    """`ci` blocks for the robustness stage: each model's KFR/KRR per precision rung and per probe
+    (Wilson), its relearning recovery (bootstrap over held items), and in report['summary']['ci']
+    the gated numbers: every rung's and probe's KFR drop (paired over items), paraphrase/perturb
+    KFR, the lowest jailbreak KFR, and the relearning excess over the control (the items resampled
+    for both models, the max over settings taken in every resample). Returns report."""
+    kw = dict(seed=seed, resamples=resamples)
+    summary = report.setdefault("summary", {})
+    summary_ci = summary.setdefault("ci", {})
+    for name, m in report.items():
+        if name == "summary" or not isinstance(m, dict):
+            continue
+        per = items.get(name) or {}
+        ladder, ladder_items = m.get("ladder"), (per.get("ladder") or {})
+        if isinstance(ladder, dict) and ladder_items:
+            for rung, block in (ladder.get("rungs") or {}).items():
+                for kind in SETS:
+                    _ci(block, SETS[kind][0], _verdict_interval(ladder_items.get(kind, {}), kind, rung, **kw))
+                _ci(block, "kfr_drop", _drop_interval(ladder_items.get("forget", {}), ladder.get("reference"), rung,
+                                                      (ladder.get("kfr_drop") or {}).get(rung), **kw))
+        probes, probe_items = m.get("probes"), (per.get("probes") or {})
+        if isinstance(probes, dict) and probe_items:
+            for probe, block in (probes.get("probes") or {}).items():
+                for kind in SETS:
+                    _ci(block, SETS[kind][0], _verdict_interval(probe_items.get(kind, {}), kind, probe, **kw))
+                _ci(block, "kfr_drop", _drop_interval(probe_items.get("forget", {}), "plain", probe,
+                                                      block.get("kfr_drop"), **kw))
+        attack = m.get("relearning")
+        parts = _recovery_parts(attack) if isinstance(attack, dict) else None
+        if parts:
+            ids, before, after = parts
+            worst = after.get((attack["worst"]["lr"], attack["worst"]["steps"]), {})
+            _ci(attack, "recovery", u.bootstrap([len(ids)], lambda i, ids=ids, b=before, a=worst: _recovery(
+                [ids[x] for x in i], b, a), value=attack.get("recovery"), **kw))
+        if name != model:
+            continue
+        for rung, key in (("onnx-int8", "int8_kfr_drop"), ("onnx-int4", "int4_kfr_drop"), ("torch-bf16", "bf16_kfr_drop")):
+            ci = (((ladder or {}).get("rungs") or {}).get(rung) or {}).get("ci", {}).get("kfr_drop")
+            if ci and summary.get(key) is not None:
+                summary_ci[key] = ci
+        probe_blocks = (probes or {}).get("probes") or {}
+        for probe, key in (("paraphrase", "paraphrase_kfr"), ("perturb", "perturb_kfr")):
+            if probe in probe_blocks and summary.get(key) is not None:
+                summary_ci[key] = probe_blocks[probe].get("ci", {}).get("kfr")
+        weakest = ((probes or {}).get("jailbreak_min_kfr") or {}).get("probe")
+        if weakest in probe_blocks and summary.get("jailbreak_min_kfr") is not None:
+            summary_ci["jailbreak_min_kfr"] = probe_blocks[weakest].get("ci", {}).get("kfr")
+        worst = ((probes or {}).get("worst") or {}).get("probe")
+        if worst in probe_blocks and summary.get("probe_max_kfr_drop") is not None:
+            summary_ci["probe_max_kfr_drop"] = probe_blocks[worst].get("ci", {}).get("kfr_drop")
+        if parts and summary.get("relearning_recovery") is not None:
+            summary_ci["relearning_recovery"] = attack["ci"]["recovery"]
+    mine = _recovery_parts((report.get(model) or {}).get("relearning") or {})
+    theirs = _recovery_parts((report.get(control) or {}).get("relearning") or {})
+    if mine and theirs and summary.get("relearning_excess") is not None:
+        ids = [i for i in mine[0] if i in theirs[1]]
+        settings = [s for s in mine[2] if s in theirs[2]]
+
+        def excess(idx):
+            chosen = [ids[x] for x in idx]
+            values = [_recovery(chosen, mine[1], mine[2][s]) - _recovery(chosen, theirs[1], theirs[2][s])
+                      for s in settings]
+            values = [v for v in values if not math.isnan(v)]
+            return max(values) if values else math.nan
+
+        if ids and settings:
+            summary_ci["relearning_excess"] = u.bootstrap([len(ids)], excess, value=summary["relearning_excess"], **kw)
+    if not summary_ci:
+        summary.pop("ci")
+    return report

@@ -99,7 +99,9 @@ def _guarded(statistic: Callable[..., float]) -> Callable[..., float]:
 def mean_interval(values: Sequence[float | None], seed: int, resamples: int = RESAMPLES, level: float = LEVEL) -> dict:
     """Wilson when every value is 0 or 1 (verdicts), else the bootstrap of the mean; None values skipped."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if vals and all(v in (0.0, 1.0) for v in vals):
+    if not vals:
+        return interval(None, None, None, 0, "wilson", level)
+    if all(v in (0.0, 1.0) for v in vals):
         return wilson(sum(vals), len(vals), level)
     return bootstrap([len(vals)], lambda i: sum(vals[j] for j in i) / len(i), seed, resamples, level)
 

@@ -325,12 +325,14 @@ METRICS: list[tuple[str, str, tuple[tuple[str, ...], ...], str]] = [
     ("Forget set", "Honoré's H", (("forget", "honore"),), "high (rich vocabulary)"),
     ("Forget set", "ROUGE-1 recall", (("forget", "rouge1_recall"),), "low; near control"),
     ("Forget set", "ROUGE-L recall", (("forget", "rougeL_recall"),), "low; near control"),
+    ("Forget set", "relevance (question-answer cosine)", (("forget", "relevance"),), "near target (on topic, whatever it says)"),
     ("Retain set", "LS", (("retain", "ls"),), "near target"),
     ("Retain set", "PPL", (("retain", "ppl"),), "low (fluent)"),
     ("Retain set", "Brunet's W", (("retain", "brunet"),), "low"),
     ("Retain set", "Honoré's H", (("retain", "honore"),), "high"),
     ("Retain set", "ROUGE-1 recall", (("retain", "rouge1_recall"),), "high; near target"),
     ("Retain set", "ROUGE-L recall", (("retain", "rougeL_recall"),), "high; near target"),
+    ("Retain set", "relevance (question-answer cosine)", (("retain", "relevance"),), "near target"),
     ("TOFU", "forget probability", (("tofu", "forget", "probability"),), "low; near control"),
     ("TOFU", "forget truth ratio", (("tofu", "forget", "truth_ratio"),), "near control"),
     ("TOFU", "retain probability", (("tofu", "retain", "probability"),), "high; near target"),
@@ -430,7 +432,7 @@ def ladder_section(robustness: Mapping, masker) -> Section:
         head["sub"].append(f"KFR change from {rungs[0]}")
     rows = []
     for k in rungs:
-        row = [Cell(k, "strong")] + [_num_cell(num(get(per_model[r], k, m))) for r in roles for m in ("kfr", "krr")]
+        row = [Cell(k, "strong")] + [_ci_cell(per_model[r], (k, m)) for r in roles for m in ("kfr", "krr")]
         if base is not None:
             v = num(get(per_model["unlearned"], k, "kfr"))
             delta = None if v is None else v - base
@@ -461,7 +463,7 @@ def probes_section(robustness: Mapping) -> Section:
                          "note"))
     rows, cls = [], []
     for label, path in names:
-        rows.append([Cell(label, "strong")] + [_num_cell(num(get(robustness[r], "probes", *path, m)))
+        rows.append([Cell(label, "strong")] + [_ci_cell(get(robustness[r], "probes"), (*path, m))
                                                for r in roles for m in ("kfr", "krr")])
         cls.append("worst" if path == ("worst",) else "")
     s.blocks.append(Table(rows=rows, row_cls=cls, **grouped(["probe"], roles, ["KFR", "KRR"])))
@@ -500,7 +502,8 @@ def relearning_section(robustness: Mapping) -> Section:
         return ", ".join(parts) or MISSING
 
     rows = [[Cell(r, "strong"), Cell(worst_setting(attacks[r]))]
-            + [_num_cell(num(attacks[r].get(k))) for k in ("kfr_before", "kfr_after", "recovery")] for r in roles]
+            + [_num_cell(num(attacks[r].get(k))) for k in ("kfr_before", "kfr_after")]
+            + [_ci_cell(attacks[r], ("recovery",))] for r in roles]
     s.blocks.append(Table(["model", "worst setting", "KFR before", "KFR after", "recovery"], rows))
 
     grid = [g for g in (first.get("settings") if isinstance(first.get("settings"), list) else []) if isinstance(g, Mapping)]
@@ -610,13 +613,13 @@ SUMMARY_LABELS = {
 def robustness_summary_section(summary: Any) -> Section:
     """The unlearned model's robustness numbers that gates read (`robustness.<key>`)."""
     s = Section("robustness-summary", "Robustness summary (what the gates read)")
-    values = {k: num(v) for k, v in mapping(summary).items()}
+    values = {k: num(v) for k, v in mapping(summary).items() if k != "ci"}
     if not any(v is not None for v in values.values()):
         s.blocks.append(na())
         return s
-    rows = [[Cell(SUMMARY_LABELS.get(k, k), "strong"), Cell(f"robustness.{k}", "muted"), _num_cell(v)]
-            for k, v in values.items()]
-    s.blocks.append(Table(["measure", "gate metric", "unlearned"], rows))
+    rows = [[Cell(SUMMARY_LABELS.get(k, k), "strong"), Cell(f"robustness.{k}", "muted"),
+             Cell(fmt_ci(v, ci_at(summary, k)), "num")] for k, v in values.items()]
+    s.blocks.append(Table(["measure", "gate metric", "unlearned [95% interval], n"], rows))
     return s
 
 

@@ -145,12 +145,14 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
                                                            # then fewest steps
                     "settings": [{"lr", "steps", "recovery", "kfr_before", "kfr_after",  # means over folds
                                   "finetuned_kfr_after", "krr_after" (with retain_eval), "loss",
-                                  "per_fold": [{"kfr_before", "kfr_after", "recovery"}]}],  # lrs x steps
+                                  "per_fold": [{"kfr_before", "kfr_after", "recovery"}],
+                                  "held_forgotten_after": {id: verdict}}],  # lrs x steps
                     "kfr_before", "kfr_after",       # the worst setting's, as "recovery"
                     "finetuned": {"kfr_before", "kfr_after", "recovery"},  # the fine-tuned facts' own
                                                                            # eval items, worst setting
                     "krr_before", "krr_after",       # only with retain_eval (after: worst setting)
                     "loss_first", "loss_last",       # the worst setting's runs (mean over folds)
+                    "loss_curve",                    # the worst lr's loss at every step (mean over folds)
                     "attacker", "lora_r" (lora only), "precision", "optimizer", "gradient_checkpointing",
                     "memory": {"estimate_bytes", "weights_bytes", "trained_parameters",  # attacker_memory
                                "device_free_bytes", "needed_bytes", "device_peak_bytes"},  # on a GPU only
@@ -287,6 +289,8 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
         "worst": {"lr": lr, "steps": n, "recovery": worst["recovery"]},
         "settings": settings,
         "kfr_before": worst["kfr_before"], "kfr_after": worst["kfr_after"],
+        "held_forgotten_before": {r.id: before["forget"][r.id].get(VERDICT["forget"]) for part in parts
+                                  for r in part["held_eval"]},
         "finetuned": finetuned or None,
         "loss_first": statistics.fmean(losses[(k, lr)][0] for k in range(len(parts))),
         "loss_last": worst["loss"],
@@ -339,6 +343,10 @@ def _setting(parts: list[dict], before: dict, after: dict, losses: dict, lr: flo
     out["loss"] = statistics.fmean(losses[(k, lr)][n - 1] for k in range(len(parts)))
     if len(parts) > 1:
         out["per_fold"] = per_fold
+    # each held item's verdict after the attack (None: not scorable), so that recovery and its excess
+    # over the control get an interval over items (relearn.evaluation.intervals.robustness_intervals)
+    out["held_forgotten_after"] = {r.id: after[(k, lr, n)]["forget"][r.id].get(VERDICT["forget"])
+                                   for k, part in enumerate(parts) for r in part["held_eval"]}
     return out
 
 
