@@ -76,7 +76,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import hashlib
 import importlib.util
 import json
 import math
@@ -148,19 +147,18 @@ class Skip(Exception):
 
 
 def merged(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("gates", "overrides")
-        out[key] = merged(base[key], value) if nested else value
-    return out
+    """params.yaml under a profile, as bench/compare_methods.py merges them (gates and overrides whole)."""
+    if str(Path(__file__).resolve().parent) not in sys.path:  # also when run through runpy (the tests)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_methods import merged as merge_params
+
+    return merge_params(base, override)
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from relearn.base_model import _sha256_file
+
+    return _sha256_file(path)
 
 
 # ------------------------------------------------------------------------------------------------ weights
