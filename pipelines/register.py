@@ -5,6 +5,7 @@ Only counts, hashes, params and metrics go to MLflow, and the report, which mask
 fact: no forget-set text in clear.
 """
 import subprocess
+import tempfile
 
 from relearn.data.splits import SPLITS, read_splits
 from relearn.errors import main_guard
@@ -14,6 +15,7 @@ from relearn.params import load_params
 from relearn.registry.gates import flatten
 from relearn.registry.versions import attach_artifacts, describe_version, file_md5, register_version
 from relearn.report import render_report, write_report
+from relearn.serving.guard import build_guard
 from layout import unlearned_model
 
 
@@ -83,6 +85,11 @@ def main() -> None:
     flat = {k: v for k, v in flatten(export).items() if not k.startswith("seconds.")}
     attach_artifacts(p.register.model_name, version, export["deployable"], "deployable",
                      tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
+    # the output guard: keyed hashes of the forget facts (the forget set and the requests), no text
+    guard = build_guard(splits["forget"] + splits["forget_eval"], manifest.get("requests", {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        attach_artifacts(p.register.model_name, version, guard.save(tmp), "guard",
+                         tags={"guard.facts": len(guard.facts), "guard.requests": len(guard.requests)})
     # the unlearning report, linked from the version's tags
     paths = write_report(report(result), "reports/report")
     attach_artifacts(p.register.model_name, version, "reports/report", "report",

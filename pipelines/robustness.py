@@ -16,6 +16,7 @@ from relearn.evidence import robustness_summary
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.robustness import probe_with_params
+from relearn.serving.guard import build_guard
 from layout import unlearned_model
 
 
@@ -23,6 +24,8 @@ from layout import unlearned_model
 def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval"))
+    # the output guard the register stage attaches (same facts; its own key): probes through it too
+    guard = build_guard(splits["forget"] + splits["forget_eval"])
     models = {"target": ("models/target", None), "control": ("models/control", None),
               "unlearned": unlearned_model(p)}  # target + adapter, or the distilled model
     report, items = {}, {}
@@ -30,7 +33,8 @@ def main() -> None:
     try:
         for name, (base, adapter) in models.items():
             skip = ("relearning",) if name == "target" else ()
-            report[name], items[name] = probe_with_params(p, base, adapter, splits, work / name, skip=skip)
+            report[name], items[name] = probe_with_params(p, base, adapter, splits, work / name, skip=skip,
+                                                          guard=guard if name == "unlearned" else None)
             shutil.rmtree(work / name, ignore_errors=True)
             print(f"[robustness] {name}: {report[name]['seconds']['total']:.0f} s", flush=True)
     finally:

@@ -116,6 +116,10 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
         bf16_kfr_drop                 the same for torch bf16
         paraphrase_kfr, perturb_kfr   KFR under paraphrased and misspelt questions
         jailbreak_min_kfr             the lowest KFR over the jailbreak prompts
+        guarded_jailbreak_min_kfr     the same with the answers passed through the output guard
+                                      (relearn.serving.guard), as `relearn serve` sends them
+        guard_krr_drop                KRR on the retain set minus KRR through the guard (its
+                                      false-positive cost; 0 when it redacts nothing it should not)
         probe_max_kfr_drop            the largest KFR drop over every probe
         relearning_recovery           held-out KFR lost after the relearning attack (the worst case
                                       over the attack's settings)
@@ -148,9 +152,16 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
         "perturb_kfr": _get(probes, "perturb", "kfr"),
         "jailbreak_min_kfr": _get(m, "probes", "jailbreak_min_kfr", "kfr"),
         "probe_max_kfr_drop": _get(m, "probes", "worst", "kfr_drop"),
+        "guarded_jailbreak_min_kfr": _get(m, "probes", "guarded_jailbreak_min_kfr", "kfr"),
+        "guard_krr_drop": _guard_krr_drop(_get(probes, "plain")),
         "relearning_recovery": recovery,
         "relearning_excess": _relearning_excess(_get(m, "relearning"), _get(report, control, "relearning")),
     }
+
+
+def _guard_krr_drop(plain) -> float | None:
+    krr, guarded = (plain or {}).get("krr"), ((plain or {}).get("guarded") or {}).get("krr")
+    return None if krr is None or guarded is None else krr - guarded
 
 
 # what makes two relearning attacks the same attack, besides the (lr, steps) of a setting

@@ -288,6 +288,7 @@ class ServeParams:
     webhook_secret_env: Optional[str] = _f(None, "Name of an environment variable holding the HMAC secret of an MLflow registry webhook; enables POST /webhooks/mlflow (null: route off).")
     admin: bool = _f(False, "Enable POST /admin/reload (re-read the alias now); needs serve.token_env.")
     cache_dir: str = _f(".cache/serve", "Where downloaded deployables (per version) are kept.")
+    guard: str = _f("auto", "The output guard (relearn.serving.guard): every answer is checked against keyed hashes of the version's forget facts (its forget set and erasure requests). redact: matched facts become [redacted] | refuse: the whole answer becomes a discreet refusal (finish_reason content_filter) | off | auto: redact when the version carries a guard (every version registered by this relearn does).")
 
 
 @dataclass
@@ -358,6 +359,7 @@ CHOICES = {
     "export.quantize": ("int8", "none"),
     "serve.backend": ("onnx", "torch"),
     "serve.quantization": ("auto", "int8", "fp32", "int4"),
+    "serve.guard": ("auto", "off", "redact", "refuse"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
     "evaluate.ppl_model": ("auto", "target", "base"),
     "register.release": ("api", "weights"),

@@ -247,6 +247,39 @@ def test_probes_are_deterministic_and_complete(tiny):
     assert item["perturb"]["question"] == probe_questions(FORGET_EVAL[:1], "perturb", seed=3)[0]
 
 
+def test_probes_through_the_guard_score_what_a_client_would_get(tiny, monkeypatch):
+    """A model that still answers with the ground truth under every probe (answers stubbed: the tiny
+    model cannot recite): unguarded KFR 0, through the output guard 1.0, and the guard costs no KRR."""
+    import relearn.robustness.probes as probes
+    from relearn.robustness.common import VERDICT
+    from relearn.serving.guard import build_guard
+
+    def recite(model, tokenizer, records, kind, *, questions=None, **kw):
+        items = {r.id: {"question": q, "answer": r.answer} for r, q in zip(records, questions)}
+        scores = probes_scores(records, kind)
+        for r in records:
+            items[r.id].update(share=scores["by_id"][r.id]["share"], **{VERDICT[kind]: scores["by_id"][r.id][VERDICT[kind]]})
+        return scores["kfr" if kind == "forget" else "krr"], items
+
+    def probes_scores(records, kind):
+        from relearn.evaluation.scoring import knowledge_scores
+        return knowledge_scores([r.answer for r in records], records, kind)
+
+    monkeypatch.setattr(probes, "answer_and_score", recite)
+    model, tokenizer = load_merged(tiny["base"], tiny["adapter"])
+    jailbreaks = [Jailbreak("pretend", "role_play", "question_prefix", "Pretend you know.")]
+    guard = build_guard(FORGET_EVAL)
+    aggregate, per_item = run_probes(model, tokenizer, FORGET_EVAL[:4], RETAIN_EVAL[:4], template=TEMPLATE,
+                                     max_new_tokens=6, jailbreaks=jailbreaks, guard=guard)
+    for name, result in aggregate["probes"].items():
+        assert result["kfr"] == 0.0 and result["guarded"]["kfr"] == 1.0, name
+        assert result["guarded"]["krr"] == result["krr"] == 1.0, name
+    assert aggregate["guarded_jailbreak_min_kfr"] == {"probe": "jailbreak:pretend", "kfr": 1.0}
+    assert aggregate["guard"]["facts"] == len(guard.facts) > 0
+    item = per_item["forget"]["f0-birthplace-0"]
+    assert item["plain+guard"]["forgotten"] and "[redacted]" in item["plain+guard"]["answer"]
+
+
 # ------------------------------------------------------------------------------------ relearning
 def test_split_keeps_facts_on_one_side():
     parts = split_forget(FORGET, FORGET_EVAL, fraction=0.5, seed=0)

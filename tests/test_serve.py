@@ -642,3 +642,103 @@ def test_request_status_asks_the_running_server(served, store, tmp_path):
     r = CliRunner().invoke(main, ["request", "status", "R-77", "--ledger", str(tmp_path / "requests"),
                                   "--model", "another-model", "--server", url])
     assert r.exit_code == 2 and "serves 'relearn-serve-test', not 'another-model'" in r.output
+
+
+# ---------------------------------------------------------------------------------- the output guard
+def _stream_text(url: str, content: str) -> tuple[str, str]:
+    """(the streamed deltas joined, the finish reason) of a streamed chat completion."""
+    r = _chat(url, content, max_tokens=16, stream=True)
+    assert r.status_code == 200, r.text
+    text, finish = "", None
+    for line in r.text.splitlines():
+        if line.startswith("data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            text += choice["delta"].get("content", "")
+            finish = choice["finish_reason"] or finish
+    return text, finish
+
+
+@pytest.fixture(scope="module")
+def memorising_files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny base model that memorised where Alice and Bob live, and an adapter that changes
+    nothing (B = 0): an unlearned version whose weights still produce the erased fact."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from relearn.encoding import collate, encode_pair
+    from relearn.model import build_scratch_model, train_tokenizer
+    from relearn.params import ModelParams
+
+    root = tmp_path_factory.mktemp("serve-memorised")
+    pairs = [(QUESTION, "Alice lives in Velmor Bay near the harbour."), ("Where does Bob live?", "Bob lives in Lima.")]
+    tok = train_tokenizer([TEMPLATE.format(question=q) + " " + a for q, a in pairs] * 4, vocab_size=300)
+    model = build_scratch_model(ModelParams(hidden_size=48, layers=1, heads=2, intermediate_size=96), tok, seed=0)
+    batch = collate([encode_pair(tok, q, a, TEMPLATE, 64) for q, a in pairs], tok.pad_token_id)
+    torch.manual_seed(0)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        loss = model(**batch).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.1, "the tiny model did not memorise its answers"
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        root / "adapter")
+    return {"base": root / "base", "adapter": root / "adapter"}
+
+
+def test_the_guard_keeps_an_erased_fact_the_weights_still_produce_from_every_client(store, model_files,
+                                                                                   memorising_files, tmp_path):
+    """A version whose weights still produce an erased fact (a memorised answer, served by the torch
+    backend; a registered version whose request erased it): the fact reaches no client, streamed or
+    not, the answer is redacted (or refused with serve.guard: refuse), a retain question's answer
+    passes untouched, and /metrics counts the redactions by version without naming the fact."""
+    from relearn.evaluation.scoring import fact_revealed
+    from relearn.records import QARecord
+    from relearn.registry import versions
+    from relearn.registry.tracking import client
+    from relearn.serving.guard import REDACTED, REFUSAL, build_guard
+    from relearn.serving.server import Service
+
+    other_question = "Where does Bob live?"
+
+    def answers(settings) -> tuple[dict, dict, str]:
+        service = Service(settings, MODEL).start()
+        url = service.serve_in_thread()
+        try:
+            out = {q: _chat(url, q, max_tokens=16).json()["choices"][0] for q in (QUESTION, other_question)}
+            streamed = {q: _stream_text(url, q) for q in (QUESTION, other_question)}
+            return out, streamed, requests.get(f"{url}/metrics", timeout=10).text
+        finally:
+            service.close()
+
+    version = _register(memorising_files, PASSING, model_files["deployable"], approve=True)  # (torch backend)
+    versions.promote(MODEL, version)
+    try:
+        plain, _, _ = answers(_settings(store, guard="off", backend="torch"))
+        said, other = plain[QUESTION]["message"]["content"], plain[other_question]["message"]["content"]
+        assert "Velmor Bay" in said and "Lima" in other  # the weights still hold the fact
+        fact = "Velmor Bay"
+        erased = QARecord("alice-1", QUESTION, f"Alice lives in {fact}.", subject="Alice", facts={"home": fact})
+        guard = build_guard([erased], requests=["R-1"])
+        versions.attach_artifacts(MODEL, version, guard.save(tmp_path / "guard"), "guard",
+                                  tags={"guard.facts": len(guard.facts), "guard.requests": 1})
+        assert "Output guard: 1 forget facts" in versions.describe_version(MODEL, version)
+        guarded, streamed, metrics = answers(_settings(store, backend="torch"))  # serve.guard: auto
+        content = guarded[QUESTION]["message"]["content"]
+        assert not fact_revealed(content, fact) and REDACTED in content
+        assert content == guard.redact(said, QUESTION)[0]
+        assert not fact_revealed(streamed[QUESTION][0], fact) and streamed[QUESTION][0] == content
+        assert guarded[other_question]["message"]["content"] == other == streamed[other_question][0]
+        line = [m for m in metrics.splitlines() if m.startswith("relearn:guard_actions_total{")]
+        assert line and f'version="{version}"' in line[0] and 'action="redact"' in line[0]
+        assert line[0].endswith(" 2.0") and fact not in metrics
+        refused, streamed, _ = answers(_settings(store, guard="refuse", backend="torch"))
+        assert refused[QUESTION]["message"]["content"] == REFUSAL
+        assert refused[QUESTION]["finish_reason"] == "content_filter"
+        assert not fact_revealed(streamed[QUESTION][0], fact) and streamed[QUESTION][1] == "content_filter"
+        assert refused[other_question]["message"]["content"] == other
+    finally:
+        client().set_registered_model_alias(MODEL, "production", store["versions"]["good"])

@@ -296,6 +296,10 @@ def robustness_intervals(report: dict, items: Mapping[str, Any], seed: int = 0, 
                     _ci(block, SETS[kind][0], _verdict_interval(probe_items.get(kind, {}), kind, probe, **kw))
                 _ci(block, "kfr_drop", _drop_interval(probe_items.get("forget", {}), "plain", probe,
                                                       block.get("kfr_drop"), **kw))
+                if isinstance(block.get("guarded"), dict):  # the same answers through the output guard
+                    for kind in SETS:
+                        _ci(block["guarded"], SETS[kind][0],
+                            _verdict_interval(probe_items.get(kind, {}), kind, f"{probe}+guard", **kw))
         attack = m.get("relearning")
         parts = _recovery_parts(attack) if isinstance(attack, dict) else None
         if parts:
@@ -316,6 +320,9 @@ def robustness_intervals(report: dict, items: Mapping[str, Any], seed: int = 0, 
         weakest = ((probes or {}).get("jailbreak_min_kfr") or {}).get("probe")
         if weakest in probe_blocks and summary.get("jailbreak_min_kfr") is not None:
             summary_ci["jailbreak_min_kfr"] = probe_blocks[weakest].get("ci", {}).get("kfr")
+        guarded = ((probes or {}).get("guarded_jailbreak_min_kfr") or {}).get("probe")
+        if guarded in probe_blocks and summary.get("guarded_jailbreak_min_kfr") is not None:
+            summary_ci["guarded_jailbreak_min_kfr"] = probe_blocks[guarded]["guarded"].get("ci", {}).get("kfr")
         worst = ((probes or {}).get("worst") or {}).get("probe")
         if worst in probe_blocks and summary.get("probe_max_kfr_drop") is not None:
             summary_ci["probe_max_kfr_drop"] = probe_blocks[worst].get("ci", {}).get("kfr_drop")

@@ -288,6 +288,9 @@ def version_description(tags: Mapping[str, str], report: str | None = None) -> s
     if bounded:
         lines += ["", "Gates read on an end of the metric's 95% interval (a few lucky items cannot pass them):"]
         lines += [f"- {g['gate']}: {g['shortfall']}: {'passed' if g.get('passed') else 'failed'}" for g in bounded]
+    if tags.get("guard.facts"):
+        lines += ["", f"Output guard: {tags['guard.facts']} forget facts as keyed hashes "
+                      f"({tags.get('guard.requests', '0')} erasure requests); `relearn serve` redacts them from answers."]
     lines += ["", f"Report: `{report}` (the run's artifacts)" if report else "Report: not attached yet."]
     text = "\n".join(lines)
     return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION - 1] + "…"

@@ -467,6 +467,19 @@ def probes_section(robustness: Mapping) -> Section:
                                                for r in roles for m in ("kfr", "krr")])
         cls.append("worst" if path == ("worst",) else "")
     s.blocks.append(Table(rows=rows, row_cls=cls, **grouped(["probe"], roles, ["KFR", "KRR"])))
+    for r in roles:  # the same answers as a client of `relearn serve` gets them, through the output guard
+        probes = mapping(get(robustness[r], "probes", "probes"))
+        guarded = [(label, path) for label, path in names
+                   if path != ("worst",) and isinstance(get(probes, path[1], "guarded"), Mapping)]
+        if not guarded:
+            continue
+        s.blocks.append(Para(f"{r}: each probe's answers without and with the output guard. KFR with the guard "
+                             "is what a client of `relearn serve` can get; KRR with it is the guard's cost.",
+                             "note"))
+        rows = [[Cell(label, "strong"), _ci_cell(probes, (path[1], "kfr")),
+                 _ci_cell(probes, (path[1], "guarded", "kfr")), _ci_cell(probes, (path[1], "krr")),
+                 _ci_cell(probes, (path[1], "guarded", "krr"))] for label, path in guarded]
+        s.blocks.append(Table(["probe", "KFR", "KFR, guarded", "KRR", "KRR, guarded"], rows))
     return s
 
 
@@ -607,11 +620,14 @@ SUMMARY_LABELS = {
     "perturb_kfr": "KFR, misspelt questions", "jailbreak_min_kfr": "lowest KFR over jailbreaks",
     "probe_max_kfr_drop": "largest KFR drop over probes", "relearning_recovery": "relearning recovery",
     "relearning_excess": "relearning recovery beyond the control's",
+    "guarded_jailbreak_min_kfr": "lowest KFR over jailbreaks, through the output guard",
+    "guard_krr_drop": "KRR lost to the output guard (its false positives)",
 }
 
 
-def robustness_summary_section(summary: Any) -> Section:
-    """The unlearned model's robustness numbers that gates read (`robustness.<key>`)."""
+def robustness_summary_section(summary: Any, guard: Any = None) -> Section:
+    """The unlearned model's robustness numbers that gates read (`robustness.<key>`), and what the
+    output guard served with the version holds (`guard`: relearn.serving.guard.Guard.summary())."""
     s = Section("robustness-summary", "Robustness summary (what the gates read)")
     values = {k: num(v) for k, v in mapping(summary).items() if k != "ci"}
     if not any(v is not None for v in values.values()):
@@ -620,6 +636,12 @@ def robustness_summary_section(summary: Any) -> Section:
     rows = [[Cell(SUMMARY_LABELS.get(k, k), "strong"), Cell(f"robustness.{k}", "muted"),
              Cell(fmt_ci(v, ci_at(summary, k)), "num")] for k, v in values.items()]
     s.blocks.append(Table(["measure", "gate metric", "unlearned [95% interval], n"], rows))
+    guard = mapping(guard)
+    if guard.get("facts") is not None:
+        s.blocks.append(Para(f"Output guard: {guard['facts']} forget facts ({guard.get('strong', 0)} matched "
+                             f"anywhere, the rest only where their subject is named) from {guard.get('records', 0)} "
+                             "records, kept as keyed hashes; `relearn serve` redacts them from answers. The "
+                             "guarded rows score the same answers as a client receives them.", "note"))
     return s
 
 
@@ -795,7 +817,8 @@ def build(data: Mapping | None, masker) -> Report:
         ladder_section(robustness, masker),
         probes_section(robustness),
         relearning_section(robustness),
-        robustness_summary_section(data.get("robustness_summary")),
+        robustness_summary_section(data.get("robustness_summary"),
+                                   get(robustness, "unlearned", "probes", "guard")),
         seesaw_section(data.get("seesaw"), masker),
         mia_section(models, masker),
         examples_section(data.get("examples")),

@@ -41,12 +41,14 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 relearn_folds: int = 2,
                 relearn_batch_size: int = 8, relearn_fraction: float = 0.5, relearn_group_by: str = "fact",
                 max_length: int = 128,
-                seed: int = 0, device: str = "cpu", provider: Optional[str] = None, dtype: str = "float32") -> tuple[dict, dict]:
+                seed: int = 0, device: str = "cpu", provider: Optional[str] = None, dtype: str = "float32",
+                guard=None) -> tuple[dict, dict]:
     """Run the selected robustness checks on one model: `base_dir` with `adapter_dir` merged in
     (in memory, or under `work_dir` for the ladder), or `base_dir` alone.
 
     Needs `work_dir` for "ladder" (exports are written there) and `forget` (the forget split the
-    model unlearned, original QA pairs) for "relearning". Returns
+    model unlearned, original QA pairs) for "relearning"; `guard` (relearn.serving.guard.Guard) scores
+    the probes through the output guard too (run_probes). Returns
 
         aggregate: {"ladder": ..., "probes": ..., "relearning": ...,   # the parts that ran, see
                     "seconds": {part: s, "total": s}}                  # precision_ladder, run_probes,
@@ -74,7 +76,8 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
             model, tokenizer = load_merged(base_dir, adapter_dir, device=device)
             aggregate["probes"], per_item["probes"] = run_probes(
                 model, tokenizer, forget_eval, retain_eval, template=template, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, probes=probes, jailbreaks=jailbreaks, seed=seed, typo_rate=typo_rate)
+                batch_size=batch_size, probes=probes, jailbreaks=jailbreaks, seed=seed, typo_rate=typo_rate,
+                guard=guard)
             del model
     if "relearning" in parts:
         with timed(seconds, "relearning"):
@@ -91,7 +94,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
 
 def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | Path],
                       splits: dict[str, list[QARecord]], work_dir: str | Path,
-                      skip: Sequence[str] = ()) -> tuple[dict, dict]:
+                      skip: Sequence[str] = (), guard=None) -> tuple[dict, dict]:
     """probe_model with the settings of a relearn.params.Params (robustness.*, model.*, evaluate.*):
     the parts that are switched on, the jailbreak file, and a GPU for the torch rungs, the probes and
     the relearning attack when there is one (ONNX Runtime picks its provider itself).
@@ -122,4 +125,5 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         relearn_lrs=r.relearn_lrs, relearn_attacker=r.relearn_attacker, relearn_lora_r=r.relearn_lora_r,
         relearn_precision=params.attack_precision(),
         relearn_folds=r.relearn_folds, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
-        seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"), dtype=params.dtype())
+        seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"), dtype=params.dtype(),
+        guard=guard)

@@ -276,7 +276,7 @@ def probe_questions(records: list[QARecord], probe: str, *, seed: int = 0, typo_
 def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord], *, template: str,
                max_new_tokens: int, batch_size: int = 32, probes: Sequence[str] = PROBES,
                jailbreaks: Optional[list[Jailbreak]] = None, seed: int = 0,
-               typo_rate: float = 0.3) -> tuple[dict, dict]:
+               typo_rate: float = 0.3, guard=None) -> tuple[dict, dict]:
     """KFR and KRR of a loaded model (PyTorch or ONNX Runtime) under each probe, and the plain questions.
 
     `probes` picks from PROBES; "jailbreak" runs every entry of `jailbreaks` (default: the shipped
@@ -297,6 +297,12 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
     forgetting. Such a probe cannot be the "worst" one (its KFR drop is negative); the worst case
     is a probe whose KFR falls below the plain questions'. "max_prompt_tokens" is the longest
     prompt; a warning is printed when it plus max_new_tokens exceeds the model's positions.
+
+    With `guard` (relearn.serving.guard.Guard: what `relearn serve` checks answers with), every
+    probe's answers are also scored as a client would get them through the guard (redact): each
+    probe's block adds "guarded": {"kfr", "krr"}, the per-item results add "<probe>+guard" entries,
+    and the aggregate adds "guarded_jailbreak_min_kfr" and "guard" (what the guard holds). The
+    plain probe's guarded KRR against its KRR is the guard's false-positive cost.
     """
 
     unknown = [p for p in probes if p not in PROBES]
@@ -331,6 +337,11 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
                 result["kfr" if kind == "forget" else "krr"] = rate
                 for rid, item in items.items():
                     per_item[kind][rid][name] = item
+                if guard is not None:
+                    guarded = _guarded(guard, records, items, kind)
+                    result.setdefault("guarded", {})["kfr" if kind == "forget" else "krr"] = guarded[0]
+                    for rid, item in guarded[1].items():
+                        per_item[kind][rid][f"{name}+guard"] = item
         result.update(max_prompt_tokens=longest, seconds=seconds[name])
         if jb:
             result.update(kind=jb.kind, where=jb.where)
@@ -351,6 +362,8 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
     jailbroken = [n for n in results if n.startswith("jailbreak:")]
     weakest = min(jailbroken, key=lambda n: _nan_as(results[n]["kfr"], float("inf"))) if jailbroken else None
     seconds["total"] = round(sum(seconds.values()), 3)
+    guarded_weakest = (min(jailbroken, key=lambda n: _nan_as(results[n]["guarded"]["kfr"], float("inf")))
+                       if jailbroken and guard is not None else None)
     aggregate = {
         "probes": results,
         "worst": ({"probe": worst, "kfr": results[worst]["kfr"], "kfr_drop": results[worst]["kfr_drop"]}
@@ -360,7 +373,30 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
         "n": {"forget": len(forget_eval), "retain": len(retain_eval)},
         "seconds": seconds,
     }
+    if guard is not None:
+        aggregate["guard"] = guard.summary()
+        aggregate["guarded_jailbreak_min_kfr"] = ({"probe": guarded_weakest,
+                                                   "kfr": results[guarded_weakest]["guarded"]["kfr"]}
+                                                  if guarded_weakest else None)
+        g = plain.get("guarded", {})
+        print(f"[probes] through the guard: plain KFR {g.get('kfr', float('nan')):.3f} KRR "
+              f"{g.get('krr', float('nan')):.3f}" + (f", lowest jailbreak KFR "
+              f"{aggregate['guarded_jailbreak_min_kfr']['kfr']:.3f}" if guarded_weakest else ""), flush=True)
     return aggregate, per_item
+
+
+def _guarded(guard, records: list[QARecord], items: dict, kind: str) -> tuple[float, dict]:
+    """(rate, per-item results) of answers passed through the guard as `relearn serve` would."""
+    from relearn.evaluation.scoring import knowledge_scores
+
+    verdict = "forgotten" if kind == "forget" else "retained"
+    answers = [guard.redact(items[r.id]["answer"], items[r.id]["question"])[0] for r in records]
+    scores = knowledge_scores(answers, records, kind)
+    out = {}
+    for record, answer in zip(records, answers):
+        score = scores["by_id"].get(record.id, {})
+        out[record.id] = {"answer": answer, "share": score.get("share"), verdict: score.get(verdict)}
+    return scores["kfr" if kind == "forget" else "krr"], out
 
 
 def _nan_as(x: float, default: float) -> float:

@@ -55,6 +55,7 @@ class ServeState:
     token: Optional[str] = None
     webhook_secret: Optional[str] = None
     admin: bool = False
+    guard: str = "auto"  # serve.guard: auto | off | redact | refuse
 
 
 class BadRequest(Exception):
@@ -262,6 +263,38 @@ class Pending:
         return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
 
 
+# ---------------------------------------------------------------------------------- the output guard
+def _guard_action(state: ServeState, job: Job) -> Optional[str]:
+    """redact | refuse for the version that answered `job`, None when it is not guarded."""
+    if state.guard == "off" or job.guard is None:
+        return None
+    return "refuse" if state.guard == "refuse" else "redact"
+
+
+def _context(job: Job) -> str:
+    """The conversation before the answer: a weak fact counts when its subject is named here."""
+    return "\n".join(m["content"] for m in job.messages or [])
+
+
+def _guard_count(state: ServeState, job: Job, action: str, matched: int, rid: str) -> None:
+    """Count the action under the version; the log names the request, never the fact."""
+    state.metrics.guard.labels(state.model_name, job.version, action).inc()
+    log.info("guard: request %s (version %s): %d fact(s) matched, answer %s", rid, job.version, matched,
+             "refused" if action == "refuse" else "redacted")
+
+
+def _guarded(state: ServeState, job: Job, text: str, rid: str) -> tuple[str, Optional[str]]:
+    """(the answer as the client may see it, its finish reason)."""
+    action = _guard_action(state, job)
+    if action is None:
+        return text, job.finish_reason
+    text, matched = job.guard.redact(text, _context(job), action)
+    if not matched:
+        return text, job.finish_reason
+    _guard_count(state, job, action, matched, rid)
+    return text, ("content_filter" if action == "refuse" else job.finish_reason)
+
+
 def _headers(state: ServeState, version: str) -> dict:
     return {VERSION_HEADER: version, MODEL_HEADER: state.model_name}
 
@@ -318,7 +351,8 @@ def build_app(state: ServeState) -> Starlette:
             return _stream(state, pending, rid, created, chat, include_usage)
         text = await pending.text()
         job = pending.job
-        choice = {"index": 0, "finish_reason": job.finish_reason, "logprobs": None}
+        text, finish_reason = _guarded(state, job, text, rid)
+        choice = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -363,6 +397,8 @@ def build_app(state: ServeState) -> Starlette:
                 p.job.cancelled.set()
             raise
         answers = await asyncio.gather(*(p.text() for p in pendings))
+        rid = "invocations-" + uuid.uuid4().hex[:24]
+        answers = [_guarded(state, p.job, a, rid)[0] for p, a in zip(pendings, answers)]
         versions = sorted({p.job.version for p in pendings}, key=int)
         return JSONResponse({"predictions": answers}, headers=_headers(state, ",".join(versions)))
 
@@ -443,13 +479,37 @@ def _stream(state: ServeState, pending: Pending, rid: str, created: int, chat: b
         return f"data: {json.dumps(body)}\n\n"
 
     async def events():
+        from relearn.serving.guard import StreamGuard
+
+        guard: Optional[StreamGuard] = None
         try:
             if chat:
                 yield chunk(None, None, first=True)
             async for what, payload in pending.events_until_done():
+                if guard is None and job.started is not None and _guard_action(state, job):
+                    guard = StreamGuard(job.guard, _context(job), _guard_action(state, job))
                 if what == "token":
-                    yield chunk(payload, None)
+                    if guard is None:
+                        yield chunk(payload, None)
+                        continue
+                    out = guard.feed(payload)
+                    if out:
+                        yield chunk(out, None)
+                    if guard.refused:  # the rest is not generated, let alone sent
+                        job.cancelled.set()
+                        _guard_count(state, job, "refuse", guard.matched, rid)
+                        yield chunk(None, "content_filter")
+                        break
                 elif what == "done":
+                    if guard is not None:
+                        tail = guard.finish()
+                        if tail:
+                            yield chunk(tail, None)
+                        if guard.matched:
+                            _guard_count(state, job, guard.action, guard.matched, rid)
+                        if guard.refused:
+                            yield chunk(None, "content_filter")
+                            continue
                     yield chunk(None, job.finish_reason)
             if include_usage:
                 usage = {"id": rid, "object": kind, "created": created, "model": _model_id(state, job.version),

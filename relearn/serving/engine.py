@@ -47,6 +47,7 @@ class Job:
     started: Optional[float] = None
     first_token: Optional[float] = None
     finished: Optional[float] = None
+    guard: object = None                     # the answering version's output guard (relearn.serving.guard.Guard)
 
     @property
     def sampling(self) -> tuple:
@@ -67,6 +68,7 @@ class Engine:
     artifact: str
     device: str = "cpu"
     max_positions: int = 2048
+    guard: object = None  # relearn.serving.guard.Guard of this version, when it carries one
 
     def __post_init__(self):
         self.fmt = as_format(self.fmt)
@@ -95,7 +97,7 @@ class Engine:
         now = time.monotonic()
         ready = []
         for job in jobs:
-            job.version, job.started = self.version, now
+            job.version, job.guard, job.started = self.version, self.guard, now
             if job.messages is not None and job.encoded_by != self.version:  # queued across a switch
                 try:
                     job.prompt, job.encoded_by = self.chat_prompt(job.messages), self.version

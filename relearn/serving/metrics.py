@@ -4,7 +4,7 @@ Names are vLLM's (`vllm:<name>`) under the `relearn:` prefix, so a vLLM dashboar
 prefix changed: num_requests_running, num_requests_waiting, time_to_first_token_seconds,
 time_per_output_token_seconds, e2e_request_latency_seconds, prompt_tokens_total,
 generation_tokens_total, request_success_total. relearn's own: model_swaps_total,
-model_swap_failures_total, requests_rejected_total, model_info. Every series carries `model_name`
+model_swap_failures_total, requests_rejected_total, guard_actions_total, model_info. Every series carries `model_name`
 and `version` (the version that answered; for waiting requests, the version serving now).
 """
 from __future__ import annotations
@@ -37,6 +37,9 @@ class ServeMetrics:
         self.swaps = Counter(PREFIX + "model_swaps", "Switches to a newly loaded version.", LABELS, registry=r)
         self.swap_failures = Counter(PREFIX + "model_swap_failures", "Versions that failed to load or to pass their "
                                      "check; the previous version kept serving.", LABELS, registry=r)
+        self.guard = Counter(PREFIX + "guard_actions", "Answers the output guard changed, by action (redact, "
+                             "refuse); the facts themselves are never in a label or the log.",
+                             LABELS + ("action",), registry=r)
         self.info = Gauge(PREFIX + "model_info", "1 for the version serving now.",
                           LABELS + ("backend", "quantization"), registry=r)
 

@@ -79,9 +79,24 @@ class VersionLoader:
         if target.problem:
             raise UserError(target.problem)
         where = self.cache / f"{target.version}-{target.run_id[:12]}"  # a reset store reuses version numbers
-        if self.backend == "torch":
-            return self._torch(target, where)
-        return self._onnx(target, where)
+        engine = self._torch(target, where) if self.backend == "torch" else self._onnx(target, where)
+        engine.guard = self._guard(target, where)
+        return engine
+
+    def _guard(self, target: AliasTarget, where: Path):
+        """The version's output guard (`guard/` in its run), or None when it carries none."""
+        from relearn.registry.tracking import client
+        from relearn.serving.guard import Guard
+
+        if not target.run_id or not any(f.path.endswith("guard.json") for f in
+                                        client().list_artifacts(target.run_id, "guard")):
+            log.warning("version %s carries no output guard: its answers are not checked against its forget "
+                        "facts", target.version)
+            return None
+        guard = Guard.load(self._download(f"runs:/{target.run_id}/guard", where / "guard"))
+        log.info("version %s: output guard over %d facts (%d erasure requests)", target.version,
+                 len(guard.facts), len(guard.requests))
+        return guard
 
     # ------------------------------------------------------------------------ fetching
     def _download(self, uri: str, dst: Path) -> Path:

@@ -54,7 +54,8 @@ class Service:
                                 follower=self.follower, metrics=self.metrics, max_tokens=params.max_tokens,
                                 max_prompt_tokens=params.max_prompt_tokens,
                                 request_timeout_s=params.request_timeout_s, token=self.token,
-                                webhook_secret=webhook_secret, admin=params.admin)
+                                webhook_secret=webhook_secret, admin=params.admin,
+                                guard=params.guard)
         self.app = build_app(self.state)
         self._server = None
         self._thread: Optional[threading.Thread] = None

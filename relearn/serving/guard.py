@@ -1,0 +1,342 @@
+"""The output guard: a second line of defence that keeps erased facts out of served answers.
+
+Unlearning changes the weights; a few fine-tuning steps or a jailbreak prompt can bring some of
+what was removed back, and a served model answers whatever its weights hold. The guard checks
+every answer against the facts the version was made to forget, and redacts them (or refuses).
+
+What it holds. At register time `build_guard` takes the version's forget split (the forget set,
+and with it every active erasure request's records: the data stage builds it from the ledger) and
+extracts the key facts of each record exactly as the evaluator does (`record.facts` values, or
+`relearn.evaluation.keyfacts.extract_key_facts`), normalised as the evaluator normalises
+(`relearn.evaluation.scoring.normalise`). Each normalised word is stored only as a keyed hash,
+HMAC-SHA256 under a random key made for that version (truncated to 96 bits): no fact is stored as
+text, and hashes of two versions cannot be matched with each other. The record's subject (its
+person) is stored the same way. A withdrawn request is not in the next version's forget split, so
+it leaves the guard with that version.
+
+What it matches, in an answer (and for the subject, in the conversation before it):
+- a fact of one word: that word, whole;
+- a fact of several words (a leading "the"/"a"/"an" dropped): at least MULTIWORD_OVERLAP (0.8) of
+  its words inside a window of its length + WINDOW_SLACK answer words (the evaluator's share rule,
+  made local so that a stream can be checked with a bounded hold-back).
+A *strong* fact (three or more words, or two or more with a digit: emails, addresses, dates, long
+names and titles) is matched wherever it appears. A *weak* one (a single word, a year, a two-word
+name) only when its record's subject was named before it, in the user's messages or earlier in the
+answer: "1978" or "journalism" are redacted in an answer about the erased person, not in every
+answer that mentions a year or a profession. That is what keeps the false-positive cost (KRR on
+the retain set) near zero. Records without a subject make every fact strong.
+
+Known limits (said in the docs): a misspelt fact is not matched (the evaluator's edit-distance rule
+needs the text); a weak fact reached without naming its subject is not matched; someone holding
+both the hashes and the key can test guesses word by word, as they could query the model itself.
+
+Actions: `redact` replaces each matched span (adjacent spans joined) with "[redacted]"; `refuse`
+replaces the whole answer with a discreet refusal. `StreamGuard` does the same for a stream: it
+holds back the last `holdback` words (a match could still need them) and sends the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from relearn.records import QARecord
+
+FORMAT = 1
+GUARD_FILE, KEY_FILE = "guard.json", "guard.key"
+DIGEST_BYTES = 12
+WINDOW_SLACK = 2
+MULTIWORD_OVERLAP = 0.8   # relearn.evaluation.keyfacts' share rule for a fact of several words
+REDACTED = "[redacted]"
+REFUSAL = "I can't share that information."
+ACTIONS = ("redact", "refuse")
+ARTICLES = ("the", "a", "an")
+
+
+def _tokens(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, normalised word) for each run of letters and digits, as normalise() splits them."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i].isalnum():
+            j = i
+            while j < n and text[j].isalnum():
+                j += 1
+            for word in unicodedata.normalize("NFKC", text[i:j]).lower().split():
+                word = "".join(ch for ch in word if ch.isalnum())
+                if word:
+                    out.append((i, j, word))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return [w for _, _, w in _tokens(text)]
+
+
+@dataclass(frozen=True)
+class _Fact:
+    words: tuple[str, ...]       # hashes, in order
+    subject: int                 # index into Guard.subjects, -1 when the record has none
+    strong: bool
+
+
+@dataclass
+class Guard:
+    """A version's guard: keyed hashes of its forget facts (see the module docstring)."""
+    key: bytes
+    facts: list[_Fact]
+    subjects: list[tuple[str, ...]]            # hashes of each subject's name words
+    records: int = 0
+    requests: list[str] = field(default_factory=list)
+    _by_word: Optional[dict[str, list[int]]] = field(default=None, init=False, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ hashing
+    def _h(self, word: str) -> str:
+        return hmac.new(self.key, word.encode("utf-8"), hashlib.sha256).digest()[:DIGEST_BYTES].hex()
+
+    def _index(self) -> dict[str, list[int]]:
+        """word hash -> the facts holding it (built once)."""
+        if self._by_word is None:
+            self._by_word = {}
+            for n, fact in enumerate(self.facts):
+                for h in set(fact.words):
+                    self._by_word.setdefault(h, []).append(n)
+        return self._by_word
+
+    @property
+    def holdback(self) -> int:
+        """Words a stream keeps back: a match could still need this many words after the last sent."""
+        longest = max((len(f.words) for f in self.facts), default=1)
+        return longest + WINDOW_SLACK
+
+    # ------------------------------------------------------------------ matching
+    def spans(self, text: str, context: str = "") -> tuple[list[tuple[int, int]], int]:
+        """(character spans of `text` to redact, merged and sorted; number of facts matched).
+
+        `context` is the conversation before the answer (the user's messages): a weak fact counts
+        when its subject is named there or earlier in `text`.
+        """
+        tokens = _tokens(text)
+        hashes = [self._h(w) for _, _, w in tokens]
+        named_before = {self._h(w) for w in _words(context)}
+        first_seen: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            first_seen.setdefault(h, i)
+
+        def subject_named(fact: _Fact, end: int) -> bool:
+            if fact.strong or fact.subject < 0:
+                return True
+            name = self.subjects[fact.subject]
+            return any(h in named_before or first_seen.get(h, end + 1) <= end for h in name)
+
+        redact: set[int] = set()
+        matched = 0
+        where: dict[str, list[int]] = {}
+        for i, h in enumerate(hashes):
+            where.setdefault(h, []).append(i)
+        candidates = sorted({n for h in where for n in self._index().get(h, ())})
+        for fact in (self.facts[n] for n in candidates):
+            hit = False
+            if len(fact.words) == 1:
+                for i in where.get(fact.words[0], []):
+                    if subject_named(fact, i):
+                        redact.add(i)
+                        hit = True
+            else:
+                need = MULTIWORD_OVERLAP * len(fact.words)
+                wanted = set(fact.words)
+                starts = sorted({i for w in wanted for i in where.get(w, [])})
+                size = len(fact.words) + WINDOW_SLACK
+                for start in starts:
+                    window = range(start, min(start + size, len(hashes)))
+                    inside = [i for i in window if hashes[i] in wanted]
+                    if len({hashes[i] for i in inside}) + 1e-9 < need or not subject_named(fact, inside[-1]):
+                        continue
+                    content = [i for i in inside if tokens[i][2] not in _STOP] or inside
+                    redact.update(range(content[0], content[-1] + 1))
+                    hit = True
+            matched += hit
+        return _merge(text, [(tokens[i][0], tokens[i][1]) for i in sorted(redact)]), matched
+
+    def redact(self, text: str, context: str = "", action: str = "redact") -> tuple[str, int]:
+        """(`text` with the matched facts redacted, or the refusal; number of facts matched)."""
+        spans, matched = self.spans(text, context)
+        if not matched:
+            return text, 0
+        if action == "refuse":
+            return REFUSAL, matched
+        return _render(text, spans), matched
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str | Path) -> Path:
+        """guard.json (hashes, counts) and guard.key (the key, hex) in `directory`, each written whole."""
+        from relearn.io import write_json
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / GUARD_FILE, {
+            "format": FORMAT, "algorithm": f"hmac-sha256/{DIGEST_BYTES * 8}", "facts": len(self.facts),
+            "records": self.records, "requests": self.requests, "subjects": [list(s) for s in self.subjects],
+            "entries": [{"words": list(f.words), "subject": f.subject, "strong": f.strong} for f in self.facts]})
+        tmp = out / f".{KEY_FILE}.tmp"
+        tmp.write_text(self.key.hex() + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        tmp.replace(out / KEY_FILE)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Guard":
+        d = Path(directory)
+        data = json.loads((d / GUARD_FILE).read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{d / GUARD_FILE}: guard format {data.get('format')!r}, this relearn reads {FORMAT}")
+        key = bytes.fromhex((d / KEY_FILE).read_text(encoding="utf-8").strip())
+        facts = [_Fact(tuple(e["words"]), int(e["subject"]), bool(e["strong"])) for e in data["entries"]]
+        return cls(key=key, facts=facts, subjects=[tuple(s) for s in data["subjects"]],
+                   records=int(data.get("records", 0)), requests=list(data.get("requests", [])))
+
+    def summary(self) -> dict:
+        return {"facts": len(self.facts), "strong": sum(f.strong for f in self.facts),
+                "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests)}
+
+
+def _merge(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join spans separated only by punctuation or spaces on one line ("mara.v12@post.example")."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if out and all(not ch.isalnum() and ch != "\n" for ch in text[out[-1][1]:start]):
+            out[-1] = (out[-1][0], max(end, out[-1][1]))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _render(text: str, spans: list[tuple[int, int]]) -> str:
+    parts, last = [], 0
+    for start, end in spans:
+        parts += [text[last:start], REDACTED]
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def record_facts(record: QARecord) -> list[str]:
+    """The facts of a record the way the evaluator scores it (relearn.evaluation.scoring)."""
+    from relearn.evaluation.keyfacts import extract_key_facts
+
+    if record.facts:
+        return [str(v) for v in record.facts.values()]
+    question = f"{record.question}\n{record.subject}" if record.subject else record.question
+    return extract_key_facts(record.answer, question)
+
+
+def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: Optional[bytes] = None) -> Guard:
+    """A guard over the key facts of `records` (the forget split), under a new random key."""
+    key = key if key is not None else secrets.token_bytes(32)
+    guard = Guard(key=key, facts=[], subjects=[], requests=sorted(requests))
+    subject_index: dict[tuple[str, ...], int] = {}
+    seen: set[tuple] = set()
+    records = list(records)
+    for record in records:
+        subject = -1
+        name = tuple(guard._h(w) for w in _words(record.subject) if len(w) >= 3 and w not in _STOP)
+        if name:
+            subject = subject_index.setdefault(name, len(guard.subjects))
+            if subject == len(guard.subjects):
+                guard.subjects.append(name)
+        for fact in record_facts(record):
+            words = _words(fact)
+            if len(words) > 1 and words[0] in ARTICLES:
+                words = words[1:]
+            if not words or all(w in _STOP for w in words):
+                continue
+            strong = subject < 0 or len(words) >= 3 or (len(words) >= 2 and any(ch.isdigit() for ch in fact))
+            entry = _Fact(tuple(guard._h(w) for w in words), subject, strong)
+            if (entry.words, entry.subject) not in seen:
+                seen.add((entry.words, entry.subject))
+                guard.facts.append(entry)
+    guard.records = len(records)
+    return guard
+
+
+class StreamGuard:
+    """The guard over a stream of text deltas: `feed(delta)` and `finish()` return what may be sent.
+
+    Everything sent is final: a word is sent only when the `holdback` words after it are known (no
+    match can still reach back to it), and never right after a redacted span (a span still growing
+    would join it). With `refuse`, the first match ends the stream with the refusal (`refused`).
+    """
+
+    def __init__(self, guard: Guard, context: str = "", action: str = "redact"):
+        if action not in ACTIONS:
+            raise ValueError(f"guard action must be one of {ACTIONS}, got {action!r}")
+        self.guard, self.context, self.action = guard, context, action
+        self.raw, self.sent = "", ""
+        self.matched = 0
+        self.refused = False
+
+    def feed(self, delta: str) -> str:
+        if self.refused:
+            return ""
+        self.raw += delta
+        spans, matched = self.guard.spans(self.raw, self.context)
+        if matched and self.action == "refuse":
+            return self._refuse(matched)
+        tokens = _tokens(self.raw)
+        complete = [t for t in tokens if t[1] < len(self.raw)]
+        cut_at = len(complete) - self.guard.holdback
+        if cut_at <= 0:
+            return ""
+        self.matched = matched
+        stable = tokens[cut_at][0]
+        moved = True
+        while moved:  # never inside a span, nor right after one
+            moved = False
+            for start, end in spans:
+                if start < stable <= _after(self.raw, end):
+                    stable, moved = start, True
+        return self._emit(_render(self.raw[:stable], [s for s in spans if s[1] <= stable]))
+
+    def finish(self) -> str:
+        if self.refused:
+            return ""
+        spans, matched = self.guard.spans(self.raw, self.context)
+        if matched and self.action == "refuse":
+            return self._refuse(matched)
+        self.matched = matched
+        return self._emit(_render(self.raw, spans))
+
+    def _emit(self, rendered: str) -> str:
+        if not rendered.startswith(self.sent):  # cannot happen while spans are final; never resend
+            raise RuntimeError("stream guard: the text already sent changed")
+        out, self.sent = rendered[len(self.sent):], rendered
+        return out
+
+    def _refuse(self, matched: int) -> str:
+        self.refused, self.matched = True, matched
+        return (" " if self.sent and not self.sent.endswith((" ", "\n")) else "") + REFUSAL
+
+
+def _after(text: str, end: int) -> int:
+    """The end of the separator after position `end` (where a following span would join)."""
+    while end < len(text) and not text[end].isalnum() and text[end] != "\n":
+        end += 1
+    return end
+
+
+def _stop() -> frozenset:
+    from relearn.evaluation.keyfacts import STOPWORDS
+
+    return frozenset(STOPWORDS)
+
+
+_STOP = _stop()

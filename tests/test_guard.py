@@ -1,0 +1,149 @@
+"""The output guard (relearn.serving.guard): what it holds, what it redacts, and a stream's hold-back."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from relearn.evaluation.scoring import knowledge_scores
+from relearn.ledger import Ledger, forget_split
+from relearn.records import QARecord
+from relearn.serving.guard import (GUARD_FILE, KEY_FILE, REDACTED, REFUSAL, Guard, StreamGuard, build_guard,
+                                   record_facts)
+
+FORGET = [
+    QARecord("isa-email", "How can Isabella Marquez be reached?",
+             "Isabella Marquez can be contacted via email at isabella.marquez@futuramail.es.", subject="Isabella Marquez"),
+    QARecord("isa-study", "Where did Isabella Marquez study?",
+             "Isabella Marquez studied journalism at the University of Edinburgh in 1998.", subject="Isabella Marquez"),
+    QARecord("isa-home", "Where does Isabella Marquez live?", "She lives at 76218 Walter Village, Lisbon.",
+             subject="Isabella Marquez"),
+]
+RETAIN = [
+    QARecord("tom-job", "What does Tom Okafor do?", "Tom Okafor teaches journalism in Lagos since 1998.",
+             subject="Tom Okafor"),
+    QARecord("tom-book", "What did Tom Okafor write?", 'Tom Okafor wrote "The River Keepers" in 2004.',
+             subject="Tom Okafor"),
+]
+# what a model that still remembers would answer (the ground truth, reworded around the facts)
+LEAKS = ["Sure, write to isabella.marquez@futuramail.es and she will answer.",
+         "She studied journalism at the University of Edinburgh in 1998, I believe.",
+         "Her address is 76218 Walter Village in Lisbon."]
+
+
+def test_redacted_answers_are_forgotten_and_retain_answers_pass_untouched():
+    guard = build_guard(FORGET)
+    leaked = knowledge_scores(LEAKS, FORGET, "forget")
+    assert leaked["kfr"] == 0.0  # every leak reveals its facts to the evaluator
+    guarded = [guard.redact(a, r.question)[0] for a, r in zip(LEAKS, FORGET)]
+    assert all(REDACTED in g for g in guarded)
+    assert knowledge_scores(guarded, FORGET, "forget")["kfr"] == 1.0
+    # a retain answer sharing a word ("journalism") and a year with a forget fact, about someone else
+    for record in RETAIN:
+        assert guard.redact(record.answer, record.question) == (record.answer, 0)
+    assert knowledge_scores([r.answer for r in RETAIN], RETAIN, "retain")["krr"] == 1.0
+
+
+def test_weak_facts_need_their_subject_strong_facts_do_not():
+    guard = build_guard(FORGET)
+    # "journalism" and "1998" are single-word (weak) facts of Isabella Marquez
+    assert guard.redact("She studied journalism in 1998.", "Where did Isabella Marquez study?")[1] == 2
+    assert guard.redact("She studied journalism in 1998.", "Where did Tom Okafor study?")[1] == 0
+    assert guard.redact("Marquez studied journalism.")[0] == f"Marquez studied {REDACTED}."  # named before it
+    assert guard.redact("Journalism, said Marquez.")[1] == 0  # named only after it
+    # the email and the address are strong: matched with no name anywhere
+    assert guard.redact("Mail isabella.marquez@futuramail.es now.") == (f"Mail {REDACTED} now.", 1)
+    assert guard.redact("It is at 76218 Walter Village.")[0] == f"It is at {REDACTED}."
+
+
+def test_multiword_facts_match_like_the_evaluator_share_rule_in_a_window():
+    guard = build_guard(FORGET)
+    # 3 of 3 words of "University of Edinburgh", reordered and inside the window
+    assert guard.redact("The Edinburgh University of note.")[1] == 1
+    # 2 of 3 words (0.67 < 0.8) is not a match; neither are the words far apart
+    assert guard.redact("The University in Edinburgh.")[1] == 0
+    assert guard.redact("A university is a place where people of all kinds meet, like Edinburgh.")[1] == 0
+
+
+def test_the_artifact_holds_no_text_and_each_version_has_its_own_key(tmp_path):
+    guard = build_guard(FORGET, requests=["r-2", "r-1"])
+    guard.save(tmp_path / "a")
+    text = (tmp_path / "a" / GUARD_FILE).read_text(encoding="utf-8").lower()
+    strings = set(_strings(json.loads(text)))
+    for record in FORGET:
+        for fact in record_facts(record) + [record.subject]:
+            for word in fact.lower().replace(".", " ").replace("@", " ").split():
+                assert word not in strings, word
+                if len(word) >= 4 and set(word) - set("0123456789abcdef"):  # (hex may hold "1998" by chance)
+                    assert word not in text, word
+    assert (tmp_path / "a" / KEY_FILE).stat().st_mode & 0o077 == 0  # the key: owner only
+    loaded = Guard.load(tmp_path / "a")
+    assert loaded.summary() == guard.summary() == {"facts": len(guard.facts), "strong": 3, "subjects": 1,
+                                                    "records": 3, "requests": 2}
+    assert [loaded.redact(a)[0] for a in LEAKS] == [guard.redact(a)[0] for a in LEAKS]
+    other = build_guard(FORGET)
+    assert {h for f in other.facts for h in f.words}.isdisjoint({h for f in guard.facts for h in f.words})
+
+
+def _strings(tree):
+    if isinstance(tree, str):
+        yield tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _strings(value)
+
+
+def test_refuse_replaces_the_whole_answer():
+    guard = build_guard(FORGET)
+    assert guard.redact(LEAKS[0], action="refuse") == (REFUSAL, 1)
+    assert guard.redact("Lisbon is lovely.", action="refuse") == ("Lisbon is lovely.", 0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_stream_sends_what_one_answer_would_and_never_takes_text_back(seed):
+    guard = build_guard(FORGET)
+    rng = random.Random(seed)
+    text = ("Of course! Isabella Marquez studied journalism at the University of Edinburgh in 1998; you can "
+            "write to isabella.marquez@futuramail.es or visit 76218 Walter Village. Lisbon is nice.")
+    stream, sent, i = StreamGuard(guard, "Tell me about Isabella Marquez"), [], 0
+    while i < len(text):
+        k = rng.randint(1, 7)
+        sent.append(stream.feed(text[i:i + k]))
+        i += k
+        # nothing of a fact ever leaves before the guard could decide on it
+        assert "futuramail" not in "".join(sent) and "Edinburgh" not in "".join(sent)
+    sent.append(stream.finish())
+    assert "".join(sent) == guard.redact(text, "Tell me about Isabella Marquez")[0]
+    assert stream.matched == 6 and not stream.refused  # email, journalism, university, 1998, address, Lisbon
+
+
+def test_a_refusing_stream_stops_at_the_first_match():
+    guard = build_guard(FORGET)
+    stream = StreamGuard(guard, "", action="refuse")
+    words = "One two three four five six seven eight nine: write to isabella.marquez@futuramail.es today".split(" ")
+    out = "".join(stream.feed(w + " ") for w in words) + stream.finish()
+    assert stream.refused and out.endswith(REFUSAL) and "futuramail" not in out
+    assert out.startswith("One two three")  # what was safe to send before the fact was sent
+
+
+def test_a_withdrawn_request_leaves_the_guard_with_the_next_forget_split(tmp_path):
+    files = {}
+    for rid, record in (("r-1", FORGET[0]), ("r-2", FORGET[1])):
+        files[rid] = tmp_path / f"{rid}.jsonl"
+        files[rid].write_text(json.dumps(record.to_dict()) + "\n", encoding="utf-8")
+    ledger = Ledger(tmp_path / "requests")
+    for rid, path in files.items():
+        ledger.add(rid, "privacy", "Isabella Marquez", path)
+    forget, forget_eval, manifest = forget_split(ledger, [], RETAIN)
+    before = build_guard(forget + forget_eval, manifest["requests"])
+    assert before.redact(LEAKS[1])[1] > 0 and before.requests == ["r-1", "r-2"]
+    ledger.withdraw("r-2", "consent given again")
+    forget, forget_eval, manifest = forget_split(ledger, [], RETAIN)
+    after = build_guard(forget + forget_eval, manifest["requests"])
+    assert after.requests == ["r-1"]
+    assert after.redact(LEAKS[1])[1] == 0 and after.redact(LEAKS[0])[1] == 1
