@@ -50,6 +50,9 @@ def test_weak_facts_need_their_subject_strong_facts_do_not():
     # "journalism" and "1998" are single-word (weak) facts of Isabella Marquez
     assert guard.redact("She studied journalism in 1998.", "Where did Isabella Marquez study?")[1] == 2
     assert guard.redact("She studied journalism in 1998.", "Where did Tom Okafor study?")[1] == 0
+    assert guard.redact("She studied journalism.", "Where did Isabella Okafor study?")[1] == 0  # a first name only
+    assert guard.redact("The University of Edinburgh.", "Where did Isabella Okafor study?")[1] == 0
+    assert guard.redact("The University of Edinburgh.", "Did Isabella Marquez study?")[1] == 1
     assert guard.redact("Marquez studied journalism.")[0] == f"Marquez studied {REDACTED}."  # named before it
     assert guard.redact("Journalism, said Marquez.")[1] == 0  # named only after it
     # the email and the address are strong: matched with no name anywhere
@@ -59,11 +62,12 @@ def test_weak_facts_need_their_subject_strong_facts_do_not():
 
 def test_multiword_facts_match_like_the_evaluator_share_rule_in_a_window():
     guard = build_guard(FORGET)
+    asked = "Tell me about Isabella Marquez."
     # 3 of 3 words of "University of Edinburgh", reordered and inside the window
-    assert guard.redact("The Edinburgh University of note.")[1] == 1
+    assert guard.redact("The Edinburgh University of note.", asked)[1] == 1
     # 2 of 3 words (0.67 < 0.8) is not a match; neither are the words far apart
-    assert guard.redact("The University in Edinburgh.")[1] == 0
-    assert guard.redact("A university is a place where people of all kinds meet, like Edinburgh.")[1] == 0
+    assert guard.redact("The University in Edinburgh.", asked)[1] == 0
+    assert guard.redact("A university is a place where people of all kinds meet, like Edinburgh.", asked)[1] == 0
 
 
 def test_the_artifact_holds_no_text_and_each_version_has_its_own_key(tmp_path):
@@ -79,7 +83,7 @@ def test_the_artifact_holds_no_text_and_each_version_has_its_own_key(tmp_path):
                     assert word not in text, word
     assert (tmp_path / "a" / KEY_FILE).stat().st_mode & 0o077 == 0  # the key: owner only
     loaded = Guard.load(tmp_path / "a")
-    assert loaded.summary() == guard.summary() == {"facts": len(guard.facts), "strong": 3, "subjects": 1,
+    assert loaded.summary() == guard.summary() == {"facts": len(guard.facts), "strong": 2, "subjects": 1,
                                                     "records": 3, "requests": 2}
     assert [loaded.redact(a)[0] for a in LEAKS] == [guard.redact(a)[0] for a in LEAKS]
     other = build_guard(FORGET)
@@ -141,9 +145,9 @@ def test_a_withdrawn_request_leaves_the_guard_with_the_next_forget_split(tmp_pat
         ledger.add(rid, "privacy", "Isabella Marquez", path)
     forget, forget_eval, manifest = forget_split(ledger, [], RETAIN)
     before = build_guard(forget + forget_eval, manifest["requests"])
-    assert before.redact(LEAKS[1])[1] > 0 and before.requests == ["r-1", "r-2"]
+    assert before.redact(LEAKS[1], FORGET[1].question)[1] > 0 and before.requests == ["r-1", "r-2"]
     ledger.withdraw("r-2", "consent given again")
     forget, forget_eval, manifest = forget_split(ledger, [], RETAIN)
     after = build_guard(forget + forget_eval, manifest["requests"])
     assert after.requests == ["r-1"]
-    assert after.redact(LEAKS[1])[1] == 0 and after.redact(LEAKS[0])[1] == 1
+    assert after.redact(LEAKS[1], FORGET[1].question)[1] == 0 and after.redact(LEAKS[0])[1] == 1

@@ -227,6 +227,14 @@ def test_robustness_stage_probes_three_models(project):
     control = {(s["lr"], s["steps"]): s["recovery"] for s in report["control"]["relearning"]["settings"]}
     assert summary["relearning_excess"] == pytest.approx(max(s["recovery"] - control[(s["lr"], s["steps"])]
                                                              for s in report["unlearned"]["relearning"]["settings"]))
+    # the unlearned model's probes through the output guard the register stage attaches: a guarded
+    # answer never gives away more than the unguarded one, and the guard costs no retain knowledge
+    probes = report["unlearned"]["probes"]
+    assert probes["guard"]["facts"] > 0 and "guard" not in report["control"]["probes"]
+    for name, block in probes["probes"].items():
+        assert block["guarded"]["kfr"] >= block["kfr"], name
+    assert summary["guarded_jailbreak_min_kfr"] == 1.0 and summary["guard_krr_drop"] <= 0.01
+    assert summary["ci"]["guarded_jailbreak_min_kfr"]["method"] == "wilson"
     compared = json.loads((work / "reports" / "compare" / "npo.json").read_text())
     assert "onnx-int4" in compared["robustness"]["ladder"]["rungs"]
 
@@ -267,10 +275,16 @@ def test_report_is_attached_and_shows_no_forget_fact(project):
               "from mlflow import MlflowClient\n"
               "c = MlflowClient()\n"
               "v = c.get_model_version('micro', '1')\n"
-              "print(json.dumps({'tag': v.tags.get('report'), 'files': [a.path for a in c.list_artifacts(v.run_id, 'report')]}))\n")
+              "print(json.dumps({'tag': v.tags.get('report'), 'files': [a.path for a in c.list_artifacts(v.run_id, 'report')],\n"
+              "                  'guard': [a.path for a in c.list_artifacts(v.run_id, 'guard')],\n"
+              "                  'facts': v.tags.get('guard.facts'), 'description': v.description}))\n")
     out = json.loads(run([sys.executable, "-c", script], work, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db"))
                      .stdout.strip().splitlines()[-1])
     assert out["tag"] == "report/report.html" and "report/report.html" in out["files"]
+    # the output guard: keyed hashes of the forget facts, no text; the description counts them
+    assert sorted(out["guard"]) == ["guard/guard.json", "guard/guard.key"] and int(out["facts"]) > 0
+    assert f"Output guard: {out['facts']} forget facts" in out["description"]
+    assert "Output guard:" in html
 
 
 def test_failed_robustness_gate_keeps_version_out_of_challenger(project):

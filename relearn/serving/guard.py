@@ -19,11 +19,13 @@ What it matches, in an answer (and for the subject, in the conversation before i
 - a fact of several words (a leading "the"/"a"/"an" dropped): at least MULTIWORD_OVERLAP (0.8) of
   its words inside a window of its length + WINDOW_SLACK answer words (the evaluator's share rule,
   made local so that a stream can be checked with a bounded hold-back).
-A *strong* fact (three or more words, or two or more with a digit: emails, addresses, dates, long
-names and titles) is matched wherever it appears. A *weak* one (a single word, a year, a two-word
-name) only when its record's subject was named before it, in the user's messages or earlier in the
-answer: "1978" or "journalism" are redacted in an answer about the erased person, not in every
-answer that mentions a year or a profession. That is what keeps the false-positive cost (KRR on
+A *strong* fact, one that identifies by itself (an email, a URL, or two or more words with a digit:
+an address, a phone number, a full date), is matched wherever it appears. Any other (a word, a
+year, a name, a title, an award) only when its record's subject was named before it, in the
+conversation or earlier in the answer: by every word of the name, or by its last word (the
+surname). So "1978", "journalism" or "the Prize for Civic Science" are redacted in an answer about
+the erased person, not in every answer that mentions a year, a profession or that prize, nor in
+one about someone who shares only a first name. That is what keeps the false-positive cost (KRR on
 the retain set) near zero. Records without a subject make every fact strong.
 
 Known limits (said in the docs): a misspelt fact is not matched (the evaluator's edit-distance rule
@@ -136,7 +138,8 @@ class Guard:
             if fact.strong or fact.subject < 0:
                 return True
             name = self.subjects[fact.subject]
-            return any(h in named_before or first_seen.get(h, end + 1) <= end for h in name)
+            seen = [h in named_before or first_seen.get(h, end + 1) <= end for h in name]
+            return all(seen) or seen[-1]  # the whole name, or the surname
 
         redact: set[int] = set()
         matched = 0
@@ -259,13 +262,20 @@ def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: 
                 words = words[1:]
             if not words or all(w in _STOP for w in words):
                 continue
-            strong = subject < 0 or len(words) >= 3 or (len(words) >= 2 and any(ch.isdigit() for ch in fact))
+            strong = subject < 0 or _identifying(fact, words)
             entry = _Fact(tuple(guard._h(w) for w in words), subject, strong)
             if (entry.words, entry.subject) not in seen:
                 seen.add((entry.words, entry.subject))
                 guard.facts.append(entry)
     guard.records = len(records)
     return guard
+
+
+def _identifying(fact: str, words: list[str]) -> bool:
+    """A fact that identifies by itself: an email, a URL, or several words with a digit."""
+    lowered = fact.lower()
+    return ("@" in fact or "://" in fact or lowered.startswith("www.")
+            or (len(words) >= 2 and any(ch.isdigit() for ch in fact)))
 
 
 class StreamGuard:
