@@ -742,3 +742,46 @@ def test_the_guard_keeps_an_erased_fact_the_weights_still_produce_from_every_cli
         assert refused[other_question]["message"]["content"] == other
     finally:
         client().set_registered_model_alias(MODEL, "production", store["versions"]["good"])
+
+
+# ---------------------------------------------------------------------------------- MLflow's own server
+def test_mlflow_models_serve_answers_the_production_alias(store, model_files):
+    """The logged model follows MLflow's conventions: a signature and an input example (the MLflow UI
+    shows the input schema), and `mlflow models serve -m models:/NAME@production --env-manager local`
+    answers a list of questions and a `question` column alike, as the torch model would."""
+    import mlflow
+
+    from relearn.model import load_with_adapter
+    from relearn.generation import generate_answers
+    from relearn.serving.server import free_port
+
+    info = mlflow.models.get_model_info(f"models:/{MODEL}@production")
+    assert info.signature is not None and info.signature.inputs.input_types() == [mlflow.types.DataType.string]
+    assert info.saved_input_example_info is not None
+    port = free_port()
+    log = open(store["root"] / "models-serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@production",
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+                            stdout=log, stderr=subprocess.STDOUT, cwd=store["root"])  # it execs uvicorn
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return requests.get(f"{url}/ping", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert _wait_for(up, 180), (store["root"] / "models-serve.log").read_text()[-2000:]
+        model, tok = load_with_adapter(model_files["base"], model_files["adapter"])
+        expected = generate_answers(model, tok, [QUESTION, "Where does Bob live?"], TEMPLATE,
+                                    GENERATION["max_new_tokens"])
+        for body in ({"inputs": [QUESTION, "Where does Bob live?"]},
+                     {"dataframe_records": [{"question": QUESTION}, {"question": "Where does Bob live?"}]}):
+            r = requests.post(f"{url}/invocations", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            assert r.json()["predictions"] == expected
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -8,8 +8,10 @@ Artifacts (local copies made by MLflow when the model is loaded):
   `prompt_template` string means the plain format), `max_new_tokens`, `batch_size` (and `dtype`).
 
 Input: a DataFrame with a `question` column, or a list of questions. Output: a list of answers.
-The model is logged without a signature on purpose: a column-based signature makes MLflow reject a
-plain list of questions before `predict` sees it; `questions_from` checks the input instead.
+The signature (SIGNATURE) is one unnamed string column, so the MLflow UI shows the input as strings
+and MLflow passes both forms on (a named `question` column would make it reject a plain list of
+questions before `predict` sees it); `questions_from` checks the input. The input example
+(INPUT_EXAMPLE) is a general question, never a forget-set one: it is stored in clear beside the model.
 Nothing is ever fetched from a hub: both directories travel inside the logged model.
 """
 from __future__ import annotations
@@ -18,10 +20,14 @@ import json
 from typing import Any
 
 import mlflow.pyfunc
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 
 from relearn.errors import UserError
 
 GENERATION_KEYS = ("max_new_tokens", "batch_size")
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
+INPUT_EXAMPLE = ["What is the capital of France?"]
 
 
 def questions_from(model_input) -> list[str]:
@@ -31,6 +37,10 @@ def questions_from(model_input) -> list[str]:
     if isinstance(model_input, dict) and "question" in model_input:
         return questions_from(model_input["question"])
     columns = getattr(model_input, "columns", None)
+    if columns is not None and len(columns) == 1 and "question" not in columns:
+        # a list of questions after MLflow's signature check: one unnamed string column
+        model_input = model_input[columns[0]]
+        columns = None
     if columns is not None:
         if "question" not in columns:
             raise UserError(f"model input needs a 'question' column (got columns: {', '.join(map(str, columns))})")

@@ -205,7 +205,7 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
     version itself (ids of the requests it covers). Returns `{"version", "run_id", "gate_status",
     "gates": [GateResult as dict, ...]}`.
     """
-    from relearn.registry.pyfunc import GENERATION_KEYS, UnlearnedModel  # here: status and promote never load it
+    from relearn.registry.pyfunc import GENERATION_KEYS, INPUT_EXAMPLE, SIGNATURE, UnlearnedModel  # here: status and promote never load it
 
     base_model_dir = Path(base_model_dir)
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else None  # None: a distilled model, no adapter
@@ -240,6 +240,9 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
                            **({"adapter": str(adapter_dir)} if adapter_dir is not None else {})},
                 pip_requirements=_requirements(),
                 code_paths=[str(Path(relearn.__file__).parent)],
+                # MLflow loads the logged model once and answers the example to check it (seconds on
+                # SmolLM2; a 7B model's load on bigger ones)
+                signature=SIGNATURE, input_example=INPUT_EXAMPLE,
             )
         run_id = run.info.run_id
 
