@@ -34,9 +34,13 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/relearn status
 
+# the tests in two processes (pytest-xdist), a file per process at a time (its module fixtures are built
+# once); each process and what it launches uses one torch thread. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/ruff check relearn pipelines tests bench
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 ui: $(STAMP)
 	$(BIN)/relearn ui

@@ -7,6 +7,8 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["MLFLOW_ENABLE_TELEMETRY"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for them and for every stage they launch
 
 
 import pytest  # noqa: E402
