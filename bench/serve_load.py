@@ -15,7 +15,11 @@ production alias moves to version 2: every request must succeed (`failed_during_
 answering version must change. Then concurrency 16 with dynamic batching against a server with
 serve.max_batch_size 1 (`batching_speedup_c16`, output tokens/s ratio), and the per-token latency
 (time per output token after the first, at concurrency 1) of the ONNX int8 deployable against the
-torch fp32 base + adapter.
+torch fp32 base + adapter. Last, the output guard's cost: the same c=1 load against a server with
+serve.guard off and one with it on (each version carries the guard of the demo's forget split, as the
+register stage attaches it), alternated twice (`guard_tpot_overhead`: guarded / unguarded per-token
+latency - 1, aim <= 0.05), and the guard's own CPU time per streamed delta, timed in this process on
+the answers the server gave (`guard_us_per_delta`).
 """
 from __future__ import annotations
 
@@ -55,11 +59,42 @@ def register_demo(store: Path, target: Path, adapter: Path, deployable: Path) ->
                         "batch_size": p.evaluate.batch_size},
             dataset_hashes={}, counts={}, git_commit=None)
         versions.attach_artifacts(MODEL, result["version"], deployable, "deployable")
+        with tempfile.TemporaryDirectory() as tmp:
+            versions.attach_artifacts(MODEL, result["version"], demo_guard().save(tmp), "guard")
         versions.project_client().set_model_version_tag(MODEL, result["version"], versions.APPROVAL_TAG,
                                                         versions.APPROVED)
         made.append(result["version"])
     versions.promote(MODEL, made[0])
     return made
+
+
+def demo_guard():
+    """The guard the register stage would attach: the demo's forget split (forget + forget_eval)."""
+    from relearn.data.splits import read_splits
+    from relearn.serving.guard import build_guard
+
+    splits = read_splits(ROOT / "data/splits", ("forget", "forget_eval"))
+    return build_guard(splits["forget"] + splits["forget_eval"])
+
+
+def guard_cpu(guard, answers: list[str]) -> dict:
+    """The guard's CPU time per streamed delta (about one token: 4 characters) and per whole answer."""
+    from relearn.serving.guard import StreamGuard
+
+    deltas, start = 0, time.perf_counter()
+    for text in answers:
+        stream = StreamGuard(guard, "")
+        for i in range(0, len(text), 4):
+            stream.feed(text[i:i + 4])
+            deltas += 1
+        stream.finish()
+    streamed = time.perf_counter() - start
+    start = time.perf_counter()
+    for text in answers:
+        guard.redact(text, "")
+    whole = time.perf_counter() - start
+    return {"us_per_delta": round(1e6 * streamed / max(deltas, 1), 1),
+            "us_per_answer": round(1e6 * whole / max(len(answers), 1), 1), "answers": len(answers)}
 
 
 class Server:
@@ -263,6 +298,30 @@ def main() -> None:
     print(_row(torch_c1) + "  (torch fp32 base + adapter)", flush=True)
     print(f"[serve-bench] per-token latency at c=1: ONNX int8 {onnx_c1['p50_tpot_ms']} ms, torch fp32 "
           f"{torch_c1['p50_tpot_ms']} ms (ratio {report['onnx_int8_over_torch_fp32_tpot']})", flush=True)
+
+    # the output guard: the same c=1 load with serve.guard off and on, alternated
+    tpots: dict[str, list[float]] = {"off": [], "redact": []}
+    answers: list[str] = []
+    for mode in ("off", "redact", "off", "redact"):
+        server = Server(work, free_port(), guard=mode, max_batch_size=args.max_batch_size)
+        try:
+            level(server.url, questions, 1, 4, mt)
+            r = level(server.url, questions, 1, max(8, n // 4), mt)
+            tpots[mode].append(r["p50_tpot_ms"])
+            if mode == "off" and not answers:
+                answers = [requests.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+                    "messages": [{"role": "user", "content": q}], "max_tokens": mt}).json()["choices"][0]["message"]
+                    ["content"] for q in questions]
+        finally:
+            server.close()
+    off, on = statistics.fmean(tpots["off"]), statistics.fmean(tpots["redact"])
+    report["guard_tpot_ms"] = {"off": tpots["off"], "redact": tpots["redact"]}
+    report["guard_tpot_overhead"] = round(on / off - 1, 4)
+    cost = guard_cpu(demo_guard(), answers)
+    report["guard_us_per_delta"], report["guard_us_per_answer"] = cost["us_per_delta"], cost["us_per_answer"]
+    print(f"[serve-bench] output guard ({len(demo_guard().facts)} facts): per-token latency at c=1 {off:.2f} ms off, "
+          f"{on:.2f} ms on (overhead {100 * report['guard_tpot_overhead']:+.1f}%, aim <= 5%); its own CPU time "
+          f"{cost['us_per_delta']} us per streamed delta, {cost['us_per_answer']} us per whole answer", flush=True)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"[serve-bench] wrote {args.json_path}", flush=True)
