@@ -37,9 +37,9 @@ def questions_from(model_input) -> list[str]:
     if isinstance(model_input, dict) and "question" in model_input:
         return questions_from(model_input["question"])
     columns = getattr(model_input, "columns", None)
-    if columns is not None and len(columns) == 1 and "question" not in columns:
+    if columns is not None and list(columns) == [0]:
         # a list of questions after MLflow's signature check: one unnamed string column
-        model_input = model_input[columns[0]]
+        model_input = model_input[0]
         columns = None
     if columns is not None:
         if "question" not in columns:
