@@ -15,11 +15,10 @@ from pathlib import Path
 from relearn.data.sources import load_source
 from relearn.data.splits import write_splits
 from relearn.errors import main_guard
-from relearn.io import write_json
+from relearn.io import file_md5, write_json
 from relearn.ledger import Ledger, forget_split
 from relearn.params import load_params
 from relearn.records import save_records
-from relearn.registry.versions import file_md5
 
 REQUESTS_MANIFEST = "data/splits/requests.json"
 

@@ -1,6 +1,7 @@
 """Small file helpers: atomic writes so that a crash never leaves a half-written output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,3 +70,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 of a file, or of a directory's sorted relative paths and file contents."""
+    path = Path(path)
+    if not path.exists():
+        from relearn.errors import UserError
+
+        raise UserError(f"{path}: no such file or directory")
+    digest = hashlib.md5()
+    if path.is_file():
+        _update_with_file(digest, path)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        _update_with_file(digest, file)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _update_with_file(digest, file: Path) -> None:
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)

@@ -16,7 +16,6 @@ Only counts, hashes, params and metrics go to MLflow: never the text of the forg
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import re
@@ -35,6 +34,7 @@ from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
 
 import relearn
 from relearn.errors import UserError
+from relearn.io import file_md5  # noqa: F401  (re-exported: stages and tests read it here)
 from relearn.params import GATE_TAG_NAMES, Params
 from relearn.registry.gates import (PASSED, RELEASE_SCOPE, derived, evaluate_gates, flatten, gate_tags, parse_gate_tag,
                                     shortfall)
@@ -50,28 +50,6 @@ MODEL_REQUIREMENTS = ("torch", "transformers", "peft", "mlflow", "pandas")
 
 
 # ------------------------------------------------------------------------------------ helpers
-def file_md5(path: str | Path) -> str:
-    """MD5 of a file, or of a directory's sorted relative paths and file contents."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    digest = hashlib.md5()
-    if path.is_file():
-        _update_with_file(digest, path)
-        return digest.hexdigest()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
-        _update_with_file(digest, file)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _update_with_file(digest, file: Path) -> None:
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-
-
 def _key(name: str) -> str:
     """A name MLflow accepts as a param, metric or tag key."""
     return re.sub(r"[^\w\-. /]", "_", name)[:MAX_ENTITY_KEY_LENGTH]
