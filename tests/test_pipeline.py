@@ -239,6 +239,20 @@ def test_robustness_stage_probes_three_models(project):
     assert "onnx-int4" in compared["robustness"]["ladder"]["rungs"]
 
 
+def test_guard_probes_bench_scores_the_workspace_model_with_and_without_the_guard(project, tmp_path):
+    work, env = project
+    out = tmp_path / "guard.json"
+    run([sys.executable, str(ROOT / "bench" / "guard_probes.py"), "--project", str(work),
+         "--jailbreaks", "priming-sure", "--json", str(out)], work, env)
+    result = json.loads(out.read_text())
+    assert list(result["rows"]) == ["plain", "jailbreak:priming-sure"] and result["guard"]["facts"] > 0
+    for row in result["rows"].values():
+        assert row["kfr_guarded"]["value"] >= row["kfr"]["value"] and row["kfr"]["method"] == "wilson"
+        assert row["kfr"]["n"] == row["kfr_guarded"]["n"] > 0
+    assert result["aggregate"]["guarded_jailbreak_min_kfr"]["kfr"] == result["rows"]["jailbreak:priming-sure"][
+        "kfr_guarded"]["value"]
+
+
 def test_attack_precision_bench_runs_the_attack_in_both_precisions_on_the_workspace(project, tmp_path):
     work, env = project
     out = tmp_path / "attack.json"
