@@ -41,7 +41,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/ruff check relearn pipelines tests bench
+	$(BIN)/ruff check relearn pipelines tests bench docs
 	d="$$(mktemp -d)" && trap 'rm -rf "$$d"' EXIT && out="$$($(BIN)/mkdocs build --strict -d "$$d" 2>&1)" || { echo "$$out"; exit 1; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
