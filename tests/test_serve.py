@@ -206,6 +206,40 @@ def test_completions_models_and_mlflow_routes(served):
         assert f'{name}{{model_name="{MODEL}",version="1"' in metrics, name
 
 
+def test_the_official_openai_sdk_chats_streams_and_gets_errors(served):
+    """What an application would use: the `openai` SDK against the server's /v1, with the answers the
+    plain HTTP tests check, streaming through its iterator, and 4xx errors as its typed exceptions;
+    /metrics as Prometheus' own parser reads it."""
+    import openai
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, url = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    expected = _chat(url, max_tokens=8).json()["choices"][0]["message"]["content"]
+    done = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=8)
+    assert done.choices[0].message.content == expected and done.model == f"{MODEL}/1"
+    assert done.usage.completion_tokens <= 8 and done.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                            max_tokens=8, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+    text = client.completions.create(model=MODEL, prompt=QUESTION, max_tokens=8).choices[0].text
+    assert text == expected
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a"}], max_tokens=10_000)
+    assert "at most 16" in bad.value.message and bad.value.status_code == 400
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "a"}])
+    with pytest.raises(openai.BadRequestError):  # an error before the stream starts is an HTTP error
+        list(client.chat.completions.create(model=MODEL, messages=[{"role": "robot", "content": "a"}], stream=True))
+    families = {f.name: f for f in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=5).text)}
+    success = [s for s in families["relearn:request_success"].samples if s.name.endswith("_total")]
+    assert sum(s.value for s in success if s.labels["version"] == "1") >= 4
+    assert {s.labels["reason"] for s in families["relearn:requests_rejected"].samples if s.value} >= {"invalid"}
+
+
 BAD = [
     ("not json", b"{messages: [", 400, "not valid JSON"),
     ("not an object", [1, 2], 400, "must be a JSON object"),
@@ -732,9 +766,12 @@ def test_the_guard_keeps_an_erased_fact_the_weights_still_produce_from_every_cli
         assert content == guard.redact(said, QUESTION)[0]
         assert not fact_revealed(streamed[QUESTION][0], fact) and streamed[QUESTION][0] == content
         assert guarded[other_question]["message"]["content"] == other == streamed[other_question][0]
-        line = [m for m in metrics.splitlines() if m.startswith("relearn:guard_actions_total{")]
-        assert line and f'version="{version}"' in line[0] and 'action="redact"' in line[0]
-        assert line[0].endswith(" 2.0") and fact not in metrics
+        from prometheus_client.parser import text_string_to_metric_families
+
+        guarded_counts = {(s.labels["version"], s.labels["action"]): s.value
+                          for f in text_string_to_metric_families(metrics) if f.name == "relearn:guard_actions"
+                          for s in f.samples if s.name.endswith("_total")}
+        assert guarded_counts == {(version, "redact"): 2.0} and fact not in metrics
         refused, streamed, _ = answers(_settings(store, guard="refuse", backend="torch"))
         assert refused[QUESTION]["message"]["content"] == REFUSAL
         assert refused[QUESTION]["finish_reason"] == "content_filter"
