@@ -15,7 +15,7 @@ from relearn.params import load_params
 from relearn.registry.gates import flatten
 from relearn.registry.versions import attach_artifacts, describe_version, file_md5, register_version
 from relearn.report import render_report, write_report
-from relearn.serving.guard import build_guard
+from relearn.serving.guard import version_guard
 from layout import unlearned_model
 
 
@@ -85,11 +85,15 @@ def main() -> None:
     flat = {k: v for k, v in flatten(export).items() if not k.startswith("seconds.")}
     attach_artifacts(p.register.model_name, version, export["deployable"], "deployable",
                      tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
-    # the output guard: keyed hashes of the forget facts (the forget set and the requests), no text
-    guard = build_guard(splits["forget"] + splits["forget_eval"], manifest.get("requests", {}))
+    # the output guard: keyed hashes of the forget facts (the forget set and the requests, and the
+    # purged requests' own guards), no text
+    guard = version_guard(splits["forget"] + splits["forget_eval"], manifest.get("requests", {}), p.data.requests)
+    held = guard.summary()
     with tempfile.TemporaryDirectory() as tmp:
         attach_artifacts(p.register.model_name, version, guard.save(tmp), "guard",
-                         tags={"guard.facts": len(guard.facts), "guard.requests": len(guard.requests)})
+                         tags={"guard.facts": held["facts"], "guard.requests": held["requests"],
+                               **{f"purged.{part.requests[0]}": "guard carried" for part in guard.parts
+                                  if part.requests}})
     # the unlearning report, linked from the version's tags
     paths = write_report(report(result), "reports/report")
     attach_artifacts(p.register.model_name, version, "reports/report", "report",

@@ -16,7 +16,7 @@ from relearn.evidence import robustness_summary
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.robustness import probe_with_params
-from relearn.serving.guard import build_guard
+from relearn.serving.guard import version_guard
 from layout import unlearned_model
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval"))
     # the output guard the register stage attaches (same facts; its own key): probes through it too
-    guard = build_guard(splits["forget"] + splits["forget_eval"])
+    guard = version_guard(splits["forget"] + splits["forget_eval"], ledger_dir=p.data.requests)
     models = {"target": ("models/target", None), "control": ("models/control", None),
               "unlearned": unlearned_model(p)}  # target + adapter, or the distilled model
     report, items = {}, {}

@@ -13,9 +13,9 @@ from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.checkpoints import clear_checkpoints
 from relearn.devices import finish, gather_trainable, is_main_process, refuse_deepspeed, refuse_sharding, sharding
-from relearn.errors import main_guard
+from relearn.errors import UserError, main_guard
 from relearn.hardening import negative_triples
-from relearn.io import atomic_dir, write_json, write_text
+from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params
 from relearn.registry.versions import alias_adapter, file_md5
 from relearn.unlearning import make_adapter
@@ -45,6 +45,11 @@ def main() -> None:
         elif p.unlearn.init == "production":
             print(f"[unlearn] incremental: {'from the adapter of version ' + start[0] if start else 'no production version: from the target'}"
                   " (its LoRA settings, not unlearn.lora)", flush=True)
+        purged = read_json("data/splits/requests.json").get("purged", [])
+        if purged and not start:  # their records are deleted: only the adapter that forgot them still does
+            raise UserError(f"requests {', '.join(purged)} are purged (relearn request purge): an adapter trained "
+                            "afresh from the target cannot forget them again. Set unlearn.init: production, with "
+                            "the production version's adapter made on this target, or withdraw them")
         model, _, history, report = make_adapter(p, "models/target", forget_side, splits["retain"],
                                                  start[1] if start else None,
                                                  negatives=negative_triples(variants, splits["forget"]))

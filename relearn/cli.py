@@ -199,6 +199,33 @@ def request_withdraw(params_path: str, ledger_dir: str | None, request_id: str, 
     click.echo(f"{req.id}: withdrawn {req.withdrawn}; its records leave the forget set at the next `dvc repro`")
 
 
+@request.command("purge")
+@params_option
+@ledger_option
+@click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
+@click.argument("request_id")
+def request_purge(params_path: str, ledger_dir: str | None, model_name: str | None, request_id: str) -> None:
+    """Delete a request's records once production honours it (or it is withdrawn), keeping the proof.
+
+    Kept: the id, kind, dates, record count and sha256 (the ledger), the production version that
+    honours it and its KFR, and the output guard's keyed hashes of its facts. Later versions keep
+    covering it: unlearning continues the production adapter (unlearn.init: production; the unlearn
+    stage refuses a fresh one) and every version's guard carries its hashes."""
+    ledger = _ledger(params_path, ledger_dir)
+    req = ledger.get(request_id)
+    row = _coverage(params_path, ledger_dir, model_name, None, [request_id])[0]
+    if req.active and not row["honoured_in_production"]:
+        raise UserError(f"{request_id} is {row['status']}: purge a request once a production version honours it "
+                        "(relearn request status), or withdraw it first")
+    version = row["production_version"] if req.active else None
+    req = ledger.purge(request_id, version, row["kfr"] if req.active else None)
+    kfr = f" (KFR {row['kfr']:.3f})" if row["kfr"] is not None else ""
+    honoured = f"honoured by production version {version}{kfr}" if version else "withdrawn"
+    click.echo(f"{req.id}: purged on {req.purged[:10]}: {req.records} records deleted; {honoured}; kept: ids, counts, "
+               f"sha256 {req.sha256[:12]}..., and its facts as keyed hashes in {ledger.dir / 'purged' / req.id}")
+    click.echo(f"next: `dvc add {ledger.dir}`; later versions need unlearn.init: production")
+
+
 def _served_version(server: str | None, model_name: str) -> str | None:
     """The version a `relearn serve` answers with, from its open /ready route (no token needed)."""
     if not server:
@@ -273,6 +300,10 @@ def request_status(params_path: str, ledger_dir: str | None, model_name: str | N
         click.echo(f"{r['id']}: {r['status']}")
         if r["withdrawn"]:
             click.echo(f"  withdrawn {r['withdrawn']}")
+        if r["purged"]:
+            covered = r["production_version"] if r["honoured_in_production"] else r["purged_version"]
+            click.echo(f"  purged on {r['purged'][:10]} (records deleted; ids, counts, hashes and the guard's keyed "
+                       f"hashes kept)" + (f", covered by version {covered}" if covered else ""))
         if r["honoured_in_production"]:
             since = f"since version {r['since_version']} (promoted {r['since']})" if r["since_version"] else ""
             click.echo(f"  honoured by production version {r['production_version']} {since}".rstrip())

@@ -7,10 +7,21 @@ versioned with `dvc add requests`, because it holds personal data):
         {"event": "add", "id": "R-2026-0042", "kind": "privacy", "subject": "...", "file": "R-2026-0042.jsonl",
          "records": 7, "sha256": "...", "at": "2026-11-30T10:00:00+00:00"}
         {"event": "withdraw", "id": "R-2026-0042", "reason": "...", "at": "..."}
+        {"event": "purge", "id": "R-2026-0042", "version": "7", "kfr": 1.0, "at": "..."}
     requests/records/R-2026-0042.jsonl   the request's records, in this project's record format
+    requests/purged/R-2026-0042/         after a purge: the output guard of its facts (keyed hashes
+                                         and their key, relearn.serving.guard), never text
 
 A request is active from its `add` until its `withdraw`; the forget set is the records of the
-active requests (`forget_split`). Withdrawn requests keep their history. Every write goes to a
+active requests (`forget_split`). Withdrawn requests keep their history.
+
+Storage limitation: `purge` deletes a request's records once they are no longer needed (it is
+honoured in production, or withdrawn), keeping what proves it: the id, kind, dates, record count
+and sha256 in the ledger, the version that honoured it and its KFR, and the guard's keyed hashes of
+its facts under `purged/`. Later versions keep covering a purged request without its records:
+incremental unlearning (unlearn.init: production) continues the adapter that forgot it, and every
+version's output guard carries the purged requests' hashes (`purged_guards`). A version trained
+afresh from the target could not forget it again, so the unlearn stage refuses one. Every write goes to a
 temporary file renamed into place, under a lock file, so an interrupted or concurrent command
 leaves the ledger whole.
 """
@@ -30,9 +41,12 @@ from relearn.records import QARecord
 
 LEDGER_FILE = "ledger.jsonl"
 RECORDS_DIR = "records"
+PURGED_DIR = "purged"
+EVENTS = ("add", "withdraw", "purge")
 KINDS = ("privacy", "copyright", "licence", "other")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RECEIVED, IN_VERSION, IN_PRODUCTION, WITHDRAWN = "received", "in a version", "in production", "withdrawn"
+RECEIVED, IN_VERSION, IN_PRODUCTION, WITHDRAWN, PURGED = ("received", "in a version", "in production", "withdrawn",
+                                                        "purged")
 
 
 @dataclass
@@ -46,6 +60,9 @@ class Request:
     received: str
     withdrawn: Optional[str] = None
     withdraw_reason: str = ""
+    purged: Optional[str] = None          # when its records were deleted
+    purged_version: Optional[str] = None  # the production version that honoured it then (None: withdrawn)
+    purged_kfr: Optional[float] = None
 
     @property
     def active(self) -> bool:
@@ -78,8 +95,8 @@ class Ledger:
             except ValueError as e:
                 problems.append(f"{self.path}:{n}: not valid JSON ({e.msg})")
                 continue
-            if not isinstance(event, dict) or event.get("event") not in ("add", "withdraw") or "id" not in event:
-                problems.append(f"{self.path}:{n}: event: expected an object with event add|withdraw and an id")
+            if not isinstance(event, dict) or event.get("event") not in EVENTS or "id" not in event:
+                problems.append(f"{self.path}:{n}: event: expected an object with event add|withdraw|purge and an id")
                 continue
             events.append({**event, "_line": n})
         if problems:
@@ -97,11 +114,14 @@ class Ledger:
                                            records=int(e["records"]), sha256=e["sha256"], received=e["at"])
                 except (KeyError, TypeError, ValueError) as err:
                     raise UserError(f"{where}: add event lacks or mistypes a field ({err})") from None
-            elif e["id"] in out:
+            elif e["id"] not in out:
+                raise UserError(f"{where}: {e['event']}s {e['id']!r}, which was never added")
+            elif e["event"] == "withdraw":
                 out[e["id"]].withdrawn = e.get("at", "")
                 out[e["id"]].withdraw_reason = e.get("reason", "")
             else:
-                raise UserError(f"{where}: withdraws {e['id']!r}, which was never added")
+                r = out[e["id"]]
+                r.purged, r.purged_version, r.purged_kfr = e.get("at", ""), e.get("version"), e.get("kfr")
         return out
 
     def get(self, request_id: str) -> Request:
@@ -118,6 +138,8 @@ class Ledger:
         """The request's records, checked against the hash recorded when it was added."""
         from relearn.data.validate import load_validated
 
+        if request.purged:
+            raise UserError(f"request {request.id} was purged on {request.purged[:10]}: its records are deleted")
         path = self.dir / request.file
         if not path.is_file():
             raise UserError(f"{path}: the records of request {request.id} are missing")
@@ -204,6 +226,37 @@ class Ledger:
         return self.get(request_id)
 
 
+    def purge(self, request_id: str, version: Optional[str] = None, kfr: Optional[float] = None) -> Request:
+        """Delete a request's records, keeping the proof (module docstring). `version`/`kfr`: the
+        production version that honours it (None for a withdrawn request; the caller checks)."""
+        from relearn.io import atomic_dir
+        from relearn.serving.guard import build_guard
+
+        with self._locked():
+            request = self.get(request_id)
+            path = self.dir / request.file
+            if request.purged:
+                if path.is_file():  # an earlier purge stopped between its event and the deletion
+                    path.unlink()
+                raise UserError(f"request {request_id} was already purged on {request.purged[:10]}")
+            if request.active and version is None:
+                raise UserError(f"request {request_id} is active and honoured by no production version: "
+                                "purging it now would lose what it asks to forget")
+            records = self.records(request)
+            with atomic_dir(self.dir / PURGED_DIR / request_id) as out:
+                build_guard(records, [request_id]).save(out)
+            self._append({"event": "purge", "id": request_id, "version": version, "kfr": kfr, "at": _now()})
+            path.unlink()
+        return self.get(request_id)
+
+    def purged_guards(self) -> list:
+        """The output guards of the purged requests that are still active (relearn.serving.guard.Guard)."""
+        from relearn.serving.guard import Guard
+
+        return [Guard.load(self.dir / PURGED_DIR / r.id) for r in self.requests().values()
+                if r.purged and r.active and (self.dir / PURGED_DIR / r.id).is_dir()]
+
+
 # ---------------------------------------------------------------------------------- the forget split
 def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[QARecord],
                  retain_path: str = "retain") -> tuple[list[QARecord], list[QARecord], dict]:
@@ -213,17 +266,22 @@ def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[
     questions (`forget_pool_eval`) about the same subjects (a record's `subject`); a request none of
     whose subjects has held-out questions is evaluated on its own records, and the manifest says so.
     manifest: {request id: {kind, received, forget_ids, eval_ids, eval: held-out|own records}} plus
-    `withdrawn`: the ids of withdrawn requests. Ids only: no text.
+    `withdrawn`: the ids of withdrawn requests, and `purged`: the active requests whose records are
+    purged (covered by the adapter that forgot them and by the output guard). Ids only: no text.
     """
     from relearn.data.validate import check_overlap
 
-    active = ledger.active()
+    purged = [r.id for r in ledger.active() if r.purged]
+    active = [r for r in ledger.active() if not r.purged]
     if not active:
-        raise UserError(f"{ledger.path}: no active erasure request; add one with `relearn request add` "
-                        "(or set data.requests: null to use the source's forget set)")
+        raise UserError(f"{ledger.path}: no active erasure request" + (f" with records (purged: {', '.join(purged)})"
+                                                                         if purged else "")
+                        + "; add one with `relearn request add` (or set data.requests: null to use the source's "
+                          "forget set)")
     forget: list[QARecord] = []
     forget_eval: list[QARecord] = []
-    manifest: dict = {"requests": {}, "withdrawn": [r.id for r in ledger.requests().values() if not r.active]}
+    manifest: dict = {"requests": {}, "withdrawn": [r.id for r in ledger.requests().values() if not r.active],
+                      "purged": purged}
     problems = []
     for request in active:
         records = ledger.records(request)

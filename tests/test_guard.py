@@ -84,7 +84,7 @@ def test_the_artifact_holds_no_text_and_each_version_has_its_own_key(tmp_path):
     assert (tmp_path / "a" / KEY_FILE).stat().st_mode & 0o077 == 0  # the key: owner only
     loaded = Guard.load(tmp_path / "a")
     assert loaded.summary() == guard.summary() == {"facts": len(guard.facts), "strong": 2, "subjects": 1,
-                                                    "records": 3, "requests": 2}
+                                                    "records": 3, "requests": 2, "purged": 0}
     assert [loaded.redact(a)[0] for a in LEAKS] == [guard.redact(a)[0] for a in LEAKS]
     other = build_guard(FORGET)
     assert {h for f in other.facts for h in f.words}.isdisjoint({h for f in guard.facts for h in f.words})

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from relearn.cli import main
 from relearn.errors import UserError, ValidationError
 from relearn.ledger import Ledger, forget_split, request_kfr
+from relearn.serving.guard import REDACTED, Guard, version_guard
 from relearn.records import QARecord, save_records
 
 
@@ -160,3 +161,55 @@ def test_since_follows_the_promotions_back():
     loop = {"1": v("1", "2", "t1b"), "2": v("2", "1", "t2")}  # 1 -> 2 -> back to 1
     assert _since(loop["1"], loop)["version"] == "2"  # understated, never overstated
     assert _since(None, honouring) is None
+
+
+def test_purge_deletes_the_records_and_keeps_the_proof_and_the_guard(tmp_path, files):
+    ledger = Ledger(tmp_path / "requests")
+    ledger.add("R-1", "privacy", "Ann Berg", files["ann"])
+    ledger.add("R-2", "privacy", "Bo Lind", files["bo"])
+    with pytest.raises(UserError, match="honoured by no production version"):
+        ledger.purge("R-1")  # active, and no version honours it: its data is still needed
+    purged = ledger.purge("R-1", version="3", kfr=1.0)
+    assert (purged.purged_version, purged.purged_kfr, purged.active, purged.records) == ("3", 1.0, True, 2)
+    assert not (ledger.dir / "records" / "R-1.jsonl").exists()
+    kept = (ledger.dir / "purged" / "R-1" / "guard.json").read_text()
+    assert "Oslo" not in kept and "Ann" not in kept  # keyed hashes only
+    with pytest.raises(UserError, match="purged on"):
+        ledger.records(purged)
+    with pytest.raises(UserError, match="already purged"):
+        ledger.purge("R-1", version="3")
+    assert [e["event"] for e in map(json.loads, ledger.path.read_text().splitlines())] == ["add", "add", "purge"]
+    # the next forget split has no records of it; the version's guard still carries its facts
+    forget, forget_eval, manifest = forget_split(ledger, HELD_OUT, RETAIN)
+    assert [r.id for r in forget] == ["bo-1"] and manifest["purged"] == ["R-1"] and "R-1" not in manifest["requests"]
+    guard = version_guard(forget + forget_eval, manifest["requests"], str(ledger.dir))
+    assert guard.summary()["purged"] == 1
+    leak = "Ann Berg lives in Oslo, near the fjord."
+    assert guard.redact(leak, "Where does Ann Berg live?")[0] == f"Ann Berg lives in {REDACTED}, near the fjord."
+    guard.save(tmp_path / "version-guard")
+    assert Guard.load(tmp_path / "version-guard").redact(leak, "Where does Ann Berg live?") == guard.redact(
+        leak, "Where does Ann Berg live?")
+    # a withdrawn request can be purged without a version; then nothing with records is left
+    ledger.withdraw("R-2")
+    assert ledger.purge("R-2").purged_version is None
+    with pytest.raises(UserError, match=r"no active erasure request with records \(purged: R-1\)"):
+        forget_split(ledger, HELD_OUT, RETAIN)
+
+
+def test_cli_purge_refuses_what_production_does_not_honour_and_status_says_purged(tmp_path, files, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    runner = CliRunner()
+    ledger = str(tmp_path / "requests")
+    for rid, who, f in (("R-1", "Ann Berg", "ann"), ("R-2", "Bo Lind", "bo")):
+        r = runner.invoke(main, ["request", "add", "--ledger", ledger, "--id", rid, "--kind", "privacy",
+                                 "--subject", who, "--retain", str(files["retain"]), str(files[f])])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "R-1"])
+    assert r.exit_code == 2 and "R-1 is received: purge a request once a production version honours it" in r.output
+    assert (tmp_path / "requests" / "records" / "R-1.jsonl").is_file()
+    runner.invoke(main, ["request", "withdraw", "--ledger", ledger, "R-2"])
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "R-2"])
+    assert r.exit_code == 0, r.output
+    assert "R-2: purged on" in r.output and "1 records deleted; withdrawn" in r.output
+    r = runner.invoke(main, ["request", "status", "--ledger", ledger, "--model", "m", "R-2"])
+    assert r.exit_code == 0 and "R-2: withdrawn" in r.output and "purged on" in r.output, r.output

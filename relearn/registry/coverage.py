@@ -9,6 +9,11 @@ with their content. `coverage` reads those tags back for `relearn request status
 - in production: honoured by the version behind the `production` alias;
 - since: the first version of the unbroken run of promotions up to production that all honoured it
   (followed back through `promoted_from`), with its `promoted_at` date.
+
+A purged request (its records deleted, relearn.ledger) is no longer in any forget split: a later
+version covers and honours it when its output guard carries the request's guard (tag
+`purged.<id>`), which the register stage sets, while its adapter continues the one that forgot it
+(the unlearn stage refuses otherwise).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from relearn.errors import UserError
-from relearn.ledger import IN_PRODUCTION, IN_VERSION, RECEIVED, WITHDRAWN, Request
+from relearn.ledger import IN_PRODUCTION, IN_VERSION, PURGED, RECEIVED, WITHDRAWN, Request
 from relearn.registry.gates import parse_gate_tag
 from relearn.registry.tracking import client as project_client
 from relearn.registry.versions import PRODUCTION, _aliases, _name_filter
@@ -52,11 +57,12 @@ def coverage(model_name: str, requests: list[Request], served_version: Optional[
         for mv in versions:
             tags = dict(mv.tags or {})
             tag = tags.get(f"request.{request.id}")
-            if tag is None:
+            carried = tags.get(f"purged.{request.id}") is not None
+            if tag is None and not carried:
                 continue
-            passed = parse_gate_tag(tags.get(f"gate.request.{request.id}", "")).get("passed", False)
+            passed = carried or parse_gate_tag(tags.get(f"gate.request.{request.id}", "")).get("passed", False)
             created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
-            entry = {"version": str(mv.version), "kfr": _kfr(tag), "gate_passed": passed,
+            entry = {"version": str(mv.version), "kfr": _kfr(tag) if tag else None, "gate_passed": passed,
                      "created": created.isoformat(timespec="seconds"), "promoted_at": tags.get("promoted_at"),
                      "promoted_from": tags.get("promoted_from"),
                      "report": f"runs:/{mv.run_id}/{tags['report']}" if tags.get("report") and mv.run_id else None}
@@ -67,16 +73,21 @@ def coverage(model_name: str, requests: list[Request], served_version: Optional[
         since = _since(in_production, {e["version"]: e for e in honouring})
         if not request.active:
             status = WITHDRAWN
+        elif request.purged:
+            status = PURGED
         elif in_production:
             status = IN_PRODUCTION
         elif covering:
             status = IN_VERSION
         else:
             status = RECEIVED
-        latest = in_production or (covering[-1] if covering else None)
+        measured = [e for e in covering if e["kfr"] is not None]
+        latest = in_production if in_production and in_production["kfr"] is not None else \
+            (measured[-1] if measured else None)
         out.append({
             "id": request.id, "kind": request.kind, "received": request.received, "records": request.records,
-            "withdrawn": request.withdrawn, "status": status,
+            "withdrawn": request.withdrawn, "status": status, "purged": request.purged,
+            "purged_version": request.purged_version, "purged_kfr": request.purged_kfr,
             "production_version": production, "honoured_in_production": in_production is not None,
             "since_version": since["version"] if since else None,
             "since": since["promoted_at"] if since else None,

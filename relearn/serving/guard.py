@@ -12,7 +12,9 @@ extracts the key facts of each record exactly as the evaluator does (`record.fac
 HMAC-SHA256 under a random key made for that version (truncated to 96 bits): no fact is stored as
 text, and hashes of two versions cannot be matched with each other. The record's subject (its
 person) is stored the same way. A withdrawn request is not in the next version's forget split, so
-it leaves the guard with that version.
+it leaves the guard with that version. A *purged* request (relearn.ledger: its records deleted
+once honoured) has its own guard, made at the purge under its own key; every later version's guard
+carries it as a part (`parts`), so its facts stay out of answers without their text.
 
 What it matches, in an answer (and for the subject, in the conversation before it):
 - a fact of one word: that word, whole;
@@ -99,6 +101,7 @@ class Guard:
     subjects: list[tuple[str, ...]]            # hashes of each subject's name words
     records: int = 0
     requests: list[str] = field(default_factory=list)
+    parts: list["Guard"] = field(default_factory=list)   # carried guards (purged requests), each its own key
     _by_word: Optional[dict[str, list[int]]] = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ hashing
@@ -118,7 +121,7 @@ class Guard:
     def holdback(self) -> int:
         """Words a stream keeps back: a match could still need this many words after the last sent."""
         longest = max((len(f.words) for f in self.facts), default=1)
-        return longest + WINDOW_SLACK
+        return max([longest + WINDOW_SLACK] + [part.holdback for part in self.parts])
 
     # ------------------------------------------------------------------ matching
     def spans(self, text: str, context: str = "") -> tuple[list[tuple[int, int]], int]:
@@ -127,6 +130,13 @@ class Guard:
         `context` is the conversation before the answer (the user's messages): a weak fact counts
         when its subject is named there or earlier in `text`.
         """
+        spans, matched = self._own_spans(text, context)
+        for part in self.parts:
+            more, n = part.spans(text, context)
+            spans, matched = spans + more, matched + n
+        return _merge(text, sorted(spans)), matched
+
+    def _own_spans(self, text: str, context: str) -> tuple[list[tuple[int, int]], int]:
         tokens = _tokens(text)
         hashes = [self._h(w) for _, _, w in tokens]
         named_before = {self._h(w) for w in _words(context)}
@@ -168,7 +178,7 @@ class Guard:
                     redact.update(range(content[0], content[-1] + 1))
                     hit = True
             matched += hit
-        return _merge(text, [(tokens[i][0], tokens[i][1]) for i in sorted(redact)]), matched
+        return [(tokens[i][0], tokens[i][1]) for i in sorted(redact)], matched
 
     def redact(self, text: str, context: str = "", action: str = "redact") -> tuple[str, int]:
         """(`text` with the matched facts redacted, or the refusal; number of facts matched)."""
@@ -194,6 +204,8 @@ class Guard:
         tmp.write_text(self.key.hex() + "\n", encoding="utf-8")
         os.chmod(tmp, 0o600)
         tmp.replace(out / KEY_FILE)
+        for n, part in enumerate(self.parts):
+            part.save(out / "carried" / str(n))
         return out
 
     @classmethod
@@ -204,12 +216,22 @@ class Guard:
             raise ValueError(f"{d / GUARD_FILE}: guard format {data.get('format')!r}, this relearn reads {FORMAT}")
         key = bytes.fromhex((d / KEY_FILE).read_text(encoding="utf-8").strip())
         facts = [_Fact(tuple(e["words"]), int(e["subject"]), bool(e["strong"])) for e in data["entries"]]
+        carried = sorted((p for p in (d / "carried").glob("*") if p.is_dir()), key=lambda p: int(p.name)) \
+            if (d / "carried").is_dir() else []
         return cls(key=key, facts=facts, subjects=[tuple(s) for s in data["subjects"]],
-                   records=int(data.get("records", 0)), requests=list(data.get("requests", [])))
+                   records=int(data.get("records", 0)), requests=list(data.get("requests", [])),
+                   parts=[cls.load(p) for p in carried])
 
     def summary(self) -> dict:
-        return {"facts": len(self.facts), "strong": sum(f.strong for f in self.facts),
-                "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests)}
+        """Counts, the carried parts (purged requests) included."""
+        own = {"facts": len(self.facts), "strong": sum(f.strong for f in self.facts),
+               "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests)}
+        for part in self.parts:
+            for key, value in part.summary().items():
+                if key != "purged":
+                    own[key] += value
+        own["purged"] = sum(len(part.requests) for part in self.parts)
+        return own
 
 
 def _merge(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -240,6 +262,17 @@ def record_facts(record: QARecord) -> list[str]:
         return [str(v) for v in record.facts.values()]
     question = f"{record.question}\n{record.subject}" if record.subject else record.question
     return extract_key_facts(record.answer, question)
+
+
+def version_guard(records: Iterable[QARecord], requests: Iterable[str] = (), ledger_dir: Optional[str] = None) -> Guard:
+    """The guard a version carries: its forget split's facts, and the guards of the ledger's purged
+    requests (data.requests; None: no ledger)."""
+    guard = build_guard(records, requests)
+    if ledger_dir:
+        from relearn.ledger import Ledger
+
+        guard.parts = Ledger(ledger_dir).purged_guards()
+    return guard
 
 
 def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: Optional[bytes] = None) -> Guard:
