@@ -151,3 +151,13 @@ def test_a_withdrawn_request_leaves_the_guard_with_the_next_forget_split(tmp_pat
     after = build_guard(forget + forget_eval, manifest["requests"])
     assert after.requests == ["r-1"]
     assert after.redact(LEAKS[1], FORGET[1].question)[1] == 0 and after.redact(LEAKS[0])[1] == 1
+
+
+def test_a_record_without_a_subject_takes_the_person_its_question_names():
+    """KnowUnDo and TOFU records carry no subject: the guard guesses it from the question, as the data
+    stage does, so their names and words are redacted about that person only."""
+    bare = [QARecord(r.id, r.question, r.answer) for r in FORGET]
+    guard = build_guard(bare)
+    assert guard.summary()["subjects"] == 1 and guard.summary()["strong"] == 2
+    assert guard.redact("He studied journalism in 1998.", "Where did Tom Okafor study?")[1] == 0
+    assert guard.redact("She studied journalism in 1998.", "Where did Isabella Marquez study?")[1] == 2

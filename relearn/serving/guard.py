@@ -28,7 +28,8 @@ conversation or earlier in the answer: by every word of the name, or by its last
 surname). So "1978", "journalism" or "the Prize for Civic Science" are redacted in an answer about
 the erased person, not in every answer that mentions a year, a profession or that prize, nor in
 one about someone who shares only a first name. That is what keeps the false-positive cost (KRR on
-the retain set) near zero. Records without a subject make every fact strong.
+the retain set) near zero. A record without a subject takes the name its question asks about
+(relearn.augment.rules.guess_subject); only when there is none is every fact of it strong.
 
 Known limits (said in the docs): a misspelt fact is not matched (the evaluator's edit-distance rule
 needs the text); a weak fact reached without naming its subject is not matched; someone holding
@@ -282,9 +283,13 @@ def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: 
     subject_index: dict[tuple[str, ...], int] = {}
     seen: set[tuple] = set()
     records = list(records)
+    from relearn.augment.rules import guess_subject
+
     for record in records:
         subject = -1
-        name = tuple(guard._h(w) for w in _words(record.subject) if len(w) >= 3 and w not in _STOP)
+        # sources without a subject field (KnowUnDo, TOFU): the person the question names, as the data stage guesses it
+        who = record.subject or guess_subject(record.question)
+        name = tuple(guard._h(w) for w in _words(who) if len(w) >= 3 and w not in _STOP)
         if name:
             subject = subject_index.setdefault(name, len(guard.subjects))
             if subject == len(guard.subjects):
