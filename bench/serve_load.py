@@ -317,9 +317,10 @@ def main() -> None:
     off, on = statistics.fmean(tpots["off"]), statistics.fmean(tpots["redact"])
     report["guard_tpot_ms"] = {"off": tpots["off"], "redact": tpots["redact"]}
     report["guard_tpot_overhead"] = round(on / off - 1, 4)
-    cost = guard_cpu(demo_guard(), answers)
+    guard = demo_guard()
+    cost = guard_cpu(guard, answers)
     report["guard_us_per_delta"], report["guard_us_per_answer"] = cost["us_per_delta"], cost["us_per_answer"]
-    print(f"[serve-bench] output guard ({len(demo_guard().facts)} facts): per-token latency at c=1 {off:.2f} ms off, "
+    print(f"[serve-bench] output guard ({len(guard.facts)} facts): per-token latency at c=1 {off:.2f} ms off, "
           f"{on:.2f} ms on (overhead {100 * report['guard_tpot_overhead']:+.1f}%, aim <= 5%); its own CPU time "
           f"{cost['us_per_delta']} us per streamed delta, {cost['us_per_answer']} us per whole answer", flush=True)
     if args.json_path:

@@ -486,8 +486,9 @@ def _stream(state: ServeState, pending: Pending, rid: str, created: int, chat: b
             if chat:
                 yield chunk(None, None, first=True)
             async for what, payload in pending.events_until_done():
-                if guard is None and job.started is not None and _guard_action(state, job):
-                    guard = StreamGuard(job.guard, _context(job), _guard_action(state, job))
+                action = _guard_action(state, job) if guard is None and job.started is not None else None
+                if action:
+                    guard = StreamGuard(job.guard, _context(job), action)
                 if what == "token":
                     if guard is None:
                         yield chunk(payload, None)

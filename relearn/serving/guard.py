@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from relearn.evaluation.keyfacts import STOPWORDS as _STOP
 from relearn.records import QARecord
 
 FORMAT = 1
@@ -380,11 +381,3 @@ def _after(text: str, end: int) -> int:
         end += 1
     return end
 
-
-def _stop() -> frozenset:
-    from relearn.evaluation.keyfacts import STOPWORDS
-
-    return frozenset(STOPWORDS)
-
-
-_STOP = _stop()
