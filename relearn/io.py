@@ -94,3 +94,22 @@ def _update_with_file(digest, file: Path) -> None:
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+
+
+MARKERS = ("dvc.yaml", "params.yaml")
+
+
+def _outside_dvc_temp(path: Path) -> Path:
+    """The directory holding `.dvc` when `path` lies in `.../.dvc/tmp/exps/...`, else `path`."""
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """Nearest ancestor of `start` (default: cwd) holding dvc.yaml or params.yaml, else `start`."""
+    here = Path(start or Path.cwd()).resolve()
+    root = next((d for d in (here, *here.parents) if any((d / m).is_file() for m in MARKERS)), here)
+    return _outside_dvc_temp(root)

@@ -215,3 +215,21 @@ def test_weights_pack_and_reassemble_byte_for_byte(tmp_path):
     shutil.rmtree(device / "model")
     with pytest.raises(SystemExit, match="damaged"):
         gpu_run.weights_source(device)
+
+
+def test_a_relative_data_path_resolves_where_mlflow_cannot_be_imported(tmp_path):
+    """The first H200 run stopped at its data phase: resolving `--data` imported the MLflow tracking module
+    (for the project root), and the GPU machine has no mlflow. The smoke run reads the built-in world and
+    never resolves a path, so this checks that one step on its own."""
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / "deep").mkdir()
+    code = ("import sys\n"
+            f"for name in {ABSENT!r}:\n"
+            "    sys.modules[name] = None\n"
+            "from relearn.data.sources import resolve\n"
+            "print(resolve('data/knowundo'))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "deep", env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(tmp_path.resolve() / "data" / "knowundo")

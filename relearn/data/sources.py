@@ -50,7 +50,7 @@ class _Loader:
 
 def resolve(path: str) -> Path:
     """A relative source path is taken from the project root (also inside a `dvc exp run --temp` copy)."""
-    from relearn.registry.tracking import find_project_root
+    from relearn.io import find_project_root
 
     p = Path(path)
     return p if p.is_absolute() else find_project_root() / p

@@ -13,25 +13,10 @@ from urllib.parse import unquote, urlparse
 import mlflow
 from mlflow.tracking import MlflowClient
 
-MARKERS = ("dvc.yaml", "params.yaml")
+from relearn.io import MARKERS, find_project_root  # noqa: F401  (re-exported: mlflow-free home in relearn.io)
+
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
-
-
-def _outside_dvc_temp(path: Path) -> Path:
-    """The directory holding `.dvc` when `path` lies in `.../.dvc/tmp/exps/...`, else `path`."""
-    parts = path.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return path
-
-
-def find_project_root(start: Path | None = None) -> Path:
-    """Nearest ancestor of `start` (default: cwd) holding dvc.yaml or params.yaml, else `start`."""
-    here = Path(start or Path.cwd()).resolve()
-    root = next((d for d in (here, *here.parents) if any((d / m).is_file() for m in MARKERS)), here)
-    return _outside_dvc_temp(root)
 
 
 def tracking_uri() -> str:
