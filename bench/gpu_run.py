@@ -1,6 +1,6 @@
 """The paper's setting in one call: SmolLM2-135M-Instruct in bf16 on all of KnowUnDo privacy, on one GPU.
 
-    python bench/gpu_run.py --out DIR [--weights W] [--data D] [--budget-s 480] [--work DIR]
+    python bench/gpu_run.py --out DIR [--weights W] [--data D] [--budget-s 555] [--work DIR]
     python bench/gpu_run.py --smoke --out DIR            # the same code path, micro-sized, on the CPU
     python bench/gpu_run.py --pack-weights .gpu/weights  # split SmolLM2 into parts a device command can carry
 
@@ -29,7 +29,7 @@ none, and optimum-onnx 0.1 pins transformers < 4.58) they are left out with a no
 after `relearn` run in the order baselines at the first lr, robustness, throughput, baselines at the second lr,
 export, baselines at the third lr, so that the time budget cuts the least important work.
 
-Time budget (--budget-s, default 480 s from the start of the script): before each phase, a phase whose
+Time budget (--budget-s, default 555 s from the start of the script): before each phase, a phase whose
 estimated cost (the measured time of a like phase) does not fit in what is left is skipped; a phase still
 running at the deadline is interrupted (SIGALRM). Every phase ends with the JSON and the markdown rewritten
 atomically, so a run killed from outside still leaves the results of every finished phase. Output under --out:
@@ -53,13 +53,15 @@ Bf16 safetensors would be 270 MB: five parts, five commands. Here, once:
     .venv/bin/python bench/gpu_run.py --pack-weights .gpu/weights     # writes .gpu/weights/part1 and part2
                                                                        # (.gpu/ is git-ignored)
 Then two device `run` calls, the second straight after the first (within the 30 s the machine stays warm), then
-give_back. The run stops itself by --budget-s (480 s) and writes its files; 600 s leaves room for the start:
+give_back. The run stops itself by --budget-s (555 s) and writes its files; 600 s leaves room for its end. On
+2026-12-04 the first call took 54 s of device time with the machine's start, the second 560 s: 714 s of the
+session's 900, no room for a second try:
 
     run  command: mkdir -p /tmp/smollm2 && cp -r .gpu/weights/part1/. /tmp/smollm2/ && ls -l /tmp/smollm2
          carry: [".gpu/weights/part1"]   timeout_s: 120
     run  command: cp -r .gpu/weights/part2/. /tmp/smollm2/ && set -o pipefail && PYTHONUNBUFFERED=1 \\
                   HF_HUB_OFFLINE=1 python3 bench/gpu_run.py --weights /tmp/smollm2 \\
-                  --data /tmp/smollm2/data/knowundo-privacy --out $OUT --budget-s 480 2>&1 | tee $OUT/gpu_run.log
+                  --data /tmp/smollm2/data/knowundo-privacy --out $OUT --budget-s 555 2>&1 | tee $OUT/gpu_run.log
          carry: [".gpu/weights/part2"]   timeout_s: 600
 
 --weights DIR reassembles the parts found in DIR (checking every part's and the whole file's sha256), puts
@@ -104,6 +106,7 @@ PROFILE = ROOT / "profiles" / "smollm2-knowundo.yaml"
 BASELINES = ("ga", "npo", "gd")
 GPU_LRS = (5e-4, 1e-3, 2e-3)  # the profile's 5e-4 barely moved the baselines on 21 steps; here 150 steps
 SMOKE_LRS = (1e-3, 3e-3)
+GPU_BATCH = 32  # scale_batch
 MANIFEST = "manifest.json"
 PART_PREFIX = "weights.tar.part"
 OUT_JSON, OUT_MD, OUT_ITEMS = "gpu_run.json", "gpu_run.md", "per_item.json"
@@ -327,6 +330,19 @@ def use_packed_site(weights: Path | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------- params
+def scale_batch(raw: dict, batch_size: int | None) -> None:
+    """The target's, the control's and the unlearning's batch set to `batch_size`, their learning rates scaled by
+    the square root of the batch ratio. At the profile's batch 8 a 135M model leaves an H200 nearly idle: the
+    first run (2026-12-04) trained the target at about 6 steps/s and ReLearn at 1.66 steps/s, whatever the batch,
+    and ReLearn's 723 steps alone outran the budget."""
+    if not batch_size:
+        return
+    for section in ("target", "unlearn"):
+        old = raw[section]["batch_size"]
+        raw[section]["lr"] = raw[section]["lr"] * (batch_size / old) ** 0.5
+        raw[section]["batch_size"] = batch_size
+
+
 def build_params(args, base_dir: Path | None, data: Path | None):
     """The run's relearn.params.Params: SMOKE on the schema defaults, or params.yaml + the profile + GPU."""
     import yaml
@@ -340,6 +356,7 @@ def build_params(args, base_dir: Path | None, data: Path | None):
         raw = merged(raw, yaml.safe_load((ROOT / "params.yaml").read_text()) or {})
         raw = merged(raw, yaml.safe_load(Path(args.profile).read_text()) or {})
         raw = merged(raw, GPU)
+        scale_batch(raw, args.batch_size)
         raw["data"]["path"] = str(data)
         raw["data"]["general_files"] = [str((ROOT / f).resolve()) for f in raw["data"].get("general_files", [])]
     if base_dir is not None:
@@ -992,13 +1009,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="where gpu_run.json, gpu_run.md and per_item.json go")
     ap.add_argument("--work", help="scratch directory (default: a temporary one, removed at the end)")
     ap.add_argument("--smoke", action="store_true", help="the micro configuration on the CPU (tests/test_gpu_run.py)")
-    ap.add_argument("--budget-s", type=float, help="stop cleanly by this many seconds after the start (default 480; smoke 170)")
+    ap.add_argument("--budget-s", type=float, help="stop cleanly by this many seconds after the start (default 555; smoke 170)")
     ap.add_argument("--data", help=f"KnowUnDo privacy directory (default: WEIGHTS/data/{DATA_NAME} when packed, "
                                    f"else {DEFAULT_DATA})")
     ap.add_argument("--weights", help="packed parts (--pack-weights), a model directory or a .gguf file "
                                       f"(default: {DEFAULT_WEIGHTS.relative_to(ROOT)}; smoke: none, the from-scratch model)")
     ap.add_argument("--profile", default=str(PROFILE), help="the profile the GPU settings start from")
     ap.add_argument("--device", help="override params' device (default: cuda; smoke: cpu)")
+    ap.add_argument("--batch-size", type=int, help="target, control and unlearning batch, learning rates scaled by the "
+                                                    "square root of the change (default 32; smoke: the micro batch)")
     ap.add_argument("--baseline-lrs", type=float, nargs="+", help=f"default {list(GPU_LRS)} (smoke {list(SMOKE_LRS)})")
     ap.add_argument("--resamples", type=int, help="bootstrap resamples (default: evaluate.bootstrap_resamples)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (smoke default 1: tiny matrices, a busy CPU)")
@@ -1022,8 +1041,9 @@ def main(argv: list[str] | None = None) -> dict:
         return manifest
     if not args.out:
         ap.error("--out is required (or --pack-weights)")
-    args.budget_s = args.budget_s if args.budget_s is not None else (170.0 if args.smoke else 480.0)
+    args.budget_s = args.budget_s if args.budget_s is not None else (170.0 if args.smoke else 555.0)
     args.baseline_lrs = args.baseline_lrs or list(SMOKE_LRS if args.smoke else GPU_LRS)
+    args.batch_size = args.batch_size if args.batch_size is not None else (None if args.smoke else GPU_BATCH)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # bench/throughput.py runs its step measures in fresh interpreters: they need the library too

@@ -233,3 +233,13 @@ def test_a_relative_data_path_resolves_where_mlflow_cannot_be_imported(tmp_path)
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(tmp_path.resolve() / "data" / "knowundo")
+
+
+def test_the_gpu_batch_scales_the_learning_rates_by_the_square_root():
+    module = load_module()
+    raw = {"target": {"batch_size": 8, "lr": 3e-4}, "unlearn": {"batch_size": 8, "lr": 1e-3}}
+    module.scale_batch(raw, 32)
+    assert raw["target"] == {"batch_size": 32, "lr": pytest.approx(6e-4)}
+    assert raw["unlearn"] == {"batch_size": 32, "lr": pytest.approx(2e-3)}
+    module.scale_batch(raw, None)
+    assert raw["unlearn"]["batch_size"] == 32
