@@ -88,6 +88,51 @@ def data_validate(paths: tuple[str, ...], fmt: str | None, forget: str | None, r
         raise ValidationError(problems)
 
 
+# ----------------------------------------------------------------------------------------- init
+@main.command("init")
+@click.option("--model", "model_source", required=True,
+              help="The model to make forget: a Hugging Face directory, a .gguf file or a hub id (cached or online).")
+@click.option("--forget", required=True, type=click.Path(dir_okay=False), help="What it must forget: a JSON or JSON-lines "
+              "file of question/answer records (TOFU's, KnowUnDo's or this project's format).")
+@click.option("--retain", required=True, type=click.Path(dir_okay=False), help="What it must keep knowing, same formats.")
+@click.option("--format", "fmt", type=click.Choice(["relearn", "tofu", "knowundo"]), default=None,
+              help="The files' format (detected from the content when not given).")
+@click.option("--name", default=None, help="Short name: the registered model becomes relearn-NAME (default: the model's).")
+@click.option("--out", default="params.yaml", show_default=True, help="The params file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing params file (kept as OUT.bak).")
+@click.option("--no-estimate", is_flag=True, help="Skip timing a few training steps (no time estimate).")
+def init(model_source: str, forget: str, retain: str, fmt: str | None, name: str | None, out: str, force: bool,
+         no_estimate: bool) -> None:
+    """Start a project on your own model and data: check the files, inspect the model, write params.yaml.
+
+    The settings are those that worked on a pretrained model of the same size (learning rates,
+    epochs, LoRA, full or LoRA fine-tuning of the target), the lengths are read off your data, dtype and
+    device off this machine; a few measured training steps give an estimate of the run's time here.
+    Bad input: one line, exit status 2, nothing written.
+    """
+    from relearn.project_init import human, init_project
+
+    result = init_project(model_source, forget, retain, fmt, name, out, force, measure=not no_estimate)
+    f, p = result.facts, result.params
+    click.echo(f"{forget}: {result.counts['forget']} records; {retain}: {result.counts['retain']} records "
+               f"(a seeded {p.data.eval_fraction:.0%} of each held out for evaluation)")
+    click.echo(f"{model_source}: {f.parameters:,} parameters, chat template {'yes' if f.chat_template else 'no'}, "
+               f"context {f.context_length or 'unknown'}; the {f.size()} model recipe "
+               f"(target {p.target.finetune} fine-tuning at lr {p.target.lr:g}, ReLearn LoRA r {p.unlearn.lora.r} at lr {p.unlearn.lr:g})")
+    if result.estimate is not None:
+        parts = ", ".join(f"{stage} {human(s)}" for stage, s in result.estimate.parts.items())
+        click.echo(f"estimated time of the run here: about {human(result.estimate.total)} ({parts})")
+    if result.backup:
+        click.echo(f"{result.backup}: the previous {out}")
+    click.echo(f"{result.path}: written")
+    click.echo("next:")
+    if Path(out).resolve() != Path("params.yaml").resolve():
+        click.echo(f"  cp {out} params.yaml      # dvc repro reads params.yaml")
+    click.echo("  dvc repro                  # the whole lifecycle")
+    click.echo("  relearn status             # the registered version, its gates, waiting for approval")
+    click.echo("  relearn ui                 # approve it in the MLflow UI, then: relearn promote")
+
+
 # ---------------------------------------------------------------------------------------- model
 @main.group(cls=Group)
 def model() -> None:

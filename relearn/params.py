@@ -30,8 +30,8 @@ def _f(default, help: str, **kw):
 class DataParams:
     source: str = _f("builtin", "Data source: 'builtin' (the synthetic world), 'knowundo' (a KnowUnDo directory), 'tofu' (TOFU forget/retain files) or 'jsonl' (this project's split files).")
     path: Optional[str] = _f(None, "Directory of a non-builtin source: knowundo: full/unlearn_train/unlearn_val/retention_train/retention_val.json; tofu: forget_file and retain_file; jsonl: <split>.jsonl files.")
-    forget_file: str = _f("forget10.json", "TOFU: the forget split file in data.path (JSON list or JSON lines).")
-    retain_file: str = _f("retain90.json", "TOFU: the retain split file in data.path.")
+    forget_file: str = _f("forget10.json", "tofu source: the forget file, a path inside data.path (JSON list or JSON lines; TOFU question/answer records or this project's record format, detected).")
+    retain_file: str = _f("retain90.json", "tofu source: the retain file, a path inside data.path (formats as forget_file).")
     general_files: list = _f([], "Extra general QA files (TOFU format, e.g. ../shared/data/tofu-general/world_facts_perturbed.json) added to the general split.")
     eval_fraction: float = _f(0.2, "TOFU and jsonl without eval files: share of forget/retain items held out as forget_eval/retain_eval.")
     holdout_fraction: float = _f(0.1, "KnowUnDo, TOFU and jsonl without holdout.jsonl: share of retain items never trained on by any model (the membership-inference holdout).")

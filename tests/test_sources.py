@@ -62,6 +62,18 @@ def test_tofu_holds_out_a_seeded_share_for_eval(tmp_path):
     assert not {r.id for r in a["forget"]} & {r.id for r in a["forget_eval"]}
 
 
+def test_tofu_files_may_be_this_projects_records_in_a_subdirectory(tmp_path):
+    """relearn init points the tofu source at any two files under one directory, in any of the formats."""
+    (tmp_path / "a").mkdir()
+    save_records(tmp_path / "a" / "mine.jsonl", [QARecord(id=f"f{i}", question=f"Where is f{i}?", answer="x",
+                                                           subject="F") for i in range(5)])
+    (tmp_path / "theirs.json").write_text(json.dumps([{"text": f"r{i}?", "labels": "y"} for i in range(5)]))  # KnowUnDo's
+    params = DataParams(source="tofu", path=str(tmp_path), forget_file="a/mine.jsonl", retain_file="theirs.json")
+    splits = load_source(params, seed=0)
+    assert {r.subject for r in splits["forget"] + splits["forget_eval"]} == {"F"}
+    assert len(splits["retain"]) + len(splits["retain_eval"]) + len(splits["holdout"]) == 5
+
+
 def test_hold_out_keeps_one_on_each_side():
     records = [QARecord(id=str(i), question="q", answer="a") for i in range(2)]
     kept, held = hold_out(records, 0.01, seed=0)

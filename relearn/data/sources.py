@@ -6,8 +6,9 @@ validated first; all problems in all files are reported together.
     builtin   relearn.data.world (seeded)
     knowundo  data.path/{unlearn_train,unlearn_val,retention_train,retention_val}.json
               -> forget, forget_eval, retain, retain_eval (full.json is their union)
-    tofu      data.path/{forget_file,retain_file}; a seeded share (data.eval_fraction) of each is
-              held out as forget_eval / retain_eval
+    tofu      data.path/{forget_file,retain_file} (TOFU's question/answer records, or this project's
+              record format: detected); a seeded share (data.eval_fraction) of each is held out as
+              forget_eval / retain_eval
     jsonl     data.path/<split>.jsonl for the splits present; missing eval splits are held out
               from forget / retain as for TOFU
 `data.forget_subjects` / `data.retain_subjects` keep only the questions about a seeded choice of
@@ -106,8 +107,8 @@ def load_source(params: DataParams, seed: int) -> dict[str, list[QARecord]]:
             for split, name in KNOWUNDO_FILES.items():
                 splits[split] = load(root / name, "knowundo")
         elif params.source == "tofu":
-            splits["forget"] = load(root / params.forget_file, "tofu")
-            splits["retain"] = load(root / params.retain_file, "tofu")
+            splits["forget"] = load(root / params.forget_file, None)  # TOFU's question/answer, or our records
+            splits["retain"] = load(root / params.retain_file, None)
         else:  # jsonl
             present = [name for name in SPLITS if (root / f"{name}.jsonl").exists()]
             if "forget" not in present or "retain" not in present:
