@@ -6,9 +6,9 @@ set of data/splits/ is the records of the ledger's active requests instead, forg
 held-out questions, and data/splits/requests.json maps each request to its record ids; the target
 and the control do not change when a request arrives or is withdrawn.
 
-The stage always runs (always_changed in dvc.yaml): it is quick, and DVC cannot list its inputs
-outside the repo (data.path) or the ledger, which may not exist. Unchanged outputs leave every
-later stage as it was. reports/data.json records the md5 of its inputs and of the ledger.
+DVC cannot list its inputs outside the repo (data.path) or the ledger, which may not exist: the
+`inputs` stage hashes them into data/inputs.json, a dependency of this one, so the stage runs again
+when one of them changed. reports/data.json records the md5 of its inputs and of the ledger.
 """
 from pathlib import Path
 

@@ -170,10 +170,10 @@ def test_promote_refuses_until_approved_then_moves_production(project):
 def test_second_repro_does_nothing(project):
     work, env = project
     result = run([str(BIN / "dvc"), "repro"], work, env)
-    # the data stage always runs (always_changed: it reads the request ledger); its outputs are the
-    # same, so nothing after it runs again
+    # only the inputs stage runs (always_changed: it hashes data.path and the request ledger); its
+    # output is the same, so nothing after it runs again
     ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'data':"], result.stdout
+    assert ran == ["Running stage 'inputs':"], result.stdout
 
 
 def test_compare_stage_and_report(project):
