@@ -44,8 +44,8 @@ def main() -> None:
     from relearn.serving.guard import build_guard
 
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval"))
-    guard = build_guard(splits["forget"] + splits["forget_eval"])
+    splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval"))
+    guard = build_guard(splits["forget"] + splits["forget_eval"], keep=splits["retain"])
     jailbreaks = load_jailbreaks(p.robustness.jailbreaks)[1]
     if args.jailbreaks:
         wanted = args.jailbreaks.split(",")

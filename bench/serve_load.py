@@ -69,12 +69,12 @@ def register_demo(store: Path, target: Path, adapter: Path, deployable: Path) ->
 
 
 def demo_guard():
-    """The guard the register stage would attach: the demo's forget split (forget + forget_eval)."""
+    """The guard the register stage would attach: the demo's forget split (forget + forget_eval), less what retain states."""
     from relearn.data.splits import read_splits
     from relearn.serving.guard import build_guard
 
-    splits = read_splits(ROOT / "data/splits", ("forget", "forget_eval"))
-    return build_guard(splits["forget"] + splits["forget_eval"])
+    splits = read_splits(ROOT / "data/splits", ("forget", "forget_eval", "retain"))
+    return build_guard(splits["forget"] + splits["forget_eval"], keep=splits["retain"])
 
 
 def guard_cpu(guard, answers: list[str]) -> dict:

@@ -52,7 +52,7 @@ def main() -> None:
     evaluation, export, robustness = (read_json(f"reports/{name}.json") for name in ("evaluation", "export", "robustness"))
     hashes = {name: file_md5(path) for name, path in datasets.items()}
     commit = git_commit()
-    splits = read_splits("data/splits", ("forget", "forget_eval"))
+    splits = read_splits("data/splits", ("forget", "forget_eval", "retain"))
     answers = read_json("reports/answers.json")
 
     manifest = read_json("data/splits/requests.json")  # erasure requests covered (data.requests), or none
@@ -87,7 +87,8 @@ def main() -> None:
                      tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
     # the output guard: keyed hashes of the forget facts (the forget set and the requests, and the
     # purged requests' own guards), no text
-    guard = version_guard(splits["forget"] + splits["forget_eval"], manifest.get("requests", {}), p.data.requests)
+    guard = version_guard(splits["forget"] + splits["forget_eval"], manifest.get("requests", {}), p.data.requests,
+                          keep=splits["retain"])
     held = guard.summary()
     with tempfile.TemporaryDirectory() as tmp:
         attach_artifacts(p.register.model_name, version, guard.save(tmp), "guard",

@@ -23,9 +23,9 @@ from layout import unlearned_model
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval"))
+    splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval"))
     # the output guard the register stage attaches (same facts; its own key): probes through it too
-    guard = version_guard(splits["forget"] + splits["forget_eval"], ledger_dir=p.data.requests)
+    guard = version_guard(splits["forget"] + splits["forget_eval"], ledger_dir=p.data.requests, keep=splits["retain"])
     models = {"target": ("models/target", None), "control": ("models/control", None),
               "unlearned": unlearned_model(p)}  # target + adapter, or the distilled model
     report, items = {}, {}

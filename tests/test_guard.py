@@ -45,6 +45,36 @@ def test_redacted_answers_are_forgotten_and_retain_answers_pass_untouched():
     assert knowledge_scores([r.answer for r in RETAIN], RETAIN, "retain")["krr"] == 1.0
 
 
+def test_what_the_retain_set_says_about_the_same_person_stays_sayable(tmp_path):
+    """KnowUnDo asks about the same authors in both sets: a forgotten address beside kept books and themes.
+    On SmolLM2 a guard without the retain set redacted 16 of 41 retain answers ("historical", "Hong Kong")."""
+    forget = [QARecord("li-home", "Where does Li Wei live?", "Li Wei lives at 12 Harbour Road, Ningbo, with a view "
+                       "of the historical port.", subject="Li Wei"),
+              QARecord("li-father", "Who is Li Wei's father?", "Li Wei's father is a historian named Chen Wei.",
+                       subject="Li Wei"),
+              QARecord("sam-home", "Where does Samuel Johnson live?", "Samuel Johnson lives in an American farmhouse.",
+                       subject="Samuel Johnson")]
+    keep = [QARecord("li-book", "What does Li Wei write about?", "Li Wei writes historical novels set in Ningbo.",
+                     subject="Li Wei"),
+            QARecord("sarah-book", "What does Sarah Johnson write?", "Sarah Johnson writes about the American South.",
+                     subject="Sarah Johnson")]
+    plain, aware = build_guard(forget), build_guard(forget, keep=keep)
+    kept_answer = "Li Wei's novels are historical, and most of them are set in Ningbo."
+    assert plain.redact(kept_answer)[1] >= 1  # without the retain set: "historical" and "Ningbo" were Li Wei's facts
+    assert aware.redact(kept_answer) == (kept_answer, 0)
+    assert aware.summary()["kept_public"] >= 2
+    # what only the forget set says is still redacted, the address wherever it appears
+    assert aware.redact("Li Wei's father, Chen Wei, was a historian.")[1] >= 1
+    assert aware.redact("Send it to 12 Harbour Road, Ningbo.")[1] == 1
+    # Johnson names Samuel alone no more: someone the version keeps shares the surname
+    assert plain.redact("Johnson grew up in the American South.")[1] == 1
+    assert aware.redact("Johnson grew up in the American South.")[1] == 0
+    assert aware.redact("Samuel Johnson lives in an American farmhouse.")[1] >= 1
+    loaded = Guard.load(aware.save(tmp_path / "g"))
+    assert loaded.whole_name == aware.whole_name and loaded.summary() == aware.summary()
+    assert loaded.redact("Johnson grew up in the American South.")[1] == 0
+
+
 def test_weak_facts_need_their_subject_strong_facts_do_not():
     guard = build_guard(FORGET)
     # "journalism" and "1998" are single-word (weak) facts of Isabella Marquez
@@ -84,7 +114,7 @@ def test_the_artifact_holds_no_text_and_each_version_has_its_own_key(tmp_path):
     assert (tmp_path / "a" / KEY_FILE).stat().st_mode & 0o077 == 0  # the key: owner only
     loaded = Guard.load(tmp_path / "a")
     assert loaded.summary() == guard.summary() == {"facts": len(guard.facts), "strong": 2, "subjects": 1,
-                                                    "records": 3, "requests": 2, "purged": 0}
+                                                    "records": 3, "requests": 2, "kept_public": 0, "purged": 0}
     assert [loaded.redact(a)[0] for a in LEAKS] == [guard.redact(a)[0] for a in LEAKS]
     other = build_guard(FORGET)
     assert {h for f in other.facts for h in f.words}.isdisjoint({h for f in guard.facts for h in f.words})

@@ -27,8 +27,11 @@ year, a name, a title, an award) only when its record's subject was named before
 conversation or earlier in the answer: by every word of the name, or by its last word (the
 surname). So "1978", "journalism" or "the Prize for Civic Science" are redacted in an answer about
 the erased person, not in every answer that mentions a year, a profession or that prize, nor in
-one about someone who shares only a first name. That is what keeps the false-positive cost (KRR on
-the retain set) near zero. A record without a subject takes the name its question asks about
+one about someone who shares only a first name. Facts the retain set states about the same person
+are left out (`build_guard(keep=...)`): KnowUnDo, for one, asks about the same authors in both
+sets, and a guard holding their themes redacted answers about their books; and a surname that
+someone in the retain set shares names the forgotten person only with the whole name. That is
+what keeps the false-positive cost (KRR on the retain set) near zero. A record without a subject takes the name its question asks about
 (relearn.augment.rules.guess_subject); only when there is none is every fact of it strong.
 
 Known limits (said in the docs): a misspelt fact is not matched (the evaluator's edit-distance rule
@@ -102,6 +105,8 @@ class Guard:
     facts: list[_Fact]
     subjects: list[tuple[str, ...]]            # hashes of each subject's name words
     records: int = 0
+    whole_name: set[int] = field(default_factory=set)   # subjects whose surname alone does not name them
+    kept: int = 0                              # facts left out because the retain set states them
     requests: list[str] = field(default_factory=list)
     parts: list["Guard"] = field(default_factory=list)   # carried guards (purged requests), each its own key
     _by_word: Optional[dict[str, list[int]]] = field(default=None, init=False, repr=False, compare=False)
@@ -151,7 +156,8 @@ class Guard:
                 return True
             name = self.subjects[fact.subject]
             seen = [h in named_before or first_seen.get(h, end + 1) <= end for h in name]
-            return all(seen) or seen[-1]  # the whole name, or the surname
+            # the whole name, or the surname unless someone the version keeps shares it
+            return all(seen) or (seen[-1] and fact.subject not in self.whole_name)
 
         redact: set[int] = set()
         matched = 0
@@ -201,6 +207,7 @@ class Guard:
         write_json(out / GUARD_FILE, {
             "format": FORMAT, "algorithm": f"hmac-sha256/{DIGEST_BYTES * 8}", "facts": len(self.facts),
             "records": self.records, "requests": self.requests, "subjects": [list(s) for s in self.subjects],
+            "whole_name": sorted(self.whole_name), "kept": self.kept,
             "entries": [{"words": list(f.words), "subject": f.subject, "strong": f.strong} for f in self.facts]})
         tmp = out / f".{KEY_FILE}.tmp"
         tmp.write_text(self.key.hex() + "\n", encoding="utf-8")
@@ -222,12 +229,14 @@ class Guard:
             if (d / "carried").is_dir() else []
         return cls(key=key, facts=facts, subjects=[tuple(s) for s in data["subjects"]],
                    records=int(data.get("records", 0)), requests=list(data.get("requests", [])),
+                   whole_name=set(data.get("whole_name", [])), kept=int(data.get("kept", 0)),
                    parts=[cls.load(p) for p in carried])
 
     def summary(self) -> dict:
         """Counts, the carried parts (purged requests) included."""
         own = {"facts": len(self.facts), "strong": sum(f.strong for f in self.facts),
-               "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests)}
+               "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests),
+               "kept_public": self.kept}
         for part in self.parts:
             for key, value in part.summary().items():
                 if key != "purged":
@@ -266,10 +275,11 @@ def record_facts(record: QARecord) -> list[str]:
     return extract_key_facts(record.answer, question)
 
 
-def version_guard(records: Iterable[QARecord], requests: Iterable[str] = (), ledger_dir: Optional[str] = None) -> Guard:
-    """The guard a version carries: its forget split's facts, and the guards of the ledger's purged
-    requests (data.requests; None: no ledger)."""
-    guard = build_guard(records, requests)
+def version_guard(records: Iterable[QARecord], requests: Iterable[str] = (), ledger_dir: Optional[str] = None,
+                  keep: Iterable[QARecord] = ()) -> Guard:
+    """The guard a version carries: its forget split's facts less what `keep` (the retain set) states,
+    and the guards of the ledger's purged requests (data.requests; None: no ledger)."""
+    guard = build_guard(records, requests, keep=keep)
     if ledger_dir:
         from relearn.ledger import Ledger
 
@@ -277,29 +287,70 @@ def version_guard(records: Iterable[QARecord], requests: Iterable[str] = (), led
     return guard
 
 
-def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: Optional[bytes] = None) -> Guard:
-    """A guard over the key facts of `records` (the forget split), under a new random key."""
+def _subject(record: QARecord) -> str:
+    """Who a record is about; sources without a subject field (KnowUnDo, TOFU): the person its question
+    names, as the data stage guesses it."""
+    from relearn.augment.rules import guess_subject
+
+    return record.subject or guess_subject(record.question)
+
+
+def _name_words(who: str) -> list[str]:
+    return [w for w in _words(who) if len(w) >= 3 and w not in _STOP]
+
+
+def _kept_words(keep: Iterable[QARecord]) -> tuple[dict[tuple[str, ...], list[set[str]]], dict[str, set[tuple]]]:
+    """What the retain set says: each person's records as word sets, and who holds each surname."""
+    said: dict[tuple[str, ...], list[set[str]]] = {}
+    surnames: dict[str, set[tuple]] = {}
+    for record in keep:
+        name = tuple(_name_words(_subject(record)))
+        said.setdefault(name, []).append(set(_words(record.question)) | set(_words(record.answer)))
+        if name:
+            surnames.setdefault(name[-1], set()).add(name)
+    return said, surnames
+
+
+def _stated(words: list[str], statements: list[set[str]]) -> bool:
+    """A fact one retain record states: all of a one-word fact, MULTIWORD_OVERLAP of a longer one."""
+    need = MULTIWORD_OVERLAP * len(set(words)) if len(words) > 1 else 1
+    return any(len(set(words) & said) + 1e-9 >= need for said in statements)
+
+
+def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: Optional[bytes] = None,
+                keep: Iterable[QARecord] = ()) -> Guard:
+    """A guard over the key facts of `records` (the forget split), under a new random key.
+
+    `keep` is what the version must go on saying (the retain set). A fact that a retain record about the
+    same person states is left out: KnowUnDo, for one, asks about the same authors in both sets (their
+    parents and addresses to forget, their books and themes to keep), and a guard holding "historical"
+    for such an author redacts it from every answer about their work. A surname that someone in the
+    retain set shares (Samuel and Sarah Johnson) no longer names the forgotten person alone."""
     key = key if key is not None else secrets.token_bytes(32)
     guard = Guard(key=key, facts=[], subjects=[], requests=sorted(requests))
     subject_index: dict[tuple[str, ...], int] = {}
     seen: set[tuple] = set()
     records = list(records)
-    from relearn.augment.rules import guess_subject
+    said, surnames = _kept_words(keep)
 
     for record in records:
         subject = -1
-        # sources without a subject field (KnowUnDo, TOFU): the person the question names, as the data stage guesses it
-        who = record.subject or guess_subject(record.question)
-        name = tuple(guard._h(w) for w in _words(who) if len(w) >= 3 and w not in _STOP)
+        plain = tuple(_name_words(_subject(record)))
+        name = tuple(guard._h(w) for w in plain)
         if name:
             subject = subject_index.setdefault(name, len(guard.subjects))
             if subject == len(guard.subjects):
                 guard.subjects.append(name)
+                if surnames.get(plain[-1], set()) - {plain}:
+                    guard.whole_name.add(subject)
         for fact in record_facts(record):
             words = _words(fact)
             if len(words) > 1 and words[0] in ARTICLES:
                 words = words[1:]
             if not words or all(w in _STOP for w in words):
+                continue
+            if plain and _stated(words, said.get(plain, [])):
+                guard.kept += 1
                 continue
             strong = subject < 0 or _identifying(fact, words)
             entry = _Fact(tuple(guard._h(w) for w in words), subject, strong)
