@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test install clean ui status smollm2 minilm docs docs-serve
+.PHONY: demo test test-fast install clean ui status smollm2 minilm docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: $(STAMP)
 	$(BIN)/ruff check relearn pipelines tests bench docs
 	d="$$(mktemp -d)" && trap 'rm -rf "$$d"' EXIT && out="$$($(BIN)/mkdocs build --strict -d "$$d" 2>&1)" || { echo "$$out"; exit 1; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+# the unit tests alone: everything but the end-to-end runs marked slow (dvc repro of the pipeline, the GPU
+# script's CPU smoke run, several processes); the loop while changing code. make test runs them all.
+test-fast: $(STAMP)
+	$(BIN)/ruff check relearn pipelines tests bench docs
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # the documentation site (mkdocs.yml; docs/hooks.py generates the params reference from relearn/params.py).
 # Strict, and never with -q: mkdocs' --quiet keeps warnings from strict mode's count, so a broken link would

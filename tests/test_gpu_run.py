@@ -26,6 +26,7 @@ GUARDED = ("import runpy, sys\n"
            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
 CELL = re.compile(r"\d+\.\d{3} \[-?\d+\.\d{2}, -?\d+\.\d{2}\], n = \d+")  # relearn.evaluation.uncertainty.describe
 SMOKE_LIMIT_S = 180
+pytestmark = pytest.mark.slow  # the smoke run: every phase of the GPU script on the CPU, about a minute
 
 
 def run_script(args: list[str], absent=ABSENT, timeout: int = 400) -> subprocess.CompletedProcess:

@@ -96,6 +96,7 @@ def test_an_existing_params_file_is_kept_without_force(inputs, tmp_path):
     assert load_params(tmp_path / "params.yaml").seed == 0
 
 
+@pytest.mark.slow
 def test_init_writes_params_that_dvc_repro_runs_through(inputs, tmp_path):
     # a copy of the project (library, stages, dvc.yaml) whose params.yaml is the demo's, as on a fresh clone
     env = micro_project(tmp_path, {})

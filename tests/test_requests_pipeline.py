@@ -156,3 +156,37 @@ def test_a_sequence_of_requests(project):
                        check=False)
     assert refused.returncode == 2 and "refused" in refused.stderr and json.loads(retain[0])["question"] in refused.stderr
     assert "Traceback" not in refused.stderr and (work / "requests" / "ledger.jsonl").read_text() == before
+
+
+def test_a_second_clone_pulls_outputs_and_ledger_from_a_remote_and_reproduces_nothing(project, tmp_path):
+    """A team's set-up (docs/operations.md): a DVC remote (a local path here; S3 or SSH for a team) holds
+    the pipeline's outputs and the ledger snapshot; a second clone pulls them, has nothing to reproduce, and
+    answers `relearn request status` from the shared registry."""
+    work, env, files = project
+    if not (work / "reports" / "registration.json").is_file():  # run on its own: one request, one version
+        person, file = files[0]
+        _relearn(work, env, "request", "add", "--id", "R-1", "--kind", "privacy", "--subject", person, str(file))
+        _step(work, env)
+    with open(work / ".gitignore", "a") as ignore:
+        ignore.write("/mlflow.db\n/mlartifacts/\n/.cache/\n")  # the registry is the tracking server's, not git's
+    run([str(BIN / "dvc"), "remote", "add", "-d", "team", str(tmp_path / "remote")], work, env)
+    run([str(BIN / "dvc"), "add", "-q", "requests"], work, env)
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "outputs and the ledger snapshot"], work, env)
+    run([str(BIN / "dvc"), "push", "-q"], work, env)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(work), str(clone)], tmp_path, env)
+    shared = dict(env, PYTHONPATH=str(clone), MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
+    assert not (clone / "requests").exists() and not (clone / "models" / "adapter").exists()
+    run([str(BIN / "dvc"), "pull", "-q"], clone, shared)
+    assert (clone / "requests" / "ledger.jsonl").read_text() == (work / "requests" / "ledger.jsonl").read_text()
+    status = run([str(BIN / "dvc"), "status"], clone, shared).stdout
+    changed = [line.strip() for line in status.splitlines() if line.strip()]
+    assert changed == ["inputs:", "always changed"], status  # the one stage that always runs, and nothing else
+    repro = run([str(BIN / "dvc"), "repro"], clone, shared).stdout
+    ran = [line for line in repro.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'inputs':"], repro
+    audit = json.loads(_relearn(clone, shared, "request", "status", "--all", "--json").stdout)
+    here = json.loads(_relearn(work, env, "request", "status", "--all", "--json").stdout)
+    assert [(r["id"], r["status"]) for r in audit] == [(r["id"], r["status"]) for r in here] and audit
