@@ -30,7 +30,8 @@ def main() -> None:
     provider = pick_provider("auto") if device.type == "cuda" else None
     report = run_export(*unlearned_model(p), "export", questions, p.model.prompt,
                         p.export.max_new_tokens, p.export.quantize, int8_block_size=p.export.int8_block_size,
-                        int8_keep_float=p.export.int8_keep_float, device=str(device), provider=provider)
+                        int8_keep_float=p.export.int8_keep_float,
+                        int8_accuracy_level=p.export.int8_accuracy_level, device=str(device), provider=provider)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports
         report.pop(key, None)
     report |= forgetting_at_precisions(p, splits, report["quantize"], provider)

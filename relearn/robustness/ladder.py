@@ -32,7 +32,8 @@ def precision_ladder(base_dir: str | Path, adapter_dir: Optional[str | Path], wo
                      forget_eval: list[QARecord], retain_eval: list[QARecord], *, template: str,
                      max_new_tokens: int, batch_size: int = 32, rungs: Sequence[str] = RUNGS,
                      int4_block_size: int = 32, int8_block_size: int = 32,
-                     int8_keep_float: Sequence[str] = ("lm_head",), device: str = "cpu",
+                     int8_keep_float: Sequence[str] = ("lm_head",), int8_accuracy_level: Optional[int] = 4,
+                     device: str = "cpu",
                      provider: Optional[str] = None) -> tuple[dict, dict]:
     """KFR (forget_eval) and KRR (retain_eval) of one model at each rung.
 
@@ -77,7 +78,7 @@ def precision_ladder(base_dir: str | Path, adapter_dir: Optional[str | Path], wo
     if "onnx-int8" in rungs:
         with timed(seconds, "quantize onnx-int8"):
             quantize_int8(work_dir / "onnx-fp32", work_dir / "onnx-int8", block_size=int8_block_size,
-                          keep_float=int8_keep_float)
+                          keep_float=int8_keep_float, accuracy_level=int8_accuracy_level)
     if "onnx-int4" in rungs:
         with timed(seconds, "quantize onnx-int4"):
             quantize_int4(work_dir / "onnx-fp32", work_dir / "onnx-int4", block_size=int4_block_size)
