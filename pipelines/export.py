@@ -1,7 +1,10 @@
-"""DVC stage `export`: merge the adapter, export ONNX, quantize to int8, check parity and forgetting.
+"""DVC stage `export`: merge the adapter, export ONNX, quantize, check parity and forgetting, pick the deployable.
 
-The `register` stage attaches the deployable (the int8 ONNX model with its tokenizer) to the
-model version, and its numbers count among the version's metrics and gates, as `export.<key>`:
+With export.quantize: auto every precision of export.candidates is built beside fp32 ONNX, timed per
+token, and scored (token agreement with fp32, KFR, KRR); the fastest that passes the deployable gates
+ships (relearn.export.onnx.choose_deployable), fp32 ONNX when none does. The `register` stage
+attaches the deployable (the shipped ONNX model with its tokenizer) to the model version, and its
+numbers count among the version's metrics and gates, as `export.<key>`:
 `export.token_agreement` (the deployable's greedy tokens against fp32 ONNX, or fp32 ONNX against
 PyTorch without quantization) and `export.deployable_krr_drop` (fp32 KRR - the shipped model's KRR)
 among them. Each ONNX directory gets prompt_format.json: the PromptFormat (chat template or plain
@@ -13,8 +16,7 @@ from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.evaluation.evaluate import knowledge_rates
 from relearn.devices import resolve_device
-from relearn.export.onnx import (FP32_FILE, INT8_FILE, PROMPT_FORMAT_FILE, load_onnx, load_tokenizer, pick_provider,
-                                 run_export)
+from relearn.export.onnx import PROMPT_FORMAT_FILE, choose_deployable, load_onnx, load_tokenizer, pick_provider, run_export
 from relearn.io import write_json
 from relearn.params import load_params
 from relearn.registry.gates import flatten
@@ -28,42 +30,50 @@ def main() -> None:
     questions = [r.question for r in (splits["forget_eval"] + splits["retain_eval"])][: p.export.parity_questions]
     device = resolve_device(p.device)  # the parity checks run there; ONNX Runtime's CUDA provider with a GPU
     provider = pick_provider("auto") if device.type == "cuda" else None
-    report = run_export(*unlearned_model(p), "export", questions, p.model.prompt,
-                        p.export.max_new_tokens, p.export.quantize, int8_block_size=p.export.int8_block_size,
-                        int8_keep_float=p.export.int8_keep_float,
-                        int8_accuracy_level=p.export.int8_accuracy_level, device=str(device), provider=provider)
+    x = p.export
+    report = run_export(*unlearned_model(p), "export", questions, p.model.prompt, x.max_new_tokens, x.quantize,
+                        int8_block_size=x.int8_block_size, int8_keep_float=x.int8_keep_float,
+                        int8_accuracy_level=x.int8_accuracy_level, candidates=x.candidates,
+                        int4_block_size=x.int4_block_size,
+                        latency_questions=x.latency_questions if x.quantize == "auto" else 0,
+                        device=str(device), provider=provider)
     for key in ("answers_int8", "answers_fp32"):  # generated text about forget-set people stays out of reports
         report.pop(key, None)
-    report |= forgetting_at_precisions(p, splits, report["quantize"], provider)
-    report["deployable"] = "export/onnx-int8" if p.export.quantize == "int8" else "export/onnx-fp32"
+    candidates = report["candidates"]
+    for name, c in candidates.items():  # forgetting must survive quantization, and quantization must not pass for it
+        c |= knowledge_rates(load_onnx(c["dir"], file_name=c["file"], provider=provider), load_tokenizer(c["dir"]),
+                             splits["forget_eval"], splits["retain_eval"], p, label=name)
+    report |= {"fp32_kfr": candidates["fp32"]["kfr"], "fp32_krr": candidates["fp32"]["krr"]}
+    if "int8" in candidates:  # the keys every version so far has carried
+        report |= {"int8_kfr": candidates["int8"]["kfr"], "int8_krr": candidates["int8"]["krr"],
+                   "int8_kfr_drop": candidates["fp32"]["kfr"] - candidates["int8"]["kfr"],
+                   "int8_krr_drop": candidates["fp32"]["krr"] - candidates["int8"]["krr"]}
+    gates = p.gates()
+    agreement_min = gates["deployable_agreement"].min if "deployable_agreement" in gates else 0.0
+    krr_drop_max = gates["deployable_krr"].max if "deployable_krr" in gates else 1.0
+    if x.quantize == "auto":  # the fastest that passes the deployable gates
+        shipped = choose_deployable(candidates, agreement_min if agreement_min is not None else 0.0,
+                                    krr_drop_max if krr_drop_max is not None else 1.0)
+    else:
+        shipped = "fp32" if x.quantize == "none" else x.quantize
+    report["shipped"] = shipped
+    report["deployable"] = f"export/onnx-{shipped}"
+    report["token_agreement"] = candidates[shipped]["token_agreement"]
     # what quantization costs the shipped model's retention (0 when fp32 ships)
-    report["deployable_krr_drop"] = report.get("int8_krr_drop", 0.0)
-    for model_dir in ("export/onnx-fp32", "export/onnx-int8"):
-        if Path(model_dir).is_dir():  # how to prompt the deployable: the encoding it was trained with
-            write_json(Path(model_dir) / PROMPT_FORMAT_FILE, p.model.prompt.to_dict())
+    report["deployable_krr_drop"] = candidates["fp32"]["krr"] - candidates[shipped]["krr"]
+    for c in candidates.values():  # how to prompt each deployable: the encoding it was trained with
+        write_json(Path(c["dir"]) / PROMPT_FORMAT_FILE, p.model.prompt.to_dict())
     write_json("reports/export.json", report)
     flat = {k: v for k, v in flatten(report).items() if not k.startswith("seconds.")}
+    print(f"[export] shipping {report['deployable']}: " + "; ".join(_describe(n, c) for n, c in candidates.items()),
+          flush=True)
     print("[export] " + ", ".join(f"{k} {v:.4g}" for k, v in flat.items()), flush=True)
 
 
-def forgetting_at_precisions(p, splits, quantize: str, provider=None) -> dict:
-    """KFR/KRR of the fp32 ONNX model on the full eval sets (`fp32_kfr`, `fp32_krr`) and, with int8,
-    of the int8 model and what quantization changed: `int8_kfr_drop` = fp32 KFR - int8 KFR (> 0:
-    knowledge came back) and `int8_krr_drop` = fp32 KRR - int8 KRR (> 0: retention lost, or
-    damage that looks like forgetting). Forgetting must survive quantization, and quantization
-    must not pass for forgetting."""
-    dirs = {"fp32": ("export/onnx-fp32", FP32_FILE)}
-    if quantize == "int8":
-        dirs["int8"] = ("export/onnx-int8", INT8_FILE)
-    out = {}
-    for precision, (model_dir, file_name) in dirs.items():
-        rates = knowledge_rates(load_onnx(model_dir, file_name=file_name, provider=provider), load_tokenizer(model_dir),
-                                splits["forget_eval"], splits["retain_eval"], p, label=precision)
-        out |= {f"{precision}_{k}": v for k, v in rates.items()}
-    if quantize == "int8":
-        out["int8_kfr_drop"] = out["fp32_kfr"] - out["int8_kfr"]
-        out["int8_krr_drop"] = out["fp32_krr"] - out["int8_krr"]
-    return out
+def _describe(name: str, c: dict) -> str:
+    speed = "" if c.get("ms_per_token") is None else f", {c['ms_per_token']:.1f} ms/token"
+    verdict = "" if c.get("passes", True) else ", fails the deployable gates"
+    return f"{name} {c['mb']:.1f} MiB{speed}, tokens {c['token_agreement']:.3f}, KFR {c['kfr']:.3f}, KRR {c['krr']:.3f}{verdict}"
 
 
 if __name__ == "__main__":

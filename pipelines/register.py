@@ -84,7 +84,8 @@ def main() -> None:
     # the deployable: the exported (quantized) ONNX model with its tokenizer
     flat = {k: v for k, v in flatten(export).items() if not k.startswith("seconds.")}
     attach_artifacts(p.register.model_name, version, export["deployable"], "deployable",
-                     tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()})
+                     tags={f"export.{k}": f"{v:.4g}" for k, v in flat.items()}
+                     | {"export.shipped": export.get("shipped", export["deployable"].rsplit("onnx-", 1)[-1])})
     # the output guard: keyed hashes of the forget facts (the forget set and the requests, and the
     # purged requests' own guards), no text
     guard = version_guard(splits["forget"] + splits["forget_eval"], manifest.get("requests", {}), p.data.requests,

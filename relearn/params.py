@@ -240,7 +240,10 @@ class RegisterParams:
 
 @dataclass
 class ExportParams:
-    quantize: str = _f("int8", "Quantization of the exported ONNX model: 'int8' (weight-only: 8-bit weights in blocks; the kernel's compute precision is int8_accuracy_level) or 'none'.")
+    quantize: str = _f("int8", "The deployable: 'auto' (every precision in export.candidates is built and measured, and the fastest per token that passes the deployable gates ships; fp32 ONNX when none does), 'int8' (weight-only: 8-bit weights in blocks; the kernel's compute precision is int8_accuracy_level), 'int4' (4-bit weights) or 'none' (fp32 ONNX).")
+    candidates: list = _f(["int8", "int4"], "quantize: auto: the quantized precisions built and measured beside fp32 ONNX (int8, int4): size, ms per token, token agreement with fp32, KFR and KRR; all of them in reports/export.json and the version's tags.")
+    latency_questions: int = _f(8, "quantize: auto: parity questions decoded one at a time (batch 1) to time each candidate per token.")
+    int4_block_size: int = _f(32, "int4 candidate: input features per weight block; a power of two >= 16.")
     int8_block_size: int = _f(32, "int8: input features per weight block (one scale and zero point each); a power of two >= 16.")
     int8_keep_float: list = _f(["lm_head"], "int8: MatMuls left in float: 'lm_head' is the output head (found in the graph), any other entry the MatMuls whose node name contains it (e.g. down_proj).")
     int8_accuracy_level: Optional[int] = _f(4, "int8: MatMulNBits' compute precision: 4 (int8 activations inside the kernel) or null (fp32, dequantizing the weights every call). On SmolLM2-135M (2 CPU cores, ONNX Runtime 1.32) 4 ran 25 ms a token against 222 for null and 66 for torch fp32, with the same greedy tokens as fp32 ONNX on the 32 parity questions (bench/export_candidates.py).")
@@ -357,7 +360,7 @@ CHOICES = {
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "unlearn.init": ("target", "production"),
     "distill.init": ("unlearned", "target"),
-    "export.quantize": ("int8", "none"),
+    "export.quantize": ("auto", "int8", "int4", "none"),
     "serve.backend": ("onnx", "torch"),
     "serve.quantization": ("auto", "int8", "fp32", "int4"),
     "serve.guard": ("auto", "off", "redact", "refuse"),
@@ -538,6 +541,11 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     xb = params.export.int8_block_size
     if xb < 16 or xb & (xb - 1):
         problems.append(f"{where(('export', 'int8_block_size'))}: must be a power of two >= 16, got {xb}")
+    unknown = [c for c in params.export.candidates if c not in ("int8", "int4")]
+    if unknown:
+        problems.append(f"{where(('export', 'candidates'))}: {unknown} are not quantized precisions (int8, int4)")
+    if params.export.int4_block_size < 16 or params.export.int4_block_size & (params.export.int4_block_size - 1):
+        problems.append(f"{where(('export', 'int4_block_size'))}: must be a power of two >= 16, got {params.export.int4_block_size}")
     if params.export.int8_accuracy_level not in (None, 0, 1, 2, 3, 4):
         problems.append(f"{where(('export', 'int8_accuracy_level'))}: one of 0-4 or null (MatMulNBits' accuracy_level), "
                         f"got {params.export.int8_accuracy_level!r}")

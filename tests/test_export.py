@@ -16,9 +16,9 @@ import onnx
 import pytest
 import torch
 
-from relearn.export.onnx import (CPU, INT8_FILE, export_onnx, float_nodes, load_onnx, load_tokenizer, merge_adapter,
-                                 onnx_size_bytes, output_head_nodes, pick_provider, quantize_int8, run_export,
-                                 token_parity)
+from relearn.export.onnx import (CPU, INT4_FILE, INT8_FILE, choose_deployable, export_onnx, float_nodes, load_onnx,
+                                 load_tokenizer, merge_adapter, onnx_size_bytes, output_head_nodes, pick_provider,
+                                 quantize_int8, run_export, token_parity)
 from relearn.model import load_pretrained, load_with_adapter
 from tiny import save_base_and_adapter
 
@@ -175,7 +175,46 @@ def test_failed_export_leaves_nothing(tmp_path):
 
 def test_run_export_rejects_unknown_quantization(tiny, tmp_path):
     with pytest.raises(ValueError, match="quantize"):
-        run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 4, quantize="int4")
+        run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 4, quantize="int3")
+    with pytest.raises(ValueError, match="candidates"):
+        run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 4, quantize="auto",
+                   candidates=["int8", "fp16"])
+
+
+def test_auto_builds_and_times_every_candidate(tiny, tmp_path):
+    report = run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS[:3], TEMPLATE, 4, quantize="auto",
+                        candidates=["int8", "int4"], latency_questions=2)
+    c = report["candidates"]
+    assert set(c) == {"fp32", "int8", "int4"}
+    assert (tmp_path / "onnx-int8" / INT8_FILE).is_file() and (tmp_path / "onnx-int4" / INT4_FILE).is_file()
+    assert c["int4"]["mb"] < c["int8"]["mb"] < c["fp32"]["mb"] and c["fp32"]["ratio"] == 1.0
+    assert all(x["ms_per_token"] > 0 and 0 <= x["token_agreement"] <= 1 for x in c.values())
+    assert report["parity_int8_vs_fp32"]["token_agreement"] == c["int8"]["token_agreement"] == report["token_agreement"]
+
+
+def test_the_fastest_candidate_that_passes_ships_and_near_ties_go_to_the_smallest():
+    def cands(**over):
+        base = {"fp32": dict(mb=500, ms_per_token=40.0, token_agreement=1.0, kfr=0.90, krr=0.85),
+                "int8": dict(mb=226, ms_per_token=25.0, token_agreement=1.0, kfr=0.93, krr=0.85),
+                "int4": dict(mb=174, ms_per_token=24.0, token_agreement=0.73, kfr=0.93, krr=0.78)}
+        for name, changes in over.items():
+            base[name] |= changes
+        return base
+
+    c = cands()
+    assert choose_deployable(c, agreement_min=0.8, krr_drop_max=0.03) == "int8"  # int4 fails agreement and KRR
+    assert c["int8"]["passes"] and c["fp32"]["passes"] and not c["int4"]["passes"]
+    # int4 passing and within 10% of int8's time: the smaller wins; 20% slower, the faster does
+    assert choose_deployable(cands(int4=dict(token_agreement=0.95, krr=0.85)), 0.8, 0.03) == "int4"
+    assert choose_deployable(cands(int4=dict(token_agreement=0.95, krr=0.85, ms_per_token=30.0)), 0.8, 0.03) == "int8"
+    # quantization that brings knowledge back (KFR below fp32's) does not ship, nor one that costs retention
+    assert choose_deployable(cands(int8=dict(kfr=0.88)), 0.8, 0.03) == "fp32"
+    assert choose_deployable(cands(int8=dict(krr=0.80)), 0.8, 0.03) == "fp32"
+    # int8 slower than fp32 (fp32 compute in the kernel): fp32 ships
+    assert choose_deployable(cands(int8=dict(ms_per_token=222.0)), 0.8, 0.03) == "fp32"
+    # no timings: the smallest that passes
+    untimed = {n: {k: v for k, v in x.items() if k != "ms_per_token"} for n, x in cands().items()}
+    assert choose_deployable(untimed, 0.8, 0.03) == "int8"
 
 
 def test_pick_provider_defaults_to_cpu():

@@ -334,26 +334,73 @@ def _mb(n_bytes: int) -> float:
     return round(n_bytes / 2**20, 3)
 
 
+QUANTIZED_FILES = {"int8": INT8_FILE, "int4": INT4_FILE}
+DEPLOYABLE_FILES = {"fp32": FP32_FILE, **QUANTIZED_FILES}
+
+
+def ms_per_token(model, tokenizer, questions: list[str], template: str | PromptFormat, max_new_tokens: int) -> float:
+    """Greedy decoding one question at a time (a lone client's view): milliseconds per generated token,
+    after one warm-up question."""
+    from relearn.generation import generate_token_ids
+
+    generate_token_ids(model, tokenizer, questions[:1], template, max_new_tokens, 1)
+    tokens, start = 0, time.perf_counter()
+    for question in questions:
+        tokens += sum(len(r) for r in generate_token_ids(model, tokenizer, [question], template, max_new_tokens, 1))
+    return round(1000 * (time.perf_counter() - start) / max(tokens, 1), 3)
+
+
+def choose_deployable(candidates: dict[str, dict], agreement_min: float, krr_drop_max: float,
+                      tie: float = 0.10) -> str:
+    """The candidate to ship: of those that pass the deployable gates (token agreement >= `agreement_min`,
+    KRR at most `krr_drop_max` below fp32's, no KFR lost against fp32), the fastest per token; candidates
+    within `tie` of the fastest count as equally fast and the smallest on disk wins (timings on a busy
+    machine should not flip the choice). fp32 ONNX, the reference, passes by definition. Without timings,
+    the smallest that passes."""
+    fp32 = candidates["fp32"]
+    passing = {name: c for name, c in candidates.items()
+               if name == "fp32" or (c["token_agreement"] >= agreement_min
+                                     and fp32["krr"] - c["krr"] <= krr_drop_max + 1e-9
+                                     and c["kfr"] >= fp32["kfr"] - 1e-9)}
+    for name, c in candidates.items():
+        c["passes"] = name in passing
+    timed = [c.get("ms_per_token") for c in passing.values()]
+    if all(t is not None for t in timed):
+        fastest = min(timed)
+        passing = {n: c for n, c in passing.items() if c["ms_per_token"] <= fastest * (1 + tie)}
+    return min(passing, key=lambda n: (passing[n]["mb"], n))
+
+
 def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, questions: list[str],
                template: str | PromptFormat, max_new_tokens: int, quantize: str = "int8", batch_size: int = 32,
                int8_block_size: int = 32, int8_keep_float: Sequence[str] = INT8_KEEP_FLOAT,
-               int8_accuracy_level: Optional[int] = INT8_ACCURACY_LEVEL,
+               int8_accuracy_level: Optional[int] = INT8_ACCURACY_LEVEL, candidates: Sequence[str] = ("int8",),
+               int4_block_size: int = 32, latency_questions: int = 0,
                device: str = "cpu", provider: Optional[str] = None) -> dict:
-    """Merge, export fp32 ONNX (and int8 when quantize == "int8", see `quantize_int8`), and
-    compare greedy tokens. `template` goes to relearn.generation unchanged.
+    """Merge, export fp32 ONNX and the quantized candidates, and compare greedy tokens. `quantize`:
+    "int8" or "int4" builds that one (see `quantize_int8`, `quantize_int4`), "auto" every precision in
+    `candidates`, "none" none. `template` goes to relearn.generation unchanged.
 
-    Returns sizes (MiB), the int8/fp32 size ratio, parity of fp32 ONNX vs PyTorch and of int8 vs
-    fp32 ONNX (see `token_parity`), the int8 (or fp32, as `answers_fp32`) answers and step timings.
-    `token_agreement` is the deployable's: int8 vs fp32 ONNX, or fp32 ONNX vs PyTorch when
-    quantize == "none". `device` runs the PyTorch model, `provider` the ONNX sessions (pick_provider).
+    Returns `candidates`: for fp32 and each quantized model its size (MiB), its token agreement (a
+    quantized model's greedy tokens against fp32 ONNX; fp32 ONNX's against PyTorch), its directory and
+    file, and with `latency_questions` > 0 its milliseconds per token (`ms_per_token`, batch 1); besides,
+    the int8 keys the stage always reported (int8_mb, int8_ratio, parity_int8_vs_fp32), the fp32 parity,
+    the answers and step timings. `token_agreement` is that of the quantized model built first (fp32's
+    with none); the stage sets the shipped one's. `device` runs the PyTorch model, `provider` the ONNX
+    sessions (pick_provider).
     """
     from relearn.generation import generate_token_ids
     from relearn.model import load_pretrained
 
-    if quantize not in ("int8", "none"):
-        raise ValueError(f"quantize must be 'int8' or 'none', got {quantize!r}")
+    if quantize not in ("auto", "none", *QUANTIZED_FILES):
+        raise ValueError(f"quantize must be 'auto', 'none' or one of {', '.join(QUANTIZED_FILES)}, got {quantize!r}")
+    unknown = [c for c in candidates if c not in DEPLOYABLE_FILES]
+    if unknown:
+        raise ValueError(f"unknown export candidates {unknown}; known: {', '.join(DEPLOYABLE_FILES)}")
+    builds = [quantize] if quantize in QUANTIZED_FILES else \
+        ([c for c in dict.fromkeys(candidates) if c in QUANTIZED_FILES] if quantize == "auto" else [])
     out_dir = Path(out_dir)
-    merged_dir, fp32_dir, int8_dir = out_dir / "merged", out_dir / "onnx-fp32", out_dir / "onnx-int8"
+    merged_dir, fp32_dir = out_dir / "merged", out_dir / "onnx-fp32"
     seconds: dict[str, float] = {}
 
     def tokens(model, tokenizer) -> list[list[int]]:
@@ -370,9 +417,10 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
     with _step("generate fp32 onnx", seconds):
         ids_fp32 = tokens(load_onnx(fp32_dir, provider=provider), load_tokenizer(fp32_dir))
 
+    fp32_bytes = onnx_size_bytes(fp32_path)
     report = {
         "quantize": quantize,
-        "fp32_mb": _mb(onnx_size_bytes(fp32_path)),
+        "fp32_mb": _mb(fp32_bytes),
         "int8_mb": None, "int8_ratio": None,
         "parity_fp32_vs_torch": token_parity(ids_fp32, ids_torch),
         "parity_int8_vs_fp32": None,
@@ -380,24 +428,37 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
         "answers_fp32": _decode(tokenizer, ids_fp32),
         "answers_int8": None,
         "paths": {"merged": str(merged_dir), "fp32": str(fp32_path), "int8": None},
+        "candidates": {"fp32": {"mb": _mb(fp32_bytes), "ratio": 1.0, "dir": str(fp32_dir), "file": FP32_FILE,
+                                "token_agreement": token_parity(ids_fp32, ids_torch)["token_agreement"]}},
         "seconds": seconds,
     }
-    if quantize == "int8":
-        with _step("quantize int8", seconds):
-            int8_path = quantize_int8(fp32_dir, int8_dir, block_size=int8_block_size, keep_float=int8_keep_float,
-                                      accuracy_level=int8_accuracy_level)
-        with _step("generate int8 onnx", seconds):
-            ids_int8 = tokens(load_onnx(int8_dir, file_name=INT8_FILE, provider=provider), load_tokenizer(int8_dir))
-        int8_bytes, fp32_bytes = onnx_size_bytes(int8_path), onnx_size_bytes(fp32_path)
-        report.update({
-            "int8_mb": _mb(int8_bytes),
-            "int8_ratio": round(int8_bytes / fp32_bytes, 4),
-            "parity_int8_vs_fp32": token_parity(ids_int8, ids_fp32),
-            "answers_int8": _decode(tokenizer, ids_int8),
-        })
-        report["paths"]["int8"] = str(int8_path)
-    deployed = report["parity_int8_vs_fp32"] or report["parity_fp32_vs_torch"]
-    report["token_agreement"] = deployed["token_agreement"]
+    for precision in builds:
+        target = out_dir / f"onnx-{precision}"
+        with _step(f"quantize {precision}", seconds):
+            if precision == "int8":
+                path = quantize_int8(fp32_dir, target, block_size=int8_block_size, keep_float=int8_keep_float,
+                                     accuracy_level=int8_accuracy_level)
+            else:
+                path = quantize_int4(fp32_dir, target, block_size=int4_block_size)
+        with _step(f"generate {precision} onnx", seconds):
+            ids = tokens(load_onnx(target, file_name=QUANTIZED_FILES[precision], provider=provider),
+                         load_tokenizer(target))
+        size = onnx_size_bytes(path)
+        parity = token_parity(ids, ids_fp32)
+        report["candidates"][precision] = {"mb": _mb(size), "ratio": round(size / fp32_bytes, 4), "dir": str(target),
+                                           "file": QUANTIZED_FILES[precision],
+                                           "token_agreement": parity["token_agreement"]}
+        if precision == "int8":
+            report.update({"int8_mb": _mb(size), "int8_ratio": round(size / fp32_bytes, 4),
+                           "parity_int8_vs_fp32": parity, "answers_int8": _decode(tokenizer, ids)})
+            report["paths"]["int8"] = str(path)
+    if latency_questions > 0:
+        with _step("latency (batch 1)", seconds):
+            for c in report["candidates"].values():
+                c["ms_per_token"] = ms_per_token(load_onnx(c["dir"], file_name=c["file"], provider=provider),
+                                                 load_tokenizer(c["dir"]), questions[:latency_questions], template,
+                                                 max_new_tokens)
+    report["token_agreement"] = report["candidates"][builds[0] if builds else "fp32"]["token_agreement"]
     seconds["total"] = round(sum(seconds.values()), 3)
     _print_summary(report)
     return report
@@ -411,8 +472,8 @@ def _print_summary(report: dict) -> None:
     p = report["parity_fp32_vs_torch"]
     line = (f"[export] fp32 {report['fp32_mb']:.2f} MiB, parity vs torch: exact {p['exact_match']:.3f}, "
             f"tokens {p['token_agreement']:.3f}")
-    if report["int8_mb"] is not None:
-        q = report["parity_int8_vs_fp32"]
-        line += (f"; int8 {report['int8_mb']:.2f} MiB ({100 * report['int8_ratio']:.0f}% of fp32), "
-                 f"parity vs fp32: exact {q['exact_match']:.3f}, tokens {q['token_agreement']:.3f}")
+    for name, c in report["candidates"].items():
+        if name != "fp32":
+            line += (f"; {name} {c['mb']:.2f} MiB ({100 * c['ratio']:.0f}% of fp32), tokens vs fp32 "
+                     f"{c['token_agreement']:.3f}")
     print(line, flush=True)

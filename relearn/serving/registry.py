@@ -152,7 +152,8 @@ class VersionLoader:
         from relearn.export.onnx import FP32_FILE, INT4_FILE, INT8_FILE
 
         deployable = self._deployable(target, where)
-        shipped = "int8" if (deployable / INT8_FILE).is_file() else "fp32"
+        # what the export stage shipped (export.quantize: auto ships the fastest that passed its gates)
+        shipped = next((q for q, f in (("int8", INT8_FILE), ("int4", INT4_FILE)) if (deployable / f).is_file()), "fp32")
         wanted = shipped if self.quantization == "auto" else self.quantization
         files = {"int8": INT8_FILE, "fp32": FP32_FILE, "int4": INT4_FILE}
         common = dict(model_name=self.source.model_name, version=target.version, quantization=wanted,
