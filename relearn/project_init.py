@@ -214,6 +214,7 @@ def choose(facts: ModelFacts, pair_lengths: list[int], answer_lengths: list[int]
         "unlearn": {**recipe.unlearn, "lora": dict(recipe.lora)},
         "evaluate": {"max_new_tokens": new_tokens, "ppl_model": "base", "ppl_aggregate": "mean"},
         "register": {"model_name": f"relearn-{name}", "gates": real_model_gates()},
+        "export": {"quantize": "auto"},
     }
     notes[("model", "base")] = f"relearn init: {facts.parameters:,} parameters, " \
                                f"chat template {'yes' if facts.chat_template else 'no (the plain prompt_template)'}"
@@ -225,6 +226,8 @@ def choose(facts: ModelFacts, pair_lengths: list[int], answer_lengths: list[int]
         notes[(section, "lr")] = f"relearn init: {facts.size()} model ({facts.parameters / 1e6:,.0f}M), from {recipe.note}"
     notes[("evaluate", "max_new_tokens")] = f"relearn init: the 95th percentile of the answers' tokens is " \
                                             f"{quantile(answer_lengths, 0.95)}"
+    notes[("export", "quantize")] = "relearn init: ship the fastest deployable that passes the export gates " \
+                                    "(on SmolLM2, int8 at accuracy_level 4: 25 ms a token against 66 for torch fp32)"
     notes[("augment", "backend")] = "relearn init: the offline rules backend; an LLM endpoint writes better vague answers (docs/augmentation.md)"
     if not cuda:
         over["robustness"] = dict(CPU_ROBUSTNESS)

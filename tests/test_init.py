@@ -113,7 +113,7 @@ def test_init_writes_params_that_dvc_repro_runs_through(inputs, tmp_path):
     assert Path(params.data.path) == inputs["forget"].parent
     assert params.register.model_name == "relearn-tiny-test"
     assert params.target.finetune == "full" and params.unlearn.lr == 1e-3  # the small-model recipe
-    assert params.register.gates["kfr"]["bound"] == "lower"
+    assert params.register.gates["kfr"]["bound"] == "lower" and params.export.quantize == "auto"
     assert 64 <= params.model.max_length <= 128  # the tiny model's context is 128
     text = (tmp_path / "params.yaml").read_text()
     assert "# Estimated time of `dvc repro`" in text and "relearn init:" in text
