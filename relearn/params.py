@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -683,22 +683,36 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path), text)
 
 
-def default_params_yaml() -> str:
-    """The defaults as YAML with each field's help as a comment (used to write params.yaml)."""
-    out: list[str] = []
+def params_yaml(params: "Params | None" = None, notes: "dict[tuple, str] | None" = None, header: Iterable[str] = ()) -> str:
+    """`params` (default: the defaults) as YAML, every key with its help as a comment, or with `notes[path]`
+    where given (relearn init says why it chose a value); `header` lines first, as comments. A non-empty
+    mapping (register.gates) is written one entry a line."""
+    out: list[str] = [f"# {line}" if line else "#" for line in header]
+    notes = notes or {}
 
-    def emit(obj, indent: int):
+    def dumped(key, value) -> str:
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()
+        return text[1:-1] if text.startswith("{") else text
+
+    def emit(obj, path: tuple, indent: int):
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            help_ = f.metadata.get("help", "")
+            comment = notes.get(path + (f.name,)) or f.metadata.get("help", "")
+            tail = f"  # {comment}" if comment else ""
             pad = "  " * indent
             if dataclasses.is_dataclass(value):
-                out.append(f"{pad}{f.name}:" + (f"  # {help_}" if help_ else ""))
-                emit(value, indent + 1)
+                out.append(f"{pad}{f.name}:{tail}")
+                emit(value, path + (f.name,), indent + 1)
+            elif isinstance(value, dict) and value:
+                out.append(f"{pad}{f.name}:{tail}")
+                out.extend(f"{pad}  {dumped(key, item)}" for key, item in value.items())
             else:
-                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
-                dumped = dumped[1:-1] if dumped.startswith("{") else dumped
-                out.append(f"{pad}{dumped}" + (f"  # {help_}" if help_ else ""))
+                out.append(f"{pad}{dumped(f.name, value)}{tail}")
 
-    emit(Params(), 0)
+    emit(params if params is not None else Params(), (), 0)
     return "\n".join(out) + "\n"
+
+
+def default_params_yaml() -> str:
+    """The defaults as YAML with each field's help as a comment (used to write params.yaml)."""
+    return params_yaml(Params())

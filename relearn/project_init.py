@@ -26,7 +26,6 @@ file is kept unless `--force`, and then moved to `<out>.bak` first.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -327,35 +326,6 @@ def estimate(params, facts: ModelFacts, forget, retain, steps: int = 3) -> Estim
 
 
 # -------------------------------------------------------------------------------------- writing
-def params_text(params, notes: dict, header: list[str]) -> str:
-    """The whole params file: every key, its help as a comment, init's note where it chose the value."""
-    import yaml
-
-    out = [f"# {line}" if line else "#" for line in header]
-
-    def emit(obj, path: tuple, indent: int):
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            here = path + (f.name,)
-            comment = notes.get(here) or f.metadata.get("help", "")
-            pad = "  " * indent
-            if dataclasses.is_dataclass(value):
-                out.append(f"{pad}{f.name}:" + (f"  # {comment}" if comment else ""))
-                emit(value, here, indent + 1)
-            elif isinstance(value, dict) and value:
-                out.append(f"{pad}{f.name}:" + (f"  # {comment}" if comment else ""))
-                for key, item in value.items():
-                    dumped = yaml.safe_dump({key: item}, default_flow_style=True, width=1000).strip()[1:-1]
-                    out.append(f"{pad}  {dumped}")
-            else:
-                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
-                dumped = dumped[1:-1] if dumped.startswith("{") else dumped
-                out.append(f"{pad}{dumped}" + (f"  # {comment}" if comment else ""))
-
-    emit(params, (), 0)
-    return "\n".join(out) + "\n"
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "model"
 
@@ -377,7 +347,7 @@ def init_project(model: str, forget: str, retain: str, fmt: str | None = None, n
     import torch
 
     from relearn.io import find_project_root, write_text
-    from relearn.params import Params, parse_params
+    from relearn.params import Params, params_yaml, parse_params
 
     target = Path(out)
     if target.exists() and not force:
@@ -404,7 +374,7 @@ def init_project(model: str, forget: str, retain: str, fmt: str | None = None, n
         header += [f"Estimated time of `dvc repro` on the machine init ran on: about {human(timing.total)}"]
         header += [f"  {stage}: {human(s)}" for stage, s in timing.parts.items()]
         header += [f"  ({basis})" for basis in timing.basis] + [""]
-    text = params_text(params, notes, header)
+    text = params_yaml(params, notes, header)
     backup = None
     if target.exists():
         backup = target.with_name(target.name + ".bak")
