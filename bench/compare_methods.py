@@ -29,11 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def merged(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("gates", "overrides")
-        out[key] = merged(base[key], value) if nested else value
-    return out
+    from relearn.params import merge_raw
+
+    return merge_raw(base, override)
 
 
 def apply_sets(params: dict, sets: list[str]) -> None:

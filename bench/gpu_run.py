@@ -151,11 +151,9 @@ class Skip(Exception):
 
 def merged(base: dict, override: dict) -> dict:
     """params.yaml under a profile, as bench/compare_methods.py merges them (gates and overrides whole)."""
-    if str(Path(__file__).resolve().parent) not in sys.path:  # also when run through runpy (the tests)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from compare_methods import merged as merge_params
+    from relearn.params import merge_raw
 
-    return merge_params(base, override)
+    return merge_raw(base, override)
 
 
 def sha256(path: Path) -> str:

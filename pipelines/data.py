@@ -10,17 +10,17 @@ DVC cannot list its inputs outside the repo (data.path) or the ledger, which may
 `inputs` stage hashes them into data/inputs.json, a dependency of this one, so the stage runs again
 when one of them changed. reports/data.json records the md5 of its inputs and of the ledger.
 """
-from pathlib import Path
 
 from relearn.data.sources import load_source
 from relearn.data.splits import write_splits
 from relearn.errors import main_guard
-from relearn.io import file_md5, write_json
+from relearn.io import read_json, write_json
 from relearn.ledger import Ledger, forget_split
 from relearn.params import load_params
 from relearn.records import save_records
 
 REQUESTS_MANIFEST = "data/splits/requests.json"
+INPUTS = "data/inputs.json"  # pipelines/inputs.py: the md5 of data.path, the general files and the ledger
 
 
 @main_guard
@@ -36,12 +36,8 @@ def main() -> None:
                                                                          splits["retain"], "data/splits/retain.jsonl")
     counts = write_splits("data/splits", splits)
     write_json(REQUESTS_MANIFEST, manifest or {"requests": {}, "withdrawn": []})
-    inputs = [Path(p.data.path)] if p.data.path and p.data.source != "builtin" else []
-    inputs += [Path(f) for f in p.data.general_files]
-    if p.data.requests:
-        inputs.append(Path(p.data.requests))
     write_json("reports/data.json", {"source": p.data.source, "counts": counts,
-                                     "inputs_md5": {str(f): file_md5(f) for f in inputs},
+                                     "inputs_md5": read_json(INPUTS),  # hashed by the inputs stage
                                      "requests": sorted((manifest or {}).get("requests", {})),
                                      "withdrawn": (manifest or {}).get("withdrawn", [])})
     print(f"[data] {p.data.source}: " + ", ".join(f"{k} {v}" for k, v in counts.items())

@@ -49,11 +49,10 @@ def main() -> None:
                    "int8_kfr_drop": candidates["fp32"]["kfr"] - candidates["int8"]["kfr"],
                    "int8_krr_drop": candidates["fp32"]["krr"] - candidates["int8"]["krr"]}
     gates = p.gates()
-    agreement_min = gates["deployable_agreement"].min if "deployable_agreement" in gates else 0.0
-    krr_drop_max = gates["deployable_krr"].max if "deployable_krr" in gates else 1.0
-    if x.quantize == "auto":  # the fastest that passes the deployable gates
-        shipped = choose_deployable(candidates, agreement_min if agreement_min is not None else 0.0,
-                                    krr_drop_max if krr_drop_max is not None else 1.0)
+    agreement, krr_drop = gates.get("deployable_agreement"), gates.get("deployable_krr")
+    if x.quantize == "auto":  # the fastest that passes the deployable gates (a gate not set passes all)
+        shipped = choose_deployable(candidates, agreement.min if agreement and agreement.min is not None else 0.0,
+                                    krr_drop.max if krr_drop and krr_drop.max is not None else 1.0)
     else:
         shipped = "fp32" if x.quantize == "none" else x.quantize
     report["shipped"] = shipped

@@ -683,6 +683,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path), text)
 
 
+def merge_raw(base: dict, override: dict) -> dict:
+    """Raw params (as from YAML) with `override` on top, section by section; register.gates and
+    compare.overrides are replaced whole (a profile's gates are the gates)."""
+    out = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("gates", "overrides")
+        out[key] = merge_raw(base[key], value) if nested else value
+    return out
+
+
 def params_yaml(params: "Params | None" = None, notes: "dict[tuple, str] | None" = None, header: Iterable[str] = ()) -> str:
     """`params` (default: the defaults) as YAML, every key with its help as a comment, or with `notes[path]`
     where given (relearn init says why it chose a value); `header` lines first, as comments. A non-empty

@@ -255,14 +255,6 @@ def real_model_gates() -> dict:
     }
 
 
-def merged(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "gates" \
-            else value
-    return out
-
-
 # -------------------------------------------------------------------------------------- estimate
 def estimate(params, facts: ModelFacts, forget, retain, steps: int = 3) -> Estimate:
     """Seconds for each stage here: fine-tuning steps and one generation batch are measured on the real
@@ -347,7 +339,7 @@ def init_project(model: str, forget: str, retain: str, fmt: str | None = None, n
     import torch
 
     from relearn.io import find_project_root, write_text
-    from relearn.params import Params, params_yaml, parse_params
+    from relearn.params import Params, merge_raw, params_yaml, parse_params
 
     target = Path(out)
     if target.exists() and not force:
@@ -363,7 +355,7 @@ def init_project(model: str, forget: str, retain: str, fmt: str | None = None, n
         over, notes = choose(facts, pair_lengths, answer_lengths, cuda, len(forget_records), name)
         over["data"] = data_location(Path(forget), Path(retain), root)
         notes[("data", "path")] = f"relearn init: {len(forget_records)} forget and {len(retain_records)} retain records"
-        params = parse_params(merged(Params().to_dict(), over), str(out))
+        params = parse_params(merge_raw(Params().to_dict(), over), str(out))
         timing = estimate(params, facts, forget_records, retain_records) if measure else None
     finally:
         scratch.cleanup()
