@@ -197,7 +197,12 @@ def request() -> None:
 
 
 ledger_option = click.option("--ledger", "ledger_dir", default=None,
-                             help="Ledger directory (default: data.requests in params, else 'requests').")
+                             help="Ledger directory or database URL (default: data.requests in params, else 'requests').")
+
+
+def _version_it(ledger) -> str:
+    """A directory ledger is versioned with DVC; a database keeps its own history (and its backups)."""
+    return f"`dvc add {ledger.dir}` to version the ledger, then " if ledger.dir is not None else ""
 
 
 def _ledger(params_path: str, ledger_dir: str | None):
@@ -229,8 +234,8 @@ def request_add(params_path: str, ledger_dir: str | None, request_id: str, kind:
         click.echo(f"warning: {retain_path} not found: the request is not checked against the retain set now "
                    "(the data stage checks it)", err=True)
     req = ledger.add(request_id, kind, subject, file, retain)
-    click.echo(f"{req.id}: {req.records} records filed in {ledger.dir / req.file} ({req.kind}, received {req.received})")
-    click.echo(f"next: `dvc add {ledger.dir}` to version the ledger, then `dvc repro` for a version that forgets it")
+    click.echo(f"{req.id}: {req.records} records filed in {ledger.where(req.file)} ({req.kind}, received {req.received})")
+    click.echo(f"next: {_version_it(ledger)}`dvc repro` for a version that forgets it")
 
 
 @request.command("withdraw")
@@ -267,8 +272,8 @@ def request_purge(params_path: str, ledger_dir: str | None, model_name: str | No
     kfr = f" (KFR {row['kfr']:.3f})" if row["kfr"] is not None else ""
     honoured = f"honoured by production version {version}{kfr}" if version else "withdrawn"
     click.echo(f"{req.id}: purged on {req.purged[:10]}: {req.records} records deleted; {honoured}; kept: ids, counts, "
-               f"sha256 {req.sha256[:12]}..., and its facts as keyed hashes in {ledger.dir / 'purged' / req.id}")
-    click.echo(f"next: `dvc add {ledger.dir}`; later versions need unlearn.init: production")
+               f"sha256 {req.sha256[:12]}..., and its facts as keyed hashes in {ledger.where('purged/' + req.id)}")
+    click.echo(f"next: {_version_it(ledger)}later versions need unlearn.init: production")
 
 
 def _served_version(server: str | None, model_name: str) -> str | None:

@@ -24,6 +24,11 @@ version's output guard carries the purged requests' hashes (`purged_guards`). A 
 afresh from the target could not forget it again, so the unlearn stage refuses one. Every write goes to a
 temporary file renamed into place, under a lock file, so an interrupted or concurrent command
 leaves the ledger whole.
+
+A team keeps the ledger in a shared database instead (data.requests: a `postgresql://...` or
+`sqlite:///...` URL; relearn.ledger_db): the same events, records and purged guards, in tables, with one
+database transaction per command instead of the lock file, so two people filing at once can neither
+lose nor duplicate a request.
 """
 from __future__ import annotations
 
@@ -73,16 +78,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def is_database_url(location) -> bool:
+    """Whether data.requests names a database (postgresql://..., sqlite:///...) rather than a directory."""
+    return isinstance(location, str) and re.match(r"^(postgres|postgresql|sqlite)(\+\w+)?://", location) is not None
 
 
-class Ledger:
+class FileStore:
+    """The ledger as files in a directory (the module docstring): the embedded default."""
+
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
         self.path = self.dir / LEDGER_FILE
+        self.location = str(self.dir)
 
-    # ------------------------------------------------------------------------ reading
+    def where(self, name: str) -> str:
+        return str(self.dir / name)
+
     def events(self) -> list[dict]:
         if not self.path.is_file():
             return []
@@ -98,16 +109,96 @@ class Ledger:
             if not isinstance(event, dict) or event.get("event") not in EVENTS or "id" not in event:
                 problems.append(f"{self.path}:{n}: event: expected an object with event add|withdraw|purge and an id")
                 continue
-            events.append({**event, "_line": n})
+            events.append({**event, "_where": f"{self.path}:{n}"})
         if problems:
             raise ValidationError(problems)
         return events
+
+    @contextmanager
+    def transaction(self):
+        """One writer at a time (two `request add` at once must not lose an event)."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def append(self, event: dict) -> None:
+        from relearn.io import write_text
+
+        old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        write_text(self.path, old + json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
+
+    def write_records(self, name: str, data: bytes) -> None:
+        from relearn.io import atomic_path
+
+        with atomic_path(self.dir / name) as tmp:
+            tmp.write_bytes(data)
+
+    def read_records(self, name: str) -> Optional[bytes]:
+        path = self.dir / name
+        return path.read_bytes() if path.is_file() else None
+
+    def delete_records(self, name: str) -> None:
+        (self.dir / name).unlink(missing_ok=True)
+
+    def save_guard(self, request_id: str, guard) -> str:
+        from relearn.io import atomic_dir
+
+        with atomic_dir(self.dir / PURGED_DIR / request_id) as out:
+            guard.save(out)
+        return str(self.dir / PURGED_DIR / request_id)
+
+    def load_guard(self, request_id: str):
+        from relearn.serving.guard import Guard
+
+        d = self.dir / PURGED_DIR / request_id
+        return Guard.load(d) if d.is_dir() else None
+
+    def fingerprint(self) -> str:
+        from relearn.io import file_md5
+
+        return file_md5(self.dir) if self.dir.exists() else "missing"
+
+
+class Ledger:
+    """The requests of one ledger: a directory (FileStore) or a database URL (relearn.ledger_db.SqlStore)."""
+
+    def __init__(self, location: str | Path):
+        if is_database_url(location):
+            from relearn.ledger_db import SqlStore
+
+            self.store = SqlStore(str(location))
+        else:
+            self.store = FileStore(location)
+        # a directory ledger's paths (None for a database)
+        self.dir: Optional[Path] = getattr(self.store, "dir", None)
+        self.path: Optional[Path] = getattr(self.store, "path", None)
+        self.location: str = self.store.location  # for messages: a database URL without its password
+
+    def where(self, name: str) -> str:
+        """Where a request's records (or purged guard) are, for messages."""
+        return self.store.where(name)
+
+    # ------------------------------------------------------------------------ reading
+    def events(self) -> list[dict]:
+        return self.store.events()
+
+    def fingerprint(self) -> str:
+        """Changes whenever the ledger does (the inputs stage: the data stage reruns on a change)."""
+        return self.store.fingerprint()
 
     def requests(self) -> dict[str, Request]:
         """Every request ever added, in the order received, with its withdrawal if any."""
         out: dict[str, Request] = {}
         for e in self.events():
-            where = f"{self.path}:{e['_line']}"
+            where = e["_where"]
             if e["event"] == "add":
                 try:
                     out[e["id"]] = Request(id=e["id"], kind=e["kind"], subject=e.get("subject", ""), file=e["file"],
@@ -128,7 +219,7 @@ class Ledger:
         found = self.requests()
         if request_id not in found:
             known = ", ".join(found) or "none"
-            raise UserError(f"no request {request_id!r} in {self.path} (requests: {known})")
+            raise UserError(f"no request {request_id!r} in {self.location} (requests: {known})")
         return found[request_id]
 
     def active(self) -> list[Request]:
@@ -136,40 +227,23 @@ class Ledger:
 
     def records(self, request: Request) -> list[QARecord]:
         """The request's records, checked against the hash recorded when it was added."""
-        from relearn.data.validate import load_validated
-
         if request.purged:
             raise UserError(f"request {request.id} was purged on {request.purged[:10]}: its records are deleted")
-        path = self.dir / request.file
-        if not path.is_file():
-            raise UserError(f"{path}: the records of request {request.id} are missing")
-        if _sha256(path) != request.sha256:
-            raise UserError(f"{path}: changed since request {request.id} was added (sha256 differs); "
+        where = self.where(request.file)
+        data = self.store.read_records(request.file)
+        if data is None:
+            raise UserError(f"{where}: the records of request {request.id} are missing")
+        if hashlib.sha256(data).hexdigest() != request.sha256:
+            raise UserError(f"{where}: changed since request {request.id} was added (sha256 differs); "
                             "withdraw it and add the new file under a new id")
-        return load_validated(path, "relearn")
+        if self.dir is not None:
+            from relearn.data.validate import load_validated
+
+            return load_validated(self.dir / request.file, "relearn")
+        # a database's records were validated when added, and the hash says they are those bytes
+        return [QARecord.from_dict(json.loads(line)) for line in data.decode("utf-8").splitlines() if line.strip()]
 
     # ------------------------------------------------------------------------ writing
-    @contextmanager
-    def _locked(self):
-        """One writer at a time (two `request add` at once must not lose an event)."""
-        import fcntl
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _append(self, event: dict) -> None:
-        from relearn.io import write_text
-
-        old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
-        if old and not old.endswith("\n"):
-            old += "\n"
-        write_text(self.path, old + json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
-
     def add(self, request_id: str, kind: str, subject: str, file: str | Path,
             retain: Optional[tuple[list[QARecord], str]] = None) -> Request:
         """File `file`'s records under `request_id`. Refuses a bad id or kind, invalid records, ids
@@ -181,13 +255,12 @@ class Ledger:
             raise UserError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
         if not subject.strip():
             raise UserError("--subject is empty: say who or what the request is about")
-        with self._locked():
+        with self.store.transaction():
             return self._add(request_id, kind, subject, file, retain)
 
     def _add(self, request_id: str, kind: str, subject: str, file: str | Path,
              retain: Optional[tuple[list[QARecord], str]]) -> Request:
         from relearn.data.validate import check_file, check_overlap
-        from relearn.io import write_jsonl
 
         existing = self.requests()
         same = [r for r in existing if r.lower() == request_id.lower()]  # one file per id, on any file system
@@ -211,50 +284,46 @@ class Ledger:
                 raise UserError([f"request {request_id} refused: its records are in the retain set, which the "
                                  "model must keep knowing"] + overlap)
         name = f"{RECORDS_DIR}/{request_id}.jsonl"
-        write_jsonl(self.dir / name, [r.to_dict() for r in records])
+        data = "".join(json.dumps(r.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+        self.store.write_records(name, data)
         event = {"event": "add", "id": request_id, "kind": kind, "subject": subject.strip(), "file": name,
-                 "records": len(records), "sha256": _sha256(self.dir / name), "at": _now()}
-        self._append(event)
+                 "records": len(records), "sha256": hashlib.sha256(data).hexdigest(), "at": _now()}
+        self.store.append(event)
         return self.get(request_id)
 
     def withdraw(self, request_id: str, reason: str = "") -> Request:
-        with self._locked():
+        with self.store.transaction():
             request = self.get(request_id)
             if not request.active:
                 raise UserError(f"request {request_id} was already withdrawn on {request.withdrawn}")
-            self._append({"event": "withdraw", "id": request_id, "reason": reason, "at": _now()})
+            self.store.append({"event": "withdraw", "id": request_id, "reason": reason, "at": _now()})
         return self.get(request_id)
 
 
     def purge(self, request_id: str, version: Optional[str] = None, kfr: Optional[float] = None) -> Request:
         """Delete a request's records, keeping the proof (module docstring). `version`/`kfr`: the
         production version that honours it (None for a withdrawn request; the caller checks)."""
-        from relearn.io import atomic_dir
         from relearn.serving.guard import build_guard
 
-        with self._locked():
+        with self.store.transaction():
             request = self.get(request_id)
-            path = self.dir / request.file
             if request.purged:
-                if path.is_file():  # an earlier purge stopped between its event and the deletion
-                    path.unlink()
+                if self.store.read_records(request.file) is not None:  # an earlier purge stopped before deleting
+                    self.store.delete_records(request.file)
                 raise UserError(f"request {request_id} was already purged on {request.purged[:10]}")
             if request.active and version is None:
                 raise UserError(f"request {request_id} is active and honoured by no production version: "
                                 "purging it now would lose what it asks to forget")
             records = self.records(request)
-            with atomic_dir(self.dir / PURGED_DIR / request_id) as out:
-                build_guard(records, [request_id]).save(out)
-            self._append({"event": "purge", "id": request_id, "version": version, "kfr": kfr, "at": _now()})
-            path.unlink()
+            self.store.save_guard(request_id, build_guard(records, [request_id]))
+            self.store.append({"event": "purge", "id": request_id, "version": version, "kfr": kfr, "at": _now()})
+            self.store.delete_records(request.file)
         return self.get(request_id)
 
     def purged_guards(self) -> list:
         """The output guards of the purged requests that are still active (relearn.serving.guard.Guard)."""
-        from relearn.serving.guard import Guard
-
-        return [Guard.load(self.dir / PURGED_DIR / r.id) for r in self.requests().values()
-                if r.purged and r.active and (self.dir / PURGED_DIR / r.id).is_dir()]
+        guards = [self.store.load_guard(r.id) for r in self.requests().values() if r.purged and r.active]
+        return [g for g in guards if g is not None]
 
 
 # ---------------------------------------------------------------------------------- the forget split
@@ -274,7 +343,7 @@ def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[
     purged = [r.id for r in ledger.active() if r.purged]
     active = [r for r in ledger.active() if not r.purged]
     if not active:
-        raise UserError(f"{ledger.path}: no active erasure request" + (f" with records (purged: {', '.join(purged)})"
+        raise UserError(f"{ledger.location}: no active erasure request" + (f" with records (purged: {', '.join(purged)})"
                                                                          if purged else "")
                         + "; add one with `relearn request add` (or set data.requests: null to use the source's "
                           "forget set)")
@@ -285,7 +354,7 @@ def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[
     problems = []
     for request in active:
         records = ledger.records(request)
-        problems += check_overlap(records, retain, ledger.dir / request.file, retain_path)
+        problems += check_overlap(records, retain, ledger.where(request.file), retain_path)
         subjects = {r.subject for r in records if r.subject}
         held_out = [r for r in forget_pool_eval if r.subject and r.subject in subjects]
         own = not held_out

@@ -37,7 +37,7 @@ class DataParams:
     holdout_fraction: float = _f(0.1, "KnowUnDo, TOFU and jsonl without holdout.jsonl: share of retain items never trained on by any model (the membership-inference holdout).")
     forget_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: keep only the questions about this many people of the forget set, a seeded choice among those the eval split asks about too (0: all). The subject is a record's `subject`, else the first capitalised name in its question (or answer).")
     retain_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: the same for the retain set (0: all).")
-    requests: Optional[str] = _f(None, "Erasure-request ledger directory (relearn request add/withdraw; e.g. 'requests'): the forget set is the records of its active requests, and the source's forget set is only what the target learns. null: the source's forget set is forgotten.")
+    requests: Optional[str] = _f(None, "Erasure-request ledger (relearn request add/withdraw): a directory (e.g. 'requests', versioned with dvc add) or, for a team, a database URL (postgresql://user@host/db, sqlite:////abs/ledger.db; passwords from PGPASSWORD or ~/.pgpass, never here): the forget set is the records of its active requests, and the source's forget set is only what the target learns. null: the source's forget set is forgotten.")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")

@@ -25,3 +25,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/pgserver.py): a callable that creates a fresh database on it and
+    gives its URL. $RELEARN_TEST_POSTGRES names a server (a URL whose user may create databases);
+    without it a throwaway server is started, or the test skips saying why."""
+    from pgserver import Server
+
+    try:
+        server = Server.find()
+    except RuntimeError as e:
+        pytest.skip(f"no PostgreSQL server: {e}")
+    try:
+        yield server.new_database
+    finally:
+        server.stop()
