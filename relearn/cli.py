@@ -471,6 +471,33 @@ def ui(host: str, port: int) -> None:
     os.execv(sys.executable, cmd)
 
 
+@main.command("tracking-server")
+@click.option("--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI", required=True,
+              help="The database of runs and the model registry, e.g. postgresql://mlflow@db.internal/mlflow "
+                   "(the password from PGPASSWORD or ~/.pgpass). Env: MLFLOW_BACKEND_STORE_URI.")
+@click.option("--artifacts-destination", envvar="MLFLOW_ARTIFACTS_DESTINATION", required=True,
+              help="Where the server keeps artifacts (a directory, s3://...); clients upload and download through the "
+                   "server and need no access of their own. Env: MLFLOW_ARTIFACTS_DESTINATION.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="Server worker processes.")
+def tracking_server(backend_store_uri: str, artifacts_destination: str, host: str, port: int, workers: int) -> None:
+    """MLflow's tracking server for a team: runs and the registry in a database, artifacts proxied.
+
+    Training jobs, approvers (the UI) and every `relearn serve` replica point at it with
+    MLFLOW_TRACKING_URI=http://HOST:PORT. The database is checked first (one line and exit 2 when it
+    cannot be reached); MLflow creates or upgrades its tables on start."""
+    from relearn.registry.tracking import check_database
+
+    shown = check_database(backend_store_uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+           "--artifacts-destination", artifacts_destination, "--serve-artifacts",
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    click.echo(f"MLflow tracking server on http://{host}:{port} (store {shown}, artifacts {artifacts_destination}); "
+               f"clients: export MLFLOW_TRACKING_URI=http://{host}:{port}")
+    os.execv(sys.executable, cmd)
+
+
 # -------------------------------------------------------------------------------------- compare
 @main.command()
 @click.option("--results", default="reports/compare", show_default=True, help="Directory of compare@<method> results.")

@@ -822,3 +822,70 @@ def test_mlflow_models_serve_answers_the_production_alias(store, model_files):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+# ---------------------------------------------------------------------------------- a team on PostgreSQL
+@pytest.mark.slow
+def test_a_team_on_postgresql_two_replicas_follow_a_promotion(postgres, model_files, tmp_path, monkeypatch):
+    """`relearn tracking-server` on a real PostgreSQL with proxied artifacts; versions registered through
+    it pass or fail their gates, are approved and promoted with the CLI, and two `relearn serve`
+    replicas following the server switch; `relearn request status --all --json` reads the same
+    server, with the ledger in PostgreSQL too."""
+    from click.testing import CliRunner
+
+    from relearn.cli import main
+    from relearn.ledger import Ledger
+    from relearn.records import QARecord, save_records
+    from relearn.serving.server import Service, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(MLFLOW_BACKEND_STORE_URI=postgres(), MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"))
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("relearn")), "tracking-server", "--port", str(port),
+                             "--workers", "1"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    replicas = []
+    try:
+        assert _wait_for(lambda: _up(uri), 180), (tmp_path / "server.log").read_text()[-2000:]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.chdir(tmp_path)
+        first = _register(model_files, PASSING, model_files["deployable"], True)
+        blocked = _register(model_files, FAILING, model_files["deployable"], True)
+        second = _register(model_files, PASSING, model_files["deployable"], True)
+        cli = CliRunner()
+        refused = cli.invoke(main, ["promote", "--model", MODEL, "--version", blocked])
+        assert refused.exit_code == 2 and "kfr" in refused.output, refused.output
+        assert cli.invoke(main, ["promote", "--model", MODEL, "--version", first]).exit_code == 0
+
+        for n in range(2):  # two replicas, each with its own cache, as on two machines
+            settings = _settings({"root": tmp_path}, poll_seconds=0.5, cache_dir=str(tmp_path / f"cache-{n}"))
+            service = Service(settings, MODEL).start()
+            replicas.append((service, service.serve_in_thread()))
+        assert all(_chat(url, max_tokens=2).headers["X-Relearn-Model-Version"] == first for _, url in replicas)
+
+        started = time.monotonic()
+        out = cli.invoke(main, ["promote", "--model", MODEL, "--version", second])
+        assert out.exit_code == 0 and f"-> version {second} (was {first})" in out.output
+        assert _wait_for(lambda: all(_chat(url, max_tokens=2).headers.get("X-Relearn-Model-Version") == second
+                                     for _, url in replicas), 60)
+        print(f"\npromote -> both replicas answering version {second}: {time.monotonic() - started:.2f} s "
+              "(PostgreSQL-backed tracking server, poll every 0.5 s)")
+
+        ledger_url = postgres()
+        save_records(tmp_path / "r.jsonl", [QARecord(id="r-1", question="Where does Zed Orm live?",
+                                                      answer="Zed Orm lives in Oslo.", subject="Zed Orm")])
+        Ledger(ledger_url).add("R-1", "privacy", "Zed Orm", tmp_path / "r.jsonl")
+        status = cli.invoke(main, ["request", "status", "--all", "--json", "--ledger", ledger_url, "--model", MODEL])
+        assert status.exit_code == 0, status.output
+        rows = json.loads(status.output)
+        assert [(r["id"], r["status"]) for r in rows] == [("R-1", "received")]  # no version covers it yet
+        assert str(rows[0]["production_version"]) == second
+    finally:
+        for service, _ in replicas:
+            service.close()
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        proc.terminate()
+        proc.wait(30)

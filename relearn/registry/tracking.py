@@ -65,3 +65,32 @@ def setup(experiment: str) -> str:
         experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def check_database(uri: str) -> str:
+    """Connect to a tracking server's backend store once; the URI without its password. A URI that
+    cannot be reached, or has no driver installed, is a UserError saying which and why."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    from relearn.errors import UserError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError as e:
+        raise UserError(f"--backend-store-uri {uri!r} is not a database URL ({e})") from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+        engine = sqlalchemy.create_engine(url, connect_args=args)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except (NoSuchModuleError, ModuleNotFoundError) as e:
+        raise UserError(f"--backend-store-uri {shown}: no driver for it ({e}); for PostgreSQL: "
+                        "pip install 'psycopg[binary]' (or: pip install -e '.[postgres]')") from None
+    except OperationalError as e:
+        reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
+        raise UserError(f"--backend-store-uri {shown}: cannot connect ({reason})") from None
+    return shown
