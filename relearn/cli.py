@@ -253,27 +253,62 @@ def request_withdraw(params_path: str, ledger_dir: str | None, request_id: str, 
 @params_option
 @ledger_option
 @click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
-@click.argument("request_id")
-def request_purge(params_path: str, ledger_dir: str | None, model_name: str | None, request_id: str) -> None:
+@click.option("--due", is_flag=True, help="Every request the retention policy says to purge now (data.purge_after_days).")
+@click.option("--after-days", type=click.IntRange(min=0), default=None,
+              help="With --due: instead of data.purge_after_days.")
+@click.option("--dry-run", is_flag=True, help="With --due: say what would be purged, purge nothing.")
+@click.argument("request_id", required=False)
+def request_purge(params_path: str, ledger_dir: str | None, model_name: str | None, due: bool, after_days: int | None,
+                  dry_run: bool, request_id: str | None) -> None:
     """Delete a request's records once production honours it (or it is withdrawn), keeping the proof.
 
     Kept: the id, kind, dates, record count and sha256 (the ledger), the production version that
     honours it and its KFR, and the output guard's keyed hashes of its facts. Later versions keep
     covering it: unlearning continues the production adapter (unlearn.init: production; the unlearn
-    stage refuses a fresh one) and every version's guard carries its hashes."""
+    stage refuses a fresh one) and every version's guard carries its hashes.
+
+    --due applies the retention policy instead (run it on a schedule): every request honoured in
+    production for data.purge_after_days days, or withdrawn that long ago."""
+    from relearn.ledger import purge_due
+
+    if bool(request_id) == due:
+        raise UserError("give one REQUEST_ID or --due")
     ledger = _ledger(params_path, ledger_dir)
-    req = ledger.get(request_id)
-    row = _coverage(params_path, ledger_dir, model_name, None, [request_id])[0]
-    if req.active and not row["honoured_in_production"]:
-        raise UserError(f"{request_id} is {row['status']}: purge a request once a production version honours it "
-                        "(relearn request status), or withdraw it first")
+    if not due:
+        req = ledger.get(request_id)
+        row = _coverage(params_path, ledger_dir, model_name, None, [request_id])[0]
+        if req.active and not row["honoured_in_production"]:
+            raise UserError(f"{request_id} is {row['status']}: purge a request once a production version honours it "
+                            "(relearn request status), or withdraw it first")
+        _purge(ledger, req, row)
+        click.echo(f"next: {_version_it(ledger)}later versions need unlearn.init: production")
+        return
+    days = after_days if after_days is not None else \
+        (_params(params_path).data.purge_after_days if Path(params_path).is_file() else None)
+    if days is None:
+        raise UserError(f"--due: no retention period: set data.purge_after_days in {params_path}, or give --after-days")
+    rows = {r["id"]: r for r in _coverage(params_path, ledger_dir, model_name, None, None)}
+    found = purge_due(list(rows.values()), days)
+    if not found:
+        click.echo(f"nothing to purge: no request honoured in production or withdrawn {days} days ago or more")
+        return
+    for rid, why in found:
+        if dry_run:
+            click.echo(f"{rid}: would be purged ({why})")
+        else:
+            _purge(ledger, ledger.get(rid), rows[rid], why)
+    if not dry_run:
+        click.echo(f"next: {_version_it(ledger)}later versions need unlearn.init: production")
+
+
+def _purge(ledger, req, row: dict, why: str = "") -> None:
     version = row["production_version"] if req.active else None
-    req = ledger.purge(request_id, version, row["kfr"] if req.active else None)
+    req = ledger.purge(req.id, version, row["kfr"] if req.active else None)
     kfr = f" (KFR {row['kfr']:.3f})" if row["kfr"] is not None else ""
     honoured = f"honoured by production version {version}{kfr}" if version else "withdrawn"
-    click.echo(f"{req.id}: purged on {req.purged[:10]}: {req.records} records deleted; {honoured}; kept: ids, counts, "
-               f"sha256 {req.sha256[:12]}..., and its facts as keyed hashes in {ledger.where('purged/' + req.id)}")
-    click.echo(f"next: {_version_it(ledger)}later versions need unlearn.init: production")
+    click.echo(f"{req.id}: purged on {req.purged[:10]}{' (' + why + ')' if why else ''}: {req.records} records deleted; "
+               f"{honoured}; kept: ids, counts, sha256 {req.sha256[:12]}..., and its facts as keyed hashes in "
+               f"{ledger.where('purged/' + req.id)}")
 
 
 def _served_version(server: str | None, model_name: str) -> str | None:

@@ -326,6 +326,37 @@ class Ledger:
         return [g for g in guards if g is not None]
 
 
+def purge_due(rows: list[dict], days: int, now: Optional[datetime] = None) -> list[tuple[str, str]]:
+    """(request id, why) of the requests whose records the retention policy says to delete now.
+
+    rows: relearn.registry.coverage's entries. Due: an active request honoured in production
+    without a break for at least `days` days (its `since`), and a withdrawn one withdrawn at least
+    `days` days ago. Already purged, or honoured for less (or with no known promotion date): not due."""
+    now = now or datetime.now(timezone.utc)
+
+    def age(stamp: Optional[str]) -> Optional[float]:
+        if not stamp:
+            return None
+        when = datetime.fromisoformat(stamp)
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        return (now - when).total_seconds() / 86400
+
+    due = []
+    for row in rows:
+        if row.get("purged"):
+            continue
+        if row.get("withdrawn"):
+            withdrawn = age(row["withdrawn"])
+            if withdrawn is not None and withdrawn >= days:
+                due.append((row["id"], f"withdrawn {int(withdrawn)} days ago"))
+        elif row.get("honoured_in_production"):
+            honoured = age(row.get("since"))
+            if honoured is not None and honoured >= days:
+                due.append((row["id"], f"honoured in production for {int(honoured)} days (since version "
+                                       f"{row.get('since_version')})"))
+    return due
+
+
 # ---------------------------------------------------------------------------------- the forget split
 def forget_split(ledger: Ledger, forget_pool_eval: list[QARecord], retain: list[QARecord],
                  retain_path: str = "retain") -> tuple[list[QARecord], list[QARecord], dict]:

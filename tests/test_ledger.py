@@ -213,3 +213,50 @@ def test_cli_purge_refuses_what_production_does_not_honour_and_status_says_purge
     assert "R-2: purged on" in r.output and "1 records deleted; withdrawn" in r.output
     r = runner.invoke(main, ["request", "status", "--ledger", ledger, "--model", "m", "R-2"])
     assert r.exit_code == 0 and "R-2: withdrawn" in r.output and "purged on" in r.output, r.output
+
+
+def test_the_retention_policy_says_which_requests_are_due():
+    from datetime import datetime, timezone
+
+    from relearn.ledger import purge_due
+
+    now = datetime(2026, 12, 4, tzinfo=timezone.utc)
+    rows = [
+        {"id": "old", "honoured_in_production": True, "since": "2026-11-01T09:00:00+00:00", "since_version": "3"},
+        {"id": "recent", "honoured_in_production": True, "since": "2026-11-20T09:00:00+00:00", "since_version": "5"},
+        {"id": "undated", "honoured_in_production": True, "since": None},  # no promotion date: not known to be due
+        {"id": "waiting", "honoured_in_production": False, "since": None},
+        {"id": "gone", "withdrawn": "2026-10-01T00:00:00+00:00", "honoured_in_production": False},
+        {"id": "gone-lately", "withdrawn": "2026-12-01T00:00:00+00:00", "honoured_in_production": False},
+        {"id": "done", "purged": "2026-11-02", "honoured_in_production": True, "since": "2026-01-01T00:00:00+00:00"},
+    ]
+    due = purge_due(rows, 30, now)
+    assert [rid for rid, _ in due] == ["old", "gone"]
+    assert "honoured in production for 32 days (since version 3)" in due[0][1] and "withdrawn 64 days" in due[1][1]
+    assert [rid for rid, _ in purge_due(rows, 0, now)] == ["old", "recent", "gone", "gone-lately"]
+
+
+def test_cli_purge_due_applies_the_retention_period(tmp_path, files, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    ledger = str(tmp_path / "requests")
+    for rid, who, f in (("R-1", "Ann Berg", "ann"), ("R-2", "Bo Lind", "bo")):
+        assert runner.invoke(main, ["request", "add", "--ledger", ledger, "--id", rid, "--kind", "privacy",
+                                    "--subject", who, "--retain", str(files["retain"]), str(files[f])]).exit_code == 0
+    runner.invoke(main, ["request", "withdraw", "--ledger", ledger, "R-2"])
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "--due"])
+    assert r.exit_code == 2 and "no retention period: set data.purge_after_days" in r.output
+    (tmp_path / "params.yaml").write_text("data:\n  purge_after_days: 30\n")
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "--due"])
+    assert r.exit_code == 0 and "nothing to purge" in r.output  # withdrawn today: kept for 30 days
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "--due", "--after-days", "0",
+                             "--dry-run"])
+    assert r.exit_code == 0 and "R-2: would be purged (withdrawn 0 days ago)" in r.output and "R-1" not in r.output
+    assert (tmp_path / "requests" / "records" / "R-2.jsonl").is_file()
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "--due", "--after-days", "0"])
+    assert r.exit_code == 0 and "R-2: purged on" in r.output and "(withdrawn 0 days ago)" in r.output, r.output
+    assert not (tmp_path / "requests" / "records" / "R-2.jsonl").exists()
+    assert (tmp_path / "requests" / "records" / "R-1.jsonl").is_file()  # active and not honoured: still needed
+    r = runner.invoke(main, ["request", "purge", "--ledger", ledger, "--model", "m", "R-1", "--due"])
+    assert r.exit_code == 2 and "give one REQUEST_ID or --due" in r.output

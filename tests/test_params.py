@@ -271,7 +271,7 @@ def test_several_problems_are_reported_together(tmp_path):
     assert problems == [f"{path}:1: seed: expected an integer, got 'zero'",
                         f"{path}:3: data.peeple: unknown key (known keys here: eval_fraction, eval_templates, forget_file, "
                         "forget_people, forget_subjects, general, general_files, holdout_fraction, holdout_people, path, people, "
-                        "private_people, requests, retain_file, retain_subjects, source)",
+                        "private_people, purge_after_days, requests, retain_file, retain_subjects, source)",
                         f"{path}:5: unlearn.lr: expected a number, got 'fast'",
                         f"{path}:7: unlearn.lora.rank: unknown key (known keys here: alpha, dropout, r, target_modules)"]
     with pytest.raises(UserError) as info:
