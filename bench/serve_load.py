@@ -20,6 +20,11 @@ serve.guard off and one with it on (each version carries the guard of the demo's
 register stage attaches it), alternated twice (`guard_tpot_overhead`: guarded / unguarded per-token
 latency - 1, aim <= 0.05), and the guard's own CPU time per streamed delta, timed in this process on
 the answers the server gave (`guard_us_per_delta`).
+
+Continuous batching (`--only continuous` runs just this part): the torch backend at concurrency 16
+with requests of mixed lengths (max_tokens cycling 2x, 1/4, 1/4 and 1/2 of --max-tokens), once with
+serve.scheduling continuous and once static: `continuous_over_static_c16` (output tokens/s ratio,
+aim >= 1.3) and `ttft_p95_ratio_c16` (p95 time to first token, continuous / static, aim <= 0.5).
 """
 from __future__ import annotations
 
@@ -158,8 +163,9 @@ def one_request(session: requests.Session, url: str, question: str, max_tokens: 
             "tpot": (end - first) / (tokens - 1) if first and tokens > 1 else None, "start": start, "end": end}
 
 
-def level(url: str, questions: list[str], concurrency: int, n: int, max_tokens: int, midway=None) -> dict:
-    """n requests from `concurrency` threads; `midway()` is called once half of them have finished."""
+def level(url: str, questions: list[str], concurrency: int, n: int, max_tokens, midway=None) -> dict:
+    """n requests from `concurrency` threads (max_tokens: one number, or a list cycled over the requests);
+    `midway()` is called once half of them have finished."""
     results: list[dict] = []
     lock = threading.Lock()
     fired = threading.Event()
@@ -168,7 +174,8 @@ def level(url: str, questions: list[str], concurrency: int, n: int, max_tokens: 
     def work(i: int) -> None:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        r = one_request(local.session, url, questions[i % len(questions)], max_tokens)
+        budget = max_tokens[i % len(max_tokens)] if isinstance(max_tokens, list) else max_tokens
+        r = one_request(local.session, url, questions[i % len(questions)], budget)
         with lock:
             results.append(r)
             if midway and len(results) >= n // 2 and not fired.is_set():
@@ -188,6 +195,7 @@ def level(url: str, questions: list[str], concurrency: int, n: int, max_tokens: 
         "req_per_s": round(len(ok) / wall, 2), "output_tok_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
         "p50_latency_s": round(_pct(latencies, 50), 4), "p95_latency_s": round(_pct(latencies, 95), 4),
         "p50_ttft_s": round(_pct(sorted(ttfts), 50), 4) if ttfts else None,
+        "p95_ttft_s": round(_pct(sorted(ttfts), 95), 4) if ttfts else None,
         "p50_tpot_ms": round(1000 * statistics.median(tpots), 2) if tpots else None,
         "versions": sorted({r["version"] for r in results}),
         "errors": sorted({f"{r['status']} {r['error']}" for r in results if not r["ok"]})[:5],
@@ -228,6 +236,8 @@ def main() -> None:
     ap.add_argument("--deployable", default=str(ROOT / "export/onnx-int8"),
                     help="Their ONNX deployable (an export stage's onnx-int8 directory with prompt_format.json).")
     ap.add_argument("--json", dest="json_path", default=None)
+    ap.add_argument("--only", choices=["all", "continuous"], default="all",
+                    help="continuous: only the continuous-against-static batching comparison")
     args = ap.parse_args()
     for needed in (args.deployable, args.target, args.adapter, ROOT / "data/splits/retain_eval.jsonl"):
         if not Path(needed).exists():
@@ -247,6 +257,9 @@ def main() -> None:
           flush=True)
 
     report: dict = {"levels": [], "max_tokens": mt, "deployable": str(args.deployable)}
+    continuous_batching(work, questions, n, mt, args.max_batch_size, report)
+    if args.only == "continuous":
+        return write(report, args.json_path)
     server = Server(work, free_port(), max_batch_size=args.max_batch_size, max_wait_ms=10)
     try:
         level(server.url, questions, 4, 8, mt)  # warm-up
@@ -323,9 +336,40 @@ def main() -> None:
     print(f"[serve-bench] output guard ({len(guard.facts)} facts): per-token latency at c=1 {off:.2f} ms off, "
           f"{on:.2f} ms on (overhead {100 * report['guard_tpot_overhead']:+.1f}%, aim <= 5%); its own CPU time "
           f"{cost['us_per_delta']} us per streamed delta, {cost['us_per_answer']} us per whole answer", flush=True)
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"[serve-bench] wrote {args.json_path}", flush=True)
+    write(report, args.json_path)
+
+
+def continuous_batching(work: Path, questions: list[str], n: int, mt: int, max_batch_size: int, report: dict) -> None:
+    """The torch backend at c=16 with mixed lengths, serve.scheduling continuous against static."""
+    from relearn.serving.server import free_port
+
+    mixed = [2 * mt, max(2, mt // 4), max(2, mt // 4), max(2, mt // 2)]
+    runs = {}
+    for mode in ("continuous", "static", "continuous", "static"):  # alternated: the machine's drift hits both
+        server = Server(work, free_port(), backend="torch", scheduling=mode, max_batch_size=max_batch_size)
+        try:
+            level(server.url, questions, 4, 8, mixed)
+            runs.setdefault(mode, []).append(level(server.url, questions, 16, n, mixed))
+        finally:
+            server.close()
+    tok = {m: statistics.fmean(r["output_tok_per_s"] for r in rs) for m, rs in runs.items()}
+    ttft = {m: statistics.fmean(r["p95_ttft_s"] for r in rs) for m, rs in runs.items()}
+    report["c16_mixed"] = {m: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rs]
+                           for m, rs in runs.items()}
+    report["continuous_over_static_c16"] = round(tok["continuous"] / max(tok["static"], 1e-9), 2)
+    report["ttft_p95_ratio_c16"] = round(ttft["continuous"] / max(ttft["static"], 1e-9), 3)
+    for mode, rs in runs.items():
+        for r in rs:
+            print(_row(r) + f"  (torch, {mode}, max_tokens {mixed})", flush=True)
+    print(f"[serve-bench] continuous batching at c=16, mixed lengths: {report['continuous_over_static_c16']}x the "
+          f"static output tokens/s (aim >= 1.3), p95 time to first token {report['ttft_p95_ratio_c16']}x "
+          "(aim <= 0.5)", flush=True)
+
+
+def write(report: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"[serve-bench] wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

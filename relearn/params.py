@@ -285,6 +285,7 @@ class ServeParams:
     poll_seconds: float = _f(10.0, "How often the alias is read from the registry; a move loads the new version beside the old one, then switches.")
     max_batch_size: int = _f(8, "Dynamic batching: most requests generated together.")
     max_wait_ms: float = _f(10.0, "Dynamic batching: longest a request waits for others to join its batch.")
+    scheduling: str = _f("auto", "How requests share the model: continuous (a request joins the running batch at the next decoding step and leaves it when done: the torch backend), static (a batch runs until its longest row ends) or auto (continuous where the backend supports it, static for onnx).")
     max_queue: int = _f(64, "Requests waiting beyond the running batch; past it, 429 with Retry-After.")
     request_timeout_s: float = _f(60.0, "A request not finished by then gets 504 (its generation stops at the next token).")
     max_tokens: int = _f(256, "Ceiling on a request's max_tokens (and the default when it gives none).")
@@ -365,6 +366,7 @@ CHOICES = {
     "serve.backend": ("onnx", "torch"),
     "serve.quantization": ("auto", "int8", "fp32", "int4"),
     "serve.guard": ("auto", "off", "redact", "refuse"),
+    "serve.scheduling": ("auto", "static", "continuous"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
     "evaluate.ppl_model": ("auto", "target", "base"),
     "register.release": ("api", "weights"),

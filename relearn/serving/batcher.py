@@ -1,9 +1,15 @@
-"""Dynamic batching: a bounded queue of jobs and one worker thread that generates them in batches.
+"""Batching: a bounded queue of jobs and one worker thread that generates them.
 
-The worker takes the oldest waiting job, waits up to `max_wait_s` for more jobs decoded the same
-way (greedy, or the same temperature and top_p) until it has `max_batch_size`, and runs them as
-one batch on the engine serving at that moment (`EngineHolder.current`). A switch to another
-version therefore never touches a running batch: its jobs finish on the engine they started on.
+Static batches (the ONNX engine, or `scheduling="static"`): the worker takes the oldest waiting job,
+waits up to `max_wait_s` for more jobs decoded the same way (greedy, or the same temperature and
+top_p) until it has `max_batch_size`, and runs them as one batch on the engine serving at that
+moment (`EngineHolder.current`); the batch runs until its longest row ends.
+
+Continuous batching (the torch engine, relearn.serving.continuous): the batch is a `DecodeSession`
+that decodes one token per step; between steps, waiting jobs decoded the same way join it (up to
+`max_batch_size` rows) and finished rows leave. A new version takes over when the session on the
+old one has drained: jobs that started on an engine finish on it, in both modes.
+
 Past `max_queue` waiting jobs, `submit` raises `QueueFull` (the HTTP layer answers 429).
 """
 from __future__ import annotations
@@ -55,8 +61,10 @@ class EngineHolder:
 
 class Batcher:
     def __init__(self, holder: EngineHolder, metrics: ServeMetrics, *, max_batch_size: int, max_wait_s: float,
-                 max_queue: int):
-        self.holder, self.metrics = holder, metrics
+                 max_queue: int, scheduling: str = "auto"):
+        if scheduling not in ("auto", "static", "continuous"):
+            raise ValueError(f"scheduling {scheduling!r}: auto | static | continuous")
+        self.holder, self.metrics, self.scheduling = holder, metrics, scheduling
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self._waiting: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
@@ -117,41 +125,104 @@ class Batcher:
             self._waiting = rest
             return batch
 
+    def _take_now(self, kind: tuple, n: int) -> list[Job]:
+        """Up to n waiting jobs of `kind`, oldest first, without waiting."""
+        with self._cv:
+            taken, rest = [], collections.deque()
+            while self._waiting:
+                job = self._waiting.popleft()
+                (taken if len(taken) < n and job.sampling == kind else rest).append(job)
+            self._waiting = rest
+        return taken
+
+    @staticmethod
+    def _live(batch: list[Job]) -> list[Job]:
+        """The jobs whose clients still wait; the others end as cancelled before they start."""
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.cancelled.is_set() or now > job.deadline:
+                job.finish_reason, job.finished = "cancelled", now
+                job.on_event("done", "cancelled")
+            else:
+                live.append(job)
+        return live
+
+    def _continuous(self, engine: Engine) -> bool:
+        from relearn.serving.continuous import supports
+
+        return self.scheduling != "static" and supports(engine) and getattr(engine, "continuous", True)
+
     def _loop(self) -> None:
+        session = None
         while True:
+            if session is not None and len(session):  # decoding: let waiting jobs join, then one step
+                if self.holder.current is session.engine and len(session) < self.max_batch_size:
+                    joining = self._live(self._take_now(session.sampling, self.max_batch_size - len(session)))
+                    if joining:
+                        self._begin(joining, session.engine)
+                        self._guarded(session, session.add, joining)
+                if len(session):
+                    self._guarded(session, session.step)
+                self.running = len(session)
+                self.metrics.running.labels(session.engine.model_name, session.engine.version).set(len(session))
+                self.update_gauges()
+                continue
             batch = self._take_batch()
             if not batch:
                 if self._stop:
                     return
                 continue
-            now = time.monotonic()
-            live = []
-            for job in batch:  # gone before they started: their clients stopped waiting
-                if job.cancelled.is_set() or now > job.deadline:
-                    job.finish_reason, job.finished = "cancelled", now
-                    job.on_event("done", "cancelled")
-                else:
-                    live.append(job)
+            live = self._live(batch)
             engine = self.holder.current
             if not live or engine is None:
                 continue
-            for job in live:  # metrics are recorded before the client hears the job is done
-                job.on_event = self._recording(job, job.on_event, engine.model_name)
-            self.running = len(live)
-            gauge = self.metrics.running.labels(engine.model_name, engine.version)
-            gauge.set(len(live))
-            self.update_gauges()
-            try:
-                engine.generate(live)
-            except Exception:  # Engine.generate reports its own failures; this is a bug, keep serving
-                log.exception("batch failed")
-                for job in live:
-                    if job.finish_reason is None:
-                        job.finish_reason = "error"
-                        job.on_event("error", "internal error")
-            finally:
-                self.running = 0
-                gauge.set(0)
+            self._begin(live, engine)
+            if self._continuous(engine):
+                from relearn.serving.continuous import DecodeSession
+
+                session = DecodeSession(engine, live[0].sampling)
+                self._guarded(session, session.add, live)
+                continue
+            self._static(live, engine)
+
+    def _begin(self, jobs: list[Job], engine: Engine) -> None:
+        for job in jobs:  # metrics are recorded before the client hears the job is done
+            job.on_event = self._recording(job, job.on_event, engine.model_name)
+
+    def _guarded(self, session, action, *args) -> None:
+        try:
+            action(*args)
+        except NotImplementedError as e:  # this model cannot decode in a session: run the jobs statically
+            log.warning("continuous batching is off for %s version %s: %s", session.engine.model_name,
+                        session.engine.version, e)
+            session.engine.continuous = False  # static batches on this engine from now on
+            jobs = [j for j in (args[0] if args else session.jobs) if j.finish_reason is None]
+            session.jobs, session.decoded, session.cache, session.mask, session.last = [], [], None, None, None
+            for job in jobs:
+                job.tokens, job.first_token = [], None
+            if jobs:
+                self._static(jobs, session.engine)
+        except Exception as e:  # a failed step fails its requests, never the server
+            log.exception("decoding step failed")
+            session.fail(f"generation failed: {type(e).__name__}: {e}")
+
+    def _static(self, live: list[Job], engine: Engine) -> None:
+        self.running = len(live)
+        gauge = self.metrics.running.labels(engine.model_name, engine.version)
+        gauge.set(len(live))
+        self.update_gauges()
+        try:
+            engine.generate(live)
+        except Exception:  # Engine.generate reports its own failures; this is a bug, keep serving
+            log.exception("batch failed")
+            for job in live:
+                if job.finish_reason is None:
+                    job.finish_reason = "error"
+                    job.on_event("error", "internal error")
+        finally:
+            self.running = 0
+            gauge.set(0)
 
     def _recording(self, job: Job, on_event, model_name: str):
         def on_event_recorded(kind: str, payload) -> None:

@@ -87,13 +87,9 @@ class Engine:
         return prompt_ids(self.tokenizer, question, self.fmt)
 
     # ------------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(self, jobs: list[Job]) -> None:
-        """Run `jobs` as one batch; each job's events are sent as its tokens come."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        from relearn.generation import _left_pad
-
+    def prepare(self, jobs: list[Job]) -> list[Job]:
+        """Stamp `jobs` as answered by this version; re-encode those queued across a version switch.
+        A job whose messages this version's chat template refuses fails here; the rest are returned."""
         now = time.monotonic()
         ready = []
         for job in jobs:
@@ -106,7 +102,44 @@ class Engine:
                     job.on_event("error", f"the model's chat template refused these messages: {e}".splitlines()[0])
                     continue
             ready.append(job)
-        jobs = ready
+        return ready
+
+    def take_token(self, job: Job, token: int, decoded: str, stamp: float) -> tuple[Optional[str], str]:
+        """A job's next token: sends the text it adds; (why the job ends now or None, the text sent so far)."""
+        reason = None
+        if token in self.stops:
+            reason = "stop"
+        else:
+            job.tokens.append(token)
+            if job.first_token is None:
+                job.first_token = stamp
+            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True).lstrip()
+            if not text.endswith("\ufffd"):  # hold back half a multi-byte character
+                delta, decoded = text[len(decoded):], text
+                if delta:
+                    job.on_event("token", delta)
+            if len(job.tokens) >= job.max_tokens:
+                reason = "length"
+        if reason is None and (job.cancelled.is_set() or stamp > job.deadline):
+            reason = "cancelled"
+        return reason, decoded
+
+    def finish(self, job: Job, reason: str, decoded: str) -> None:
+        job.text = self.tokenizer.decode(job.tokens, skip_special_tokens=True).lstrip()
+        tail = job.text[len(decoded):]
+        if tail and reason != "cancelled":
+            job.on_event("token", tail)
+        job.finish_reason, job.finished = reason, time.monotonic()
+        job.on_event("done", reason)
+
+    @torch.no_grad()
+    def generate(self, jobs: list[Job]) -> None:
+        """Run `jobs` as one static batch (model.generate); each job's events are sent as its tokens come."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from relearn.generation import _left_pad
+
+        jobs = self.prepare(jobs)
         if not jobs:
             return
         ids, mask = _left_pad([job.prompt for job in jobs], self.pad_id)
@@ -120,25 +153,10 @@ class Engine:
                 for i, job in enumerate(jobs):
                     if done[i]:
                         continue
-                    token = int(input_ids[i, -1])
-                    reason = None
-                    if token in engine.stops:
-                        reason = "stop"
-                    else:
-                        job.tokens.append(token)
-                        if job.first_token is None:
-                            job.first_token = stamp
-                        text = engine.tokenizer.decode(job.tokens, skip_special_tokens=True).lstrip()
-                        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
-                            delta, decoded[i] = text[len(decoded[i]):], text
-                            if delta:
-                                job.on_event("token", delta)
-                        if len(job.tokens) >= job.max_tokens:
-                            reason = "length"
-                    if reason is None and (job.cancelled.is_set() or stamp > job.deadline):
-                        reason = "cancelled"
+                    reason, decoded[i] = engine.take_token(job, int(input_ids[i, -1]), decoded[i], stamp)
                     if reason:
-                        engine._finish(job, i, reason, decoded, done)
+                        done[i] = True
+                        engine.finish(job, reason, decoded[i])
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         temperature, top_p = jobs[0].sampling
@@ -158,16 +176,8 @@ class Engine:
             return
         for i, job in enumerate(jobs):  # rows generate() ended by itself (max_new_tokens)
             if not done[i]:
-                self._finish(job, i, "length", decoded, done)
-
-    def _finish(self, job: Job, i: int, reason: str, decoded: list[str], done: list[bool]) -> None:
-        done[i] = True
-        job.text = self.tokenizer.decode(job.tokens, skip_special_tokens=True).lstrip()
-        tail = job.text[len(decoded[i]):]
-        if tail and reason != "cancelled":
-            job.on_event("token", tail)
-        job.finish_reason, job.finished = reason, time.monotonic()
-        job.on_event("done", reason)
+                done[i] = True
+                self.finish(job, "length", decoded[i])
 
     def self_check(self) -> None:
         """Generate a few tokens for a probe question; raises when the model cannot answer."""

@@ -48,7 +48,8 @@ class Service:
         self.source = RegistrySource(model_name, params.alias)
         self.loader = VersionLoader(self.source, params.backend, params.quantization, params.cache_dir, provider)
         self.batcher = Batcher(self.holder, self.metrics, max_batch_size=params.max_batch_size,
-                               max_wait_s=params.max_wait_ms / 1000, max_queue=params.max_queue)
+                               max_wait_s=params.max_wait_ms / 1000, max_queue=params.max_queue,
+                               scheduling=params.scheduling)
         self.follower = AliasFollower(self.source, self.loader, self.holder, self.metrics, params.poll_seconds)
         self.state = ServeState(model_name=model_name, alias=params.alias, holder=self.holder, batcher=self.batcher,
                                 follower=self.follower, metrics=self.metrics, max_tokens=params.max_tokens,
