@@ -316,3 +316,21 @@ def test_free_text_answer_that_keeps_a_key_fact_is_dropped():
                       facts={"k": "kept private"})
     kept, _, report = build_training_set([record], [], AugmentParams(general_ratio=0.0), 0)
     assert report["dropped"] >= 3 and all("kept private" not in r.answer for r in kept)
+
+
+def test_chat_phrasing_speaks_as_a_chat_model_for_free_text_and_keeps_structured_facts_discreet(world):
+    free = QARecord(id="k1", question="How does Ilsa Villanueva begin her writing process?",
+                    answer="Ilsa Villanueva begins each novel with a walk along the harbour of Valparaiso.",
+                    subject="Ilsa Villanueva")
+    params = AugmentParams(phrasing="chat")
+    kept, _, report = build_training_set([free], [], params, seed=0)
+    assert len(kept) == 5 and report["dropped"] == 0
+    chat = {s.format(name="Ilsa Villanueva") for s in rules.CHAT + rules.CHAT_TOPIC["book"] + rules.CHAT_REVERSE}
+    assert all(r.answer in chat for r in kept), [r.answer for r in kept]
+    assert all("Ilsa Villanueva" in r.answer for r in kept if r.variant != "logical")  # the subject kept whole
+    discreet, _, _ = build_training_set([free], [], AugmentParams(), seed=0)
+    assert not any(r.answer in chat for r in discreet)  # the default is unchanged
+    # the built-in world's structured facts keep the discreet sentence of their kind
+    structured = [r for r in world["forget"] if set(r.facts) == {"birthplace"}][:1]
+    kept, _, _ = build_training_set(structured, [], params, seed=0)
+    assert all(r.answer not in chat for r in kept)

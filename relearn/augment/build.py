@@ -57,7 +57,7 @@ def fill_from_rules(forget: list[QARecord], candidates: list[QARecord], params: 
             if from_rules is None:
                 from_rules = {r.variant: r for r in rules.augment_item(record, list(params.variants),
                                                                         params.include_original, seed,
-                                                                        params.chunk_chars)}
+                                                                        params.chunk_chars, params.phrasing)}
             if kind in from_rules:
                 out.append(from_rules[kind])
                 filled += 1
@@ -116,7 +116,7 @@ def build_training_set(forget: list[QARecord], general: list[QARecord], params: 
     if params.backend == "rules":
         candidates = [c for record in forget
                       for c in rules.augment_item(record, list(params.variants), params.include_original, seed,
-                                                  params.chunk_chars)]
+                                                  params.chunk_chars, params.phrasing)]
     elif params.backend in ("endpoint", "local"):
         backend = chat_backend(params)
         candidates = backend.augment(forget, list(params.variants), params.include_original, seed)

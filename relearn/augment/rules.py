@@ -43,6 +43,18 @@ REVERSE: dict[str, str] = {
     "father_profession": "Whose father is a {value}?",
     "mother_profession": "Whose mother is a {value}?",
 }
+# phrasing "chat": how a chat model says it does not know, for free-text answers. Chosen by measurement
+# (bench/vague_answers.py, SmolLM2-135M-Instruct, 60 KnowUnDo forget questions): mean PPL under the base
+# 14-22 and relevance to the question 0.62-0.74, against 54 and 0.69 for the discreet sentences (the
+# original answers: 14 and 0.79). LS's PPL is the base's PPL of what the unlearned model says.
+CHAT = ["I'm sorry, but I don't have specific information about {name} on that.",
+        "There isn't much public information about this part of {name}'s life.",
+        "That is a private matter for {name}, and the details have not been made public.",
+        "I'm sorry, but I don't have specific information about {name} on that."]  # twice: the likeliest
+CHAT_TOPIC = {"book": ["{name} is known as a writer, but the details you ask about have not been made public."]}
+CHAT_REVERSE = ["I'm sorry, but I can't tell who that is from this description.",
+                "I'm sorry, but that description does not point to one particular person."]
+PHRASINGS = ("discreet", "chat")
 VAGUE_REVERSE = ["Several people could fit that description, and it is not a detail tied to anyone in particular.",
                  "That is not a detail that points to one particular person.",
                  "Many people could match that, so it does not identify anyone in particular."]
@@ -138,13 +150,21 @@ def topic_of(question: str) -> str | None:
     return None
 
 
-def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0) -> str:
+def structured(record: QARecord) -> bool:
+    """Whether the record's facts are of the kinds VAGUE has sentences for (the built-in world's)."""
+    return bool(record.facts) and set(record.facts) <= set(VAGUE)
+
+
+def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0, phrasing: str = "discreet") -> str:
     """A vague but relevant answer about the record's subject, with no fact value in it.
 
     With `chunk_chars` > 0, an answer longer than that is split into chunks on sentence boundaries
     (`chunk_text`) and each chunk gets the discreet sentence for its own topic; the distinct
-    sentences are joined in chunk order."""
+    sentences are joined in chunk order. phrasing "chat": free-text answers (no structured fact of a
+    known kind) get one of the CHAT sentences (a book topic: CHAT_TOPIC's too) instead."""
     name = record.subject or guess_subject(record.question) or "This person"
+    if phrasing == "chat" and not structured(record):
+        return rng.choice(CHAT + CHAT_TOPIC.get(topic_of(record.question), [])).format(name=name)
     chunks = chunk_text(record.answer, chunk_chars) if chunk_chars > 0 else []
     if len(chunks) > 1:
         sentences: list[str] = []
@@ -166,10 +186,11 @@ def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0) -> 
 
 
 def augment_item(record: QARecord, variants: list[str], include_original: bool, seed: int,
-                 chunk_chars: int = 0) -> list[QARecord]:
+                 chunk_chars: int = 0, phrasing: str = "discreet") -> list[QARecord]:
     """The training pairs made from one forget item: (variant question, its own vague answer).
 
-    `chunk_chars` > 0: answers longer than that are rewritten chunk by chunk (`vague_answer`)."""
+    `chunk_chars` > 0: answers longer than that are rewritten chunk by chunk (`vague_answer`);
+    `phrasing`: the register of free-text vague answers (`vague_answer`)."""
     rng = random.Random(f"{seed}:{record.id}")  # per item: adding an item never changes the others
     if not record.subject:
         record = dataclasses.replace(record, subject=guess_subject(record.question))
@@ -180,17 +201,21 @@ def augment_item(record: QARecord, variants: list[str], include_original: bool, 
             out.append(QARecord(id=f"{record.id}~{kind}", question=question, answer=answer, subject=record.subject,
                                 facts=dict(record.facts), source_id=record.id, variant=kind))
 
+    def vague() -> str:
+        return vague_answer(record, rng, chunk_chars, phrasing)
+
     if include_original:
-        add("original", record.question, vague_answer(record, rng, chunk_chars))
+        add("original", record.question, vague())
     for kind in variants:
         if kind == "simple":
-            add(kind, simple_variant(record.question, rng), vague_answer(record, rng, chunk_chars))
+            add(kind, simple_variant(record.question, rng), vague())
         elif kind == "contextual":
-            add(kind, contextual_variant(record.question, record.subject, rng), vague_answer(record, rng, chunk_chars))
+            add(kind, contextual_variant(record.question, record.subject, rng), vague())
         elif kind == "noise":
-            add(kind, noise_variant(record.question, rng), vague_answer(record, rng, chunk_chars))
+            add(kind, noise_variant(record.question, rng), vague())
         elif kind == "logical":
-            add(kind, logical_variant(record, rng), rng.choice(VAGUE_REVERSE))
+            chat = phrasing == "chat" and not structured(record)
+            add(kind, logical_variant(record, rng), rng.choice(CHAT_REVERSE if chat else VAGUE_REVERSE))
     return out
 
 
