@@ -200,9 +200,9 @@ ledger_option = click.option("--ledger", "ledger_dir", default=None,
                              help="Ledger directory or database URL (default: data.requests in params, else 'requests').")
 
 
-def _version_it(ledger) -> str:
-    """A directory ledger is versioned with DVC; a database keeps its own history (and its backups)."""
-    return f"`dvc add {ledger.dir}` to version the ledger, then " if ledger.dir is not None else ""
+def _next(ledger, then: str) -> str:
+    """What to do next; a directory ledger is versioned with DVC first (a database keeps its own history)."""
+    return f"next: `dvc add {ledger.dir}` to version the ledger; {then}" if ledger.dir is not None else f"next: {then}"
 
 
 def _ledger(params_path: str, ledger_dir: str | None):
@@ -235,7 +235,7 @@ def request_add(params_path: str, ledger_dir: str | None, request_id: str, kind:
                    "(the data stage checks it)", err=True)
     req = ledger.add(request_id, kind, subject, file, retain)
     click.echo(f"{req.id}: {req.records} records filed in {ledger.where(req.file)} ({req.kind}, received {req.received})")
-    click.echo(f"next: {_version_it(ledger)}`dvc repro` for a version that forgets it")
+    click.echo(_next(ledger, "`dvc repro` for a version that forgets it"))
 
 
 @request.command("withdraw")
@@ -281,7 +281,7 @@ def request_purge(params_path: str, ledger_dir: str | None, model_name: str | No
             raise UserError(f"{request_id} is {row['status']}: purge a request once a production version honours it "
                             "(relearn request status), or withdraw it first")
         _purge(ledger, req, row)
-        click.echo(f"next: {_version_it(ledger)}later versions need unlearn.init: production")
+        click.echo(_next(ledger, "later versions need unlearn.init: production"))
         return
     days = after_days if after_days is not None else \
         (_params(params_path).data.purge_after_days if Path(params_path).is_file() else None)
@@ -298,7 +298,7 @@ def request_purge(params_path: str, ledger_dir: str | None, model_name: str | No
         else:
             _purge(ledger, ledger.get(rid), rows[rid], why)
     if not dry_run:
-        click.echo(f"next: {_version_it(ledger)}later versions need unlearn.init: production")
+        click.echo(_next(ledger, "later versions need unlearn.init: production"))
 
 
 def _purge(ledger, req, row: dict, why: str = "") -> None:
