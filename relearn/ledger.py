@@ -78,6 +78,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def parse_events(rows) -> list[dict]:
+    """Ledger events from (where, JSON text) rows, each with its `_where`; every bad row is a problem
+    of one ValidationError (a directory's lines and a database's rows alike)."""
+    events, problems = [], []
+    for where, text in rows:
+        try:
+            event = json.loads(text)
+        except ValueError as e:
+            problems.append(f"{where}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(event, dict) or event.get("event") not in EVENTS or "id" not in event:
+            problems.append(f"{where}: event: expected an object with event add|withdraw|purge and an id")
+            continue
+        events.append({**event, "_where": where})
+    if problems:
+        raise ValidationError(problems)
+    return events
+
+
 def is_database_url(location) -> bool:
     """Whether data.requests names a database (postgresql://..., sqlite:///...) rather than a directory."""
     return isinstance(location, str) and re.match(r"^(postgres|postgresql|sqlite)(\+\w+)?://", location) is not None
@@ -97,22 +116,8 @@ class FileStore:
     def events(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        events, problems = [], []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError as e:
-                problems.append(f"{self.path}:{n}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(event, dict) or event.get("event") not in EVENTS or "id" not in event:
-                problems.append(f"{self.path}:{n}: event: expected an object with event add|withdraw|purge and an id")
-                continue
-            events.append({**event, "_where": f"{self.path}:{n}"})
-        if problems:
-            raise ValidationError(problems)
-        return events
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return parse_events((f"{self.path}:{n}", line) for n, line in enumerate(lines, 1) if line.strip())
 
     @contextmanager
     def transaction(self):

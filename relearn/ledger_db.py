@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from relearn.errors import UserError, ValidationError
+from relearn.errors import UserError
 
 LOCK_KEY = 0x52454C4541524E  # "RELEARN": the advisory lock every ledger writer takes (PostgreSQL)
 PREFIX = "relearn_ledger_"
@@ -141,26 +141,12 @@ class SqlStore:
     def events(self) -> list[dict]:
         from sqlalchemy import select
 
-        from relearn.ledger import EVENTS
+        from relearn.ledger import parse_events
 
         t = self.t["events"]
         with self._read() as conn:
             rows = conn.execute(select(t.c.seq, t.c.body).order_by(t.c.seq)).all()
-        events, problems = [], []
-        for seq, body in rows:
-            where = f"{self.location}: event {seq}"
-            try:
-                event = json.loads(body)
-            except ValueError as e:
-                problems.append(f"{where}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(event, dict) or event.get("event") not in EVENTS or "id" not in event:
-                problems.append(f"{where}: expected an object with event add|withdraw|purge and an id")
-                continue
-            events.append({**event, "_where": where})
-        if problems:
-            raise ValidationError(problems)
-        return events
+        return parse_events((f"{self.location}: event {seq}", body) for seq, body in rows)
 
     def append(self, event: dict) -> None:
         from sqlalchemy import insert
