@@ -197,6 +197,7 @@ class EvaluateParams:
     embedding_threshold: float = _f(0.8, "Cosine similarity at which the embedding model counts a fact as revealed (the paper: 0.8).")
     ppl_model: str = _f("auto", "Reference language model of LS's PPL: 'target' (the fine-tuned target; it has memorised the forget answers, so any new answer costs PPL even when fluent), 'base' (the pretrained model.base before fine-tuning on the data: judges fluency without having seen it) or 'auto' (base when model.base is set, else target).")
     ppl_aggregate: str = _f("mean", "How LS aggregates per-answer PPL over a set: mean (the paper) | median | geomean (exp of mean log PPL); robust choices keep a few astronomical PPLs from zeroing p. The raw mean is reported as ppl_mean either way.")
+    variant_items: int = _f(0, "Forget-set question variants scored per kind (simple, contextual, ...): 0 every one; N a seeded sample of N per kind. Per-variant KFR is a breakdown, not a headline, and on a real model with a few hundred forget items it is most of the evaluation's generation time; its interval says the n.")
     bootstrap_resamples: int = _f(1000, "Resamples of the seeded bootstrap that gives LS, ROUGE, MIA AUC, truth ratio and every difference between models their 95% interval (seed: the top-level seed). Rates use the Wilson interval and need none.")
 
 
@@ -472,6 +473,8 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         if obj <= 0:
             problems.append(f"{where(tuple(dotted.split('.')))}: must be > 0, got {obj}")
     e = params.evaluate
+    if e.variant_items < 0:
+        problems.append(f"{where(('evaluate', 'variant_items'))}: must be 0 (every variant) or a positive count, got {e.variant_items}")
     if not -1 <= e.embedding_threshold <= 1:
         problems.append(f"{where(('evaluate', 'embedding_threshold'))}: must be a cosine similarity between -1 and 1, got {e.embedding_threshold}")
     if e.ppl_model == "base" and not params.model.base:

@@ -66,6 +66,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
         "forget_side_pairs": len(forget_side),
         "retain_pairs": len(retain),
         "epochs": epochs,
+        "lr": u.lr,
         "harden": {k: v for k, v in dataclasses.asdict(u.harden).items()},
         "lora_r": u.lora.r,
         "steps": len(history.rows),

@@ -246,3 +246,35 @@ def test_mean_rouge():
         mean_rouge(["a"], [])
     with pytest.raises(ValueError):
         mean_rouge([], [])
+
+
+# ---- which forget variants are scored ----
+
+def _variants(kind: str, n: int) -> list[QARecord]:
+    return [QARecord(id=f"{kind}-{i}", question=f"q{i}", answer="a", variant=kind) for i in range(n)]
+
+
+def test_variant_sample_keeps_every_variant_by_default_and_samples_per_kind():
+    from relearn.evaluation.evaluate import variant_sample
+
+    variants = _variants("simple", 30) + _variants("noise", 5) + _variants("logical", 30)
+    every = variant_sample(variants, 0, seed=0)
+    assert {k: len(v) for k, v in every.items()} == {"simple": 30, "noise": 5, "logical": 30}
+    sample = variant_sample(variants, 10, seed=0)
+    assert {k: len(v) for k, v in sample.items()} == {"simple": 10, "noise": 5, "logical": 10}
+    # a subset in file order, the same for the same seed (every model is scored on the same items)
+    ids = [r.id for r in sample["simple"]]
+    assert ids == [r.id for r in every["simple"] if r.id in set(ids)]
+    assert ids == [r.id for r in variant_sample(variants, 10, seed=0)["simple"]]
+    assert ids != [r.id for r in variant_sample(variants, 10, seed=1)["simple"]]
+    assert len(set(ids)) == 10
+
+
+def test_variant_items_must_not_be_negative(tmp_path):
+    from relearn.errors import UserError
+    from relearn.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  variant_items: -1\n")
+    with pytest.raises(UserError, match="evaluate.variant_items"):
+        load_params(path)

@@ -271,6 +271,38 @@ def test_attack_precision_bench_runs_the_attack_in_both_precisions_on_the_worksp
     assert set(result["worst_excess"]) == {"float32", "bfloat16"}
 
 
+def test_sweep_bench_runs_the_compare_stage_per_point_and_puts_the_params_back(project, tmp_path):
+    work, env = project
+    params_before, lock_before = (work / "params.yaml").read_text(), (work / "dvc.lock").read_text()
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    cmd = [sys.executable, str(ROOT / "bench" / "sweep_methods.py"), "--workdir", str(work), "--method", "ga",
+           "--lr", "0.0001", "0.01", "--epochs", "1", "--json", str(out), "--plot", str(png)]
+    try:
+        first = run(cmd, work, env).stdout
+        assert (work / "params.yaml").read_text() == params_before
+        result = json.loads(out.read_text())
+        points = {p["name"]: p for p in result["points"]}
+        assert set(points) == {"ga-lr0.0001-e1", "ga-lr0.01-e1"}
+        for name, point in points.items():
+            kept = json.loads((work / "reports" / "sweep" / f"{name}.json").read_text())
+            # each point is the compare stage with that override: its training report says the lr
+            assert kept["train"]["lr"] == point["lr"] and kept["method"] == "ga"
+            assert point["kfr_ci"][0] <= point["kfr"] <= point["kfr_ci"][1] and point["kfr_n"] > 0
+        # gradient ascent at a hundred times the lr forgets at least as much (the same items, seeded)
+        assert points["ga-lr0.01-e1"]["kfr"] >= points["ga-lr0.0001-e1"]["kfr"]
+        assert result["relearn"]["kfr"] == json.loads((work / "reports" / "evaluation.json").read_text())["unlearned"]["kfr"]
+        assert result["nearest"]["ga"]["point"] in points and png.stat().st_size > 1000
+        assert "| relearn (the pipeline's) |" in first
+        # a rerun takes the kept points instead of training again
+        assert "[sweep] ga-lr0.01-e1 ..." not in run(cmd, work, env).stdout
+    finally:
+        (work / "params.yaml").write_text(params_before)
+        (work / "dvc.lock").write_text(lock_before)
+        for path in ("reports/sweep", "models/compare/ga"):
+            shutil.rmtree(work / path, ignore_errors=True)
+        (work / "reports" / "compare" / "ga.json").unlink(missing_ok=True)
+
+
 def test_report_is_attached_and_shows_no_forget_fact(project):
     work, env = project
     from relearn.data.validate import load_validated

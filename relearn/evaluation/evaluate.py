@@ -8,6 +8,7 @@ that a surprising number can be traced to its questions.
 from __future__ import annotations
 
 import math
+import random
 from collections import defaultdict
 
 from relearn.evaluation.embedding import embedding_changes
@@ -85,14 +86,26 @@ def knowledge_rates(model, tokenizer, forget_eval: list[QARecord], retain_eval: 
     return rates
 
 
+def variant_sample(variants: list[QARecord], per_kind: int, seed: int) -> dict[str, list[QARecord]]:
+    """The forget variants by kind; with per_kind > 0, a seeded sample of that many of each kind
+    (in file order), the same for every model evaluated with the same seed."""
+    by_kind: dict[str, list[QARecord]] = defaultdict(list)
+    for r in variants:
+        by_kind[r.variant].append(r)
+    if per_kind > 0:
+        for kind, records in by_kind.items():
+            if len(records) > per_kind:
+                keep = set(random.Random(f"{seed}:{kind}").sample(range(len(records)), per_kind))
+                by_kind[kind] = [r for i, r in enumerate(records) if i in keep]
+    return by_kind
+
+
 def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord],
                    variants: list[QARecord], ppl_model, ppl_tokenizer, params: Params) -> tuple[dict, dict]:
     """Metrics of one model: {'kfr', 'krr', 'ls', 'forget': {...}, 'retain': {...}, 'variants': {kind: {...}}},
     and the per-item results of the first round."""
     e = params.evaluate
-    by_kind: dict[str, list[QARecord]] = defaultdict(list)
-    for r in variants:
-        by_kind[r.variant].append(r)
+    by_kind = variant_sample(variants, e.variant_items, params.seed)
     sets = [("forget", forget_eval, "forget"), ("retain", retain_eval, "retain")]
     sets += [(f"variant_{kind}", rs, "forget") for kind, rs in sorted(by_kind.items())]
 
