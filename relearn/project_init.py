@@ -63,12 +63,12 @@ class Recipe:
 
 RECIPES = {
     "small": Recipe(
-        target={"finetune": "full", "epochs": 7, "batch_size": 8, "lr": 3e-4, "warmup_ratio": 0.05,
+        target={"finetune": "full", "epochs": 6, "batch_size": 8, "lr": 5e-4, "warmup_ratio": 0.05,
                 "check_every": 1, "stop_recall": 0.9},
-        unlearn={"epochs": 3, "batch_size": 8, "lr": 1e-3},
+        unlearn={"epochs": 2, "batch_size": 8, "lr": 1e-3},
         lora={"r": 32, "alpha": 32},
-        note="profiles/smollm2-knowundo.yaml (SmolLM2-135M-Instruct: target forget recall 0.95 after 5 epochs; "
-             "ReLearn KFR 0.91, KRR 0.85 on 43/41 items)"),
+        note="profiles/smollm2-knowundo.yaml (SmolLM2-135M-Instruct: target forget recall 0.94 after 4 epochs "
+             "at 5e-4; ReLearn with the chat phrasing, 2 epochs: KFR 0.93, KRR 0.90 on 43/41 items)"),
     "large": Recipe(
         target={"finetune": "lora", "lora_r": 64, "epochs": 10, "batch_size": 8, "lr": 3e-4, "warmup_ratio": 0.05,
                 "check_every": 1, "stop_recall": 0.9},
@@ -209,9 +209,9 @@ def choose(facts: ModelFacts, pair_lengths: list[int], answer_lengths: list[int]
         "model": {"base": facts.source, "max_length": max_length, "dtype": "auto",
                   "prompt_format": "auto"},
         "target": dict(recipe.target),
-        "augment": {"backend": "rules", "general_ratio": 0.0},
+        "augment": {"backend": "rules", "general_ratio": 0.0, "phrasing": "chat" if facts.chat_template else "discreet"},
         "unlearn": {**recipe.unlearn, "lora": dict(recipe.lora)},
-        "evaluate": {"max_new_tokens": new_tokens, "ppl_model": "base", "ppl_aggregate": "mean"},
+        "evaluate": {"max_new_tokens": new_tokens, "ppl_model": "base", "ppl_aggregate": "mean", "variant_items": 25},
         "register": {"model_name": f"relearn-{name}", "gates": real_model_gates()},
         "export": {"quantize": "auto"},
     }
@@ -228,6 +228,10 @@ def choose(facts: ModelFacts, pair_lengths: list[int], answer_lengths: list[int]
     notes[("export", "quantize")] = "relearn init: ship the fastest deployable that passes the export gates " \
                                     "(on SmolLM2, int8 at accuracy_level 4: 25 ms a token against 66 for torch fp32)"
     notes[("augment", "backend")] = "relearn init: the offline rules backend; an LLM endpoint writes better vague answers (docs/augmentation.md)"
+    notes[("augment", "phrasing")] = "relearn init: " + (
+        "vague answers in a chat model's register (on SmolLM2: KRR 0.90 against 0.76 and ls_ratio 0.97 against 0.74 "
+        "for the discreet sentences, docs/augmentation.md)" if facts.chat_template else
+        "no chat template: the discreet sentences (chat phrasing is for chat models)")
     if not cuda:
         over["robustness"] = dict(CPU_ROBUSTNESS)
         notes[("robustness", "relearn_lrs")] = "relearn init: no GPU here, the profiles' CPU grid (the default grid is for a GPU)"
@@ -301,7 +305,10 @@ def estimate(params, facts: ModelFacts, forget, retain, steps: int = 3) -> Estim
     forget_side = math.ceil(n_forget * PAIRS_PER_FORGET_ITEM)
     factor = UNLEARN_STEP_FACTOR["cuda" if resolve_device(params.device).type == "cuda" else "cpu"]
     out.parts["unlearn"] = u.epochs * math.ceil(forget_side / u.batch_size) * step * factor
-    eval_batches = math.ceil((n_f_eval * 5 + n_r_eval) / params.evaluate.batch_size)  # the four variants too
+    per_kind = math.ceil(n_forget * PAIRS_PER_FORGET_ITEM / 5)  # the original and four variants of each forget item
+    if params.evaluate.variant_items:
+        per_kind = min(per_kind, params.evaluate.variant_items)
+    eval_batches = math.ceil((n_f_eval + n_r_eval + 5 * per_kind) / params.evaluate.batch_size)
     # target, control, unlearned: the answers, then PPL, MIA, truth ratio and the probes' scores, about three more
     # generation batches' worth (the CPU profile's evaluation took 29 minutes for 8 such batches of 12 s)
     out.parts["evaluate"] = 3 * 4 * eval_batches * gen
