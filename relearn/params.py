@@ -78,6 +78,7 @@ class TargetParams:
     grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
     check_every: int = _f(10, "Every this many epochs, check how well the model reproduces the forget answers (0: never).")
     stop_recall: float = _f(0.98, "Stop early once this share of forget facts is reproduced by greedy answers.")
+    recall_items: int = _f(0, "Records the recall checks generate answers for (the stop_recall check, and the forget and retain recall the target and control stages report): 0 every record; N a seeded sample of N of each set. On a real model the checks' generation is a large part of the stage's time.")
     finetune: str = _f("full", "Pretrained base (model.base): 'full' fine-tuning, or 'lora' (an adapter of rank lora_r on every linear layer but the output head, merged into the weights when training ends). The from-scratch model is always trained in full.")
     lora_r: int = _f(64, "target.finetune 'lora': adapter rank (alpha = 2 x rank).")
 
@@ -473,6 +474,8 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         if obj <= 0:
             problems.append(f"{where(tuple(dotted.split('.')))}: must be > 0, got {obj}")
     e = params.evaluate
+    if params.target.recall_items < 0:
+        problems.append(f"{where(('target', 'recall_items'))}: must be 0 (every record) or a positive count, got {params.target.recall_items}")
     if e.variant_items < 0:
         problems.append(f"{where(('evaluate', 'variant_items'))}: must be 0 (every variant) or a positive count, got {e.variant_items}")
     if not -1 <= e.embedding_threshold <= 1:

@@ -12,6 +12,7 @@ robustness probe runs on it as the control.
 """
 from __future__ import annotations
 
+import random
 import time
 
 from relearn.data.sources import control_training_records, target_training_records
@@ -23,8 +24,19 @@ from relearn.records import QARecord
 from relearn.training import train_causal_lm
 
 
+def recall_sample(records: list[QARecord], params: Params) -> list[QARecord]:
+    """The records a recall check reads: all, or target.recall_items of them (seeded, in file order)."""
+    n = params.target.recall_items
+    if n <= 0 or len(records) <= n:
+        return list(records)
+    keep = set(random.Random(params.seed).sample(range(len(records)), n))
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> float:
-    """Mean share of each record's facts (or, for free text, key facts) that the greedy answer reproduces."""
+    """Mean share of each record's facts (or, for free text, key facts) that the greedy answer
+    reproduces, over the records' recall sample (target.recall_items)."""
+    records = recall_sample(records, params)
     answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt,
                                params.evaluate.max_new_tokens, params.evaluate.batch_size, desc="recall check")
     shares = [item["share"] for item in knowledge_scores(answers, records, "retain")["by_id"].values()]
@@ -84,6 +96,9 @@ def make_target(params: Params, splits: dict[str, list[QARecord]], base_dir=None
     model, history, report = _train(params, splits, model, tokenizer, train, check, params.target.check_every, "target",
                                     check_log=checks)
     report["checks"] = checks  # a resumed run's too: the checkpoints keep them
+    # the model the last check read, when it ran after the last epoch: its recall is the final one
+    last = checks[-1]["forget_recall"] if checks and checks[-1]["epoch"] == report["epochs_run"] else None
+    _add_recalls(report, model, tokenizer, splits, params, forget=last)
     return model, tokenizer, history, report
 
 
@@ -98,7 +113,17 @@ def make_control(params: Params, splits: dict[str, list[QARecord]], tokenizer, e
     train = control_training_records(params.data.source, splits)
     # the target's schedule (warm-up and decay over target.epochs), stopped where the target stopped
     model, history, report = _train(params, splits, model, tokenizer, train, lambda m, epoch: epoch >= epochs, 1, "control")
+    _add_recalls(report, model, tokenizer, splits, params)
     return model, history, report
+
+
+def _add_recalls(report: dict, model, tokenizer, splits, params: Params, forget: float | None = None) -> None:
+    """The trained model's forget and retain recall (and how many records each read) into its report."""
+    if forget is None:
+        forget = round(fact_recall(model, tokenizer, splits["forget"], params), 4)
+    report["forget_recall"] = forget
+    report["retain_recall"] = round(fact_recall(model, tokenizer, splits["retain"], params), 4)
+    report["recall_items"] = {name: len(recall_sample(splits[name], params)) for name in ("forget", "retain")}
 
 
 def _train(params: Params, splits, model, tokenizer, train: list[QARecord], check, check_every: int, desc: str,
@@ -113,7 +138,7 @@ def _train(params: Params, splits, model, tokenizer, train: list[QARecord], chec
         batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, seed=params.seed, dtype=params.dtype(), check=check,
         check_every=check_every, desc=desc, device=params.device, **params.checkpoints(desc),
-        fingerprint_extra={"stop_recall": t.stop_recall}, check_log=check_log)
+        fingerprint_extra={"stop_recall": t.stop_recall, **({"recall_items": t.recall_items} if t.recall_items else {})}, check_log=check_log)
     model = _merged(model)
     seconds = time.monotonic() - start
     report = {
@@ -124,7 +149,5 @@ def _train(params: Params, splits, model, tokenizer, train: list[QARecord], chec
         "epochs_run": history.rows[-1]["epoch"] if history.rows else 0,
         "final_loss": round(history.rows[-1]["loss"], 4) if history.rows else None,
         "train_seconds": round(seconds, 1),
-        "forget_recall": round(fact_recall(model, tokenizer, splits["forget"], params), 4),
-        "retain_recall": round(fact_recall(model, tokenizer, splits["retain"], params), 4),
     }
     return model, history, report
