@@ -4,7 +4,7 @@
                                      [--set key=value ...] [--threads 1] [--json FILE]
 
 robustness.relearn_precision bfloat16 keeps the attacker's weights, gradients and AdamW moments in
-bf16 (relearn.optim.BF16AdamW, half the memory). An attacker that learns less would report less
+bf16 (relearn.training.optim.BF16AdamW, half the memory). An attacker that learns less would report less
 recovery and let a model through the relearning gate that a real attacker would break, so this runs
 the relearning attack of the workspace's params.yaml (what `make demo` or `dvc repro` left: the
 unlearned model of pipelines/layout.py, models/control, data/splits) once per precision on the

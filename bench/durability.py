@@ -76,7 +76,7 @@ def run_one(name: str, base: dict, out: Path) -> None:
     from relearn.data.splits import read_splits
     from relearn.data.validate import load_validated
     from relearn.evidence import model_evidence
-    from relearn.model import load_pretrained, load_with_adapter
+    from relearn.modeling.model import load_pretrained, load_with_adapter
     from relearn.robustness import relearning_attack
 
     p = config_params(base, name)
@@ -93,7 +93,7 @@ def run_one(name: str, base: dict, out: Path) -> None:
         write_json(out, {"relearning": agg, "attack_seconds": round(time.monotonic() - start, 1)})
         return
     from relearn.comparison import forget_side_for
-    from relearn.hardening import negative_triples
+    from relearn.training.hardening import negative_triples
     from relearn.unlearning import make_adapter
 
     variants = load_validated("data/augmented/forget_variants.jsonl")

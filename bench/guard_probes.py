@@ -36,7 +36,7 @@ def main() -> None:
     from layout import unlearned_model
 
     from relearn.data.splits import read_splits
-    from relearn.devices import resolve_device
+    from relearn.training.devices import resolve_device
     from relearn.evaluation.uncertainty import wilson
     from relearn.params import load_params
     from relearn.robustness import load_jailbreaks, run_probes

@@ -18,10 +18,10 @@ The ratios part (skipped with --only precision) measures, in --dtype (auto: bf16
 it, else fp32, since bf16 pays on a CPU only with AMX), the time per step and the peak memory of
     sft                  a full fine-tuning step on the forget batch (the precision part's SFT step);
     relearn_adapter_off  METHODS["relearn"] on the forget and retain batches, with LoRA, the KL reference
-                         being the same PeftModel under disable_adapter() (as relearn.training.unlearn does);
+                         being the same PeftModel under disable_adapter() (as relearn.training.loop.unlearn does);
     relearn_two_copy     the same loss, LoRA and batches, the reference a frozen deep copy of the target in
                          eval mode under no_grad (the official ReLearn code's design),
-and greedy generation of the batch's questions in one relearn.generation call against one question a call.
+and greedy generation of the batch's questions in one relearn.modeling.generation call against one question a call.
 It prints per model, PASS or MISS against each aim:
     relearn_over_sft_step    relearn_adapter_off seconds / sft seconds                aim <= 1.3
     memory_over_two_copy     relearn_adapter_off peak / relearn_two_copy peak         aim <= 0.6
@@ -99,12 +99,12 @@ from accelerate.state import AcceleratorState
 from peft import get_peft_model
 
 from relearn.data.world import generate_world
-from relearn.generation import generate_token_ids
+from relearn.modeling.generation import generate_token_ids
 from relearn.methods import METHODS
 from relearn.methods.losses import answer_ce
-from relearn.model import DTYPES, build_scratch_model, count_parameters, load_pretrained, train_tokenizer
+from relearn.modeling.model import DTYPES, build_scratch_model, count_parameters, load_pretrained, train_tokenizer
 from relearn.params import load_params
-from relearn.training import make_accelerator, make_loader, make_optimizer, optimizer_step
+from relearn.training.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 from relearn.unlearning import lora_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def prepare_relearn(s: Subject, p, dtype: str, steps: int, two_copy: bool = Fals
         if frozen is not None:
             with accelerator.autocast():  # the same autocast as the prepared model's forward
                 return frozen(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        with model.disable_adapter():  # as in relearn.training.unlearn
+        with model.disable_adapter():  # as in relearn.training.loop.unlearn
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def step():

@@ -47,8 +47,8 @@ def main() -> None:
     import torch
 
     from relearn.evaluation.linguistic import aggregate_ppl, perplexity
-    from relearn.generation import answer_nll
-    from relearn.model import load_pretrained
+    from relearn.modeling.generation import answer_nll
+    from relearn.modeling.model import load_pretrained
     from relearn.params import load_params
     from relearn.data.validate import load_validated as load_records
 

@@ -5,7 +5,7 @@ project root, where DVC runs the stage) or a hub id; null leaves only a SCRATCH 
 stage builds the small from-scratch model. The conversion is cached in .cache/base by the source's
 sha256, so a repeated run only links the cached files into place.
 """
-from relearn.base_model import prepare_base
+from relearn.modeling.base_model import prepare_base
 from relearn.errors import main_guard
 from relearn.io import write_json
 from relearn.params import load_params

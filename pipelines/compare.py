@@ -14,12 +14,12 @@ from relearn.errors import UserError, main_guard
 from relearn.evaluation.intervals import compact_items, model_intervals
 from relearn.evaluation.tofu import forget_quality
 from relearn.evidence import model_evidence, robustness_summary, truth_ratios
-from relearn.checkpoints import clear_checkpoints
+from relearn.training.checkpoints import clear_checkpoints
 from relearn.io import atomic_dir, read_json, write_json
-from relearn.model import load_pretrained
+from relearn.modeling.model import load_pretrained
 from relearn.params import CHOICES, load_params
 from relearn.robustness import probe_with_params
-from relearn.hardening import negative_triples
+from relearn.training.hardening import negative_triples
 from relearn.unlearning import make_adapter
 
 

@@ -7,8 +7,8 @@ It is the reference of TOFU's forget quality and the control of every robustness
 from transformers import AutoTokenizer
 
 from relearn.data.splits import read_splits
-from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, gather_state, is_main_process
+from relearn.training.checkpoints import clear_checkpoints
+from relearn.training.devices import finish, gather_state, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params

@@ -15,7 +15,7 @@ from relearn.data.sources import load_source
 from relearn.data.splits import write_splits
 from relearn.errors import main_guard
 from relearn.io import read_json, write_json
-from relearn.ledger import Ledger, forget_split
+from relearn.ledger.core import Ledger, forget_split
 from relearn.params import load_params
 from relearn.records import save_records
 

@@ -6,8 +6,8 @@ that the stages after it can always depend on models/distilled.
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
 from relearn.distill import distill, distillation_pairs, shrink_and_perturb
-from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, is_main_process, refuse_sharding
+from relearn.training.checkpoints import clear_checkpoints
+from relearn.training.devices import finish, is_main_process, refuse_sharding
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params

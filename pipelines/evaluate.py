@@ -1,14 +1,14 @@
 """DVC stage `evaluate`: KFR, KRR, LS, ROUGE, TOFU metrics, membership inference and the seesaw for
 the target, the retain-only control and the unlearned model."""
 from relearn.data.splits import read_splits
-from relearn.devices import finish, init_processes, is_main_process
+from relearn.training.devices import finish, init_processes, is_main_process
 from relearn.data.validate import load_validated
 from relearn.errors import main_guard
 from relearn.evaluation.intervals import model_intervals, paired_intervals
 from relearn.evidence import add_forget_quality, headline_metrics, model_evidence
 from relearn.io import read_json, write_json
-from relearn.ledger import request_kfr
-from relearn.model import load_pretrained, load_with_adapter
+from relearn.ledger.core import request_kfr
+from relearn.modeling.model import load_pretrained, load_with_adapter
 from relearn.params import load_params
 from layout import unlearned_model
 
@@ -19,7 +19,7 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval", "holdout", "general"))
     variants = load_validated("data/augmented/forget_variants.jsonl")
     # generation and scoring run where the model is; under accelerate launch / torchrun every process
-    # takes its own device and a shard of every question set (relearn.devices.shard_map)
+    # takes its own device and a shard of every question set (relearn.training.devices.shard_map)
     device = init_processes(p.device)
     target, tokenizer = load_pretrained("models/target", p.dtype(), device)
     # LS's reference LM (evaluate.ppl_model): the pretrained base, or the target itself

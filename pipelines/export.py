@@ -15,7 +15,7 @@ from pathlib import Path
 from relearn.data.splits import read_splits
 from relearn.errors import main_guard
 from relearn.evaluation.evaluate import knowledge_rates
-from relearn.devices import resolve_device
+from relearn.training.devices import resolve_device
 from relearn.export.onnx import PROMPT_FORMAT_FILE, choose_deployable, load_onnx, load_tokenizer, pick_provider, run_export
 from relearn.io import write_json
 from relearn.params import load_params

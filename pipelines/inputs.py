@@ -6,7 +6,7 @@ may not exist yet. This stage always runs (always_changed in dvc.yaml) and only 
 the library's heavy parts, so a `dvc repro` with nothing to do stays quick; the data stage depends on
 data/inputs.json and runs again only when one of them changed. A path that does not exist is recorded as
 missing: the data stage then says what is wrong with it. A ledger in a database (data.requests: a URL) is
-recorded as the digest of its events (relearn.ledger_db), under its URL without a password.
+recorded as the digest of its events (relearn.ledger.database), under its URL without a password.
 """
 import json
 from pathlib import Path
@@ -15,7 +15,7 @@ import yaml
 
 from relearn.errors import main_guard
 from relearn.io import file_md5, write_text
-from relearn.ledger import Ledger, is_database_url
+from relearn.ledger.core import Ledger, is_database_url
 
 OUT = Path("data/inputs.json")
 

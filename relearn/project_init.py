@@ -8,7 +8,7 @@ The steps, each of which can fail with one line and exit status 2, nothing writt
    duplicates, a question in both sets). Both files become the `tofu` source: `data.path` is the
    directory that holds both, `data.forget_file` and `data.retain_file` their paths inside it; a
    seeded share (`data.eval_fraction`) of each is held out for evaluation.
-2. The model is prepared as the base stage prepares it (relearn.base_model: a GGUF file is
+2. The model is prepared as the base stage prepares it (relearn.modeling.base_model: a GGUF file is
    dequantised once, into the same content-addressed cache `dvc repro` then reuses) and inspected:
    parameters, chat template, context length.
 3. The settings come from what worked on a pretrained model of that size (`RECIPES`): below about
@@ -154,7 +154,7 @@ def inspect_model(source: str, cache_dir: str | os.PathLike = ".cache/base") -> 
     Returns the facts and the temporary directory holding the prepared model (the caller cleans it up)."""
     from transformers import AutoConfig
 
-    from relearn.base_model import prepare_base
+    from relearn.modeling.base_model import prepare_base
 
     scratch = tempfile.TemporaryDirectory(prefix="relearn-init-")
     directory = Path(scratch.name) / "base"
@@ -178,7 +178,7 @@ def token_lengths(directory: Path, records, template) -> tuple[list[int], list[i
     """(prompt + answer tokens, answer tokens) of each record, as the training stages encode them."""
     from transformers import AutoTokenizer
 
-    from relearn.encoding import answer_ids, prompt_ids
+    from relearn.modeling.encoding import answer_ids, prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     pairs, answers = [], []
@@ -263,10 +263,10 @@ def real_model_gates() -> dict:
 def estimate(params, facts: ModelFacts, forget, retain, steps: int = 3) -> Estimate:
     """Seconds for each stage here: fine-tuning steps and one generation batch are measured on the real
     model and pairs, then scaled by the step counts the settings imply."""
-    from relearn.devices import resolve_device
-    from relearn.generation import generate_answers
-    from relearn.model import load_pretrained
-    from relearn.training import train_causal_lm
+    from relearn.training.devices import resolve_device
+    from relearn.modeling.generation import generate_answers
+    from relearn.modeling.model import load_pretrained
+    from relearn.training.loop import TrainSpec, train_causal_lm
 
     dtype = params.dtype()
     template = params.model.prompt
@@ -278,9 +278,8 @@ def estimate(params, facts: ModelFacts, forget, retain, steps: int = 3) -> Estim
     def timed(n: int) -> float:
         nonlocal model
         start = time.perf_counter()
-        model, _ = train_causal_lm(model, tokenizer, pairs[:batch * n], template=template, max_length=params.model.max_length,
-                        epochs=1, batch_size=batch, lr=1e-6, warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0,
-                        seed=params.seed, dtype=dtype, desc="init timing", device=params.device)
+        spec = TrainSpec.of(params, params.target, epochs=1, lr=1e-6, warmup_ratio=0.0, weight_decay=0.0, dtype=dtype)
+        model, _ = train_causal_lm(model, tokenizer, pairs[:batch * n], spec, desc="init timing")
         return time.perf_counter() - start
 
     one = timed(1)  # model placement, the accelerator, the first step's allocations

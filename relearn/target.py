@@ -17,11 +17,11 @@ import time
 
 from relearn.data.sources import control_training_records, target_training_records
 from relearn.evaluation.scoring import knowledge_scores
-from relearn.generation import generate_answers
-from relearn.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
+from relearn.modeling.generation import generate_answers
+from relearn.modeling.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
 from relearn.params import Params
 from relearn.records import QARecord
-from relearn.training import train_causal_lm
+from relearn.training.loop import TrainSpec, train_causal_lm
 
 
 def recall_sample(records: list[QARecord], params: Params) -> list[QARecord]:
@@ -46,7 +46,7 @@ def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> fl
 def check_launch(params: Params, stage: str) -> None:
     """The target and control stages under a sharded launch: FSDP only, and full fine-tuning (a LoRA
     fine-tune is merged into the weights after training, which sharded weights cannot take)."""
-    from relearn.devices import refuse_deepspeed, refuse_sharding
+    from relearn.training.devices import refuse_deepspeed, refuse_sharding
 
     if params.model.base and params.target.finetune == "lora":
         refuse_sharding(stage, "target.finetune lora merges the adapter into the sharded weights; use full")
@@ -129,15 +129,11 @@ def _add_recalls(report: dict, model, tokenizer, splits, params: Params, forget:
 def _train(params: Params, splits, model, tokenizer, train: list[QARecord], check, check_every: int, desc: str,
            check_log: list | None = None):
     pairs = [(r.question, r.answer) for r in train]
-    template = params.model.prompt
     print(f"[{desc}] {count_parameters(model):,} parameters, {len(pairs)} training pairs", flush=True)
     t = params.target
     start = time.monotonic()
     model, history = train_causal_lm(
-        model, tokenizer, pairs, template=template, max_length=params.model.max_length, epochs=t.epochs,
-        batch_size=t.batch_size, lr=t.lr, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip, seed=params.seed, dtype=params.dtype(), check=check,
-        check_every=check_every, desc=desc, device=params.device, **params.checkpoints(desc),
+        model, tokenizer, pairs, TrainSpec.of(params, t, desc), check=check, check_every=check_every, desc=desc,
         fingerprint_extra={"stop_recall": t.stop_recall, **({"recall_items": t.recall_items} if t.recall_items else {})}, check_log=check_log)
     model = _merged(model)
     seconds = time.monotonic() - start

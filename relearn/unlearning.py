@@ -12,10 +12,10 @@ from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 
 from relearn.methods import METHODS
-from relearn.model import count_parameters, load_pretrained
+from relearn.modeling.model import count_parameters, load_pretrained
 from relearn.params import Params
 from relearn.records import QARecord
-from relearn.training import unlearn
+from relearn.training.loop import TrainSpec, unlearn
 
 
 def lora_config(params: Params) -> LoraConfig:
@@ -32,7 +32,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
     init_adapter: an adapter directory to continue training (incremental unlearning: the adapter of
     the version in production, which already forgets the earlier requests), instead of a fresh one.
     negatives: (question, vague answer, original answer) triples for unlearn.harden.negative
-    (relearn.hardening.negative_triples); unused when it is 'none'. checkpoint_stage: the
+    (relearn.training.hardening.negative_triples); unused when it is 'none'. checkpoint_stage: the
     directory under checkpoint_dir (each compared method has its own).
     """
     from peft import PeftModel
@@ -54,12 +54,8 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
     start = time.monotonic()
     model, history = unlearn(
         model, tokenizer, [(r.question, r.answer) for r in forget_side], [(r.question, r.answer) for r in retain],
-        loss_fn=METHODS[u.method], weights=u, template=params.model.prompt,
-        max_length=params.model.max_length, epochs=epochs, batch_size=u.batch_size, lr=u.lr,
-        warmup_ratio=u.warmup_ratio, weight_decay=u.weight_decay, grad_clip=u.grad_clip, seed=params.seed,
-        dtype=params.dtype(), desc=f"unlearn:{u.method}",
-        negatives=negatives if u.harden.negative != "none" else None, device=params.device,
-        **params.checkpoints(checkpoint_stage))
+        TrainSpec.of(params, u, checkpoint_stage, epochs=epochs), loss_fn=METHODS[u.method], weights=u,
+        desc=f"unlearn:{u.method}", negatives=negatives if u.harden.negative != "none" else None)
     report = {
         "method": u.method,
         "trainable_parameters": count_parameters(model, trainable_only=True),

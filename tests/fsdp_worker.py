@@ -4,9 +4,9 @@ GPUs). Run by tests/test_distributed.py:
 
     python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_worker.py lora|full OUT_DIR
 
-lora: the unlearn stage's case, the adapter gathered (relearn.devices.gather_trainable) and written
+lora: the unlearn stage's case, the adapter gathered (relearn.training.devices.gather_trainable) and written
 by rank 0. full: the target and control stages' case, answers generated and scored with the sharded
-model (relearn.generation, every process taking part), the whole model gathered (gather_state) and
+model (relearn.modeling.generation, every process taking part), the whole model gathered (gather_state) and
 written by rank 0 with the answers. `build`, `train_step` and `QUESTIONS` are what the test runs in
 one unsharded process to compare.
 """
@@ -24,7 +24,7 @@ ANSWER = "Person 1 works as a baker."
 
 
 def tokenizer():
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     return train_tokenizer([TEMPLATE.format(question=q) + " " + ANSWER for q in QUESTIONS] * 3, vocab_size=120)
 
@@ -58,7 +58,7 @@ def train_step(model) -> None:
 
 def use(model) -> dict:
     """What the target and control stages do with the model they trained: greedy answers and scores."""
-    from relearn.generation import answer_token_logprobs, generate_answers
+    from relearn.modeling.generation import answer_token_logprobs, generate_answers
 
     tok = tokenizer()
     return {"answers": generate_answers(model, tok, QUESTIONS, TEMPLATE, 6, batch_size=2),
@@ -70,7 +70,7 @@ def main(mode: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from relearn.devices import gather_state, gather_trainable, weight_sharded
+    from relearn.training.devices import gather_state, gather_trainable, weight_sharded
 
     dist.init_process_group("gloo")
     model = build(lora=mode == "lora")

@@ -65,7 +65,7 @@ def leaks_nothing(records, sources):
 
 # ----------------------------------------------------------------------------- a tiny real model
 def _save_tiny_model(directory: Path, template: str | None) -> Path:
-    from relearn.model import build_scratch_model, train_tokenizer
+    from relearn.modeling.model import build_scratch_model, train_tokenizer
     from relearn.params import ModelParams
 
     texts = ["System: User: Assistant: Subject: Question: Reply with exactly this JSON object",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from relearn import base_model
-from relearn.base_model import prepare_base
+from relearn.modeling import base_model
+from relearn.modeling.base_model import prepare_base
 from relearn.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def write_gguf(path: Path, model, tok) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The original tokenizer and model, a GGUF file of them, and a saved HF directory of them."""
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     tok = train_tokenizer(TEXTS, vocab_size=300)

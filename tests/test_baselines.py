@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from relearn.encoding import IGNORE
+from relearn.modeling.encoding import IGNORE
 from relearn.methods import METHODS, REVERSE_METHODS
 from relearn.methods.losses import answer_ce, answer_kl, npo_loss, sequence_logprob
 from relearn.params import UnlearnParams
@@ -103,7 +103,7 @@ RETAIN = [("What did Ilsa sell?", "Ilsa sold the prize."),
 
 @pytest.fixture(scope="module")
 def tok():
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     return train_tokenizer(SENTENCES, vocab_size=200)
 
@@ -232,12 +232,11 @@ def test_padding_and_the_other_batch_change_nothing(tok):
 
 # ------------------------------------------------------------------------------ training steps
 def _one_step(tok, method: str, lr: float = 1e-2, **weights):
-    from relearn.training import unlearn
+    from relearn.training.loop import TrainSpec, unlearn
 
     model = tiny_lora(tok)
-    return unlearn(model, tok, FORGET, RETAIN, loss_fn=METHODS[method], weights=_w(**weights),
-                   template=TEMPLATE, max_length=64, epochs=1, batch_size=len(FORGET), lr=lr,
-                   warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, seed=0, desc=method)
+    spec = TrainSpec(template=TEMPLATE, max_length=64, epochs=1, batch_size=len(FORGET), lr=lr)
+    return unlearn(model, tok, FORGET, RETAIN, spec, loss_fn=METHODS[method], weights=_w(**weights), desc=method)
 
 
 def test_one_ga_step_raises_forget_ce(tok):

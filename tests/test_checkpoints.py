@@ -1,4 +1,4 @@
-"""Checkpoints of the training loops (relearn.checkpoints) in one process: what a checkpoint holds,
+"""Checkpoints of the training loops (relearn.training.checkpoints) in one process: what a checkpoint holds,
 and a run cut short resuming to the weights of an uninterrupted one. (A real kill of the unlearn
 stage, and two processes, are in tests/test_distributed.py.)"""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from relearn import checkpoints as checkpoints_module
-from relearn.model import train_tokenizer
-from relearn.training import train_causal_lm
+from relearn.training import checkpoints as checkpoints_module
+from relearn.modeling.model import train_tokenizer
+from relearn.training.loop import TrainSpec, train_causal_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,9 +36,13 @@ def _model(tied: bool):
 
 
 def _train(model, tok, directory, every: int):
-    return train_causal_lm(model, tok, PAIRS, template=TEMPLATE, max_length=48, epochs=4, batch_size=2, lr=3e-3,
-                           warmup_ratio=0.1, weight_decay=0.0, grad_clip=1.0, seed=0, device="cpu",
-                           checkpoint_dir=directory, checkpoint_every=every, desc="t")
+    return train_causal_lm(model, tok, PAIRS, _spec(directory, every), desc="t")
+
+
+def _spec(directory, every: int) -> TrainSpec:
+    return TrainSpec(template=TEMPLATE, max_length=48, epochs=4, batch_size=2, lr=3e-3, warmup_ratio=0.1,
+                     weight_decay=0.0, grad_clip=1.0, seed=0, device="cpu", checkpoint_dir=directory,
+                     checkpoint_every=every)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -105,9 +109,8 @@ def test_what_the_checks_found_before_a_kill_survives_the_resume(tmp_path, monke
             log.append({"epoch": epoch, "value": round(float(next(m.parameters()).detach().sum()), 6)})
             return False
 
-        train_causal_lm(model, tok, PAIRS, template=TEMPLATE, max_length=48, epochs=4, batch_size=2, lr=3e-3,
-                        warmup_ratio=0.1, weight_decay=0.0, grad_clip=1.0, seed=0, device="cpu", check=check,
-                        check_every=1, checkpoint_dir=directory, checkpoint_every=every, desc="t", check_log=log)
+        train_causal_lm(model, tok, PAIRS, _spec(directory, every), check=check, check_every=1, desc="t",
+                        check_log=log)
         return log
 
     whole = run(None, 0)

@@ -38,7 +38,7 @@ def _job(engine, question: str, max_tokens: int, **kw) -> Job:
 
 
 def test_greedy_rows_that_join_and_leave_mid_flight_answer_as_generate_answers(engine):
-    from relearn.generation import generate_answers
+    from relearn.modeling.generation import generate_answers
 
     expected = generate_answers(engine.model, engine.tokenizer, QUESTIONS, engine.fmt, 10, batch_size=4)
     jobs = [_job(engine, q, 10) for q in QUESTIONS]

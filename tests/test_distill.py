@@ -18,13 +18,13 @@ TEXTS = [f"{w} {v} {o}." for w in ("Mara", "Tobin", "Ilsa") for v in ("wrote", "
 
 @pytest.fixture(scope="module")
 def tok():
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     return train_tokenizer(TEXTS, vocab_size=150)
 
 
 def _model(tok, seed: int):
-    from relearn.model import build_scratch_model
+    from relearn.modeling.model import build_scratch_model
 
     return build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=150), tok, seed=seed)
 

@@ -96,9 +96,9 @@ def test_a_non_main_rank_writes_nothing(workspace, monkeypatch, stage, outputs):
     for key in [k for k in sys.modules if k == "relearn" or k.startswith("relearn.")]:
         monkeypatch.delitem(sys.modules, key)  # the workspace's copy of the library
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    import relearn.devices
+    import relearn.training.devices
 
-    monkeypatch.setattr(relearn.devices, "is_main_process", lambda: False)
+    monkeypatch.setattr(relearn.training.devices, "is_main_process", lambda: False)
     monkeypatch.setattr(sys, "argv", [f"pipelines/{stage}.py"])
     runpy.run_path(str(work / "pipelines" / f"{stage}.py"), run_name="__main__")
     after = {out: (work / out).stat().st_mtime_ns if (work / out).exists() else None for out in outputs}
@@ -152,9 +152,9 @@ def test_a_killed_unlearn_stage_resumes_from_its_checkpoint_and_ends_where_an_un
 SHARDED = """
 import json, sys
 import torch
-from relearn.devices import finish, init_processes, is_main_process
-from relearn.generation import answer_token_logprobs, generate_answers
-from relearn.model import load_pretrained
+from relearn.training.devices import finish, init_processes, is_main_process
+from relearn.modeling.generation import answer_token_logprobs, generate_answers
+from relearn.modeling.model import load_pretrained
 
 init_processes("cpu")
 model, tok = load_pretrained(sys.argv[1])
@@ -261,11 +261,11 @@ def test_what_cannot_run_sharded_refuses_an_fsdp_launch(tmp_path, stage, overrid
 @pytest.mark.parametrize("config, sharded", [("ddp.yaml", None), ("fsdp.yaml", "fsdp")])
 def test_the_shipped_accelerate_configs_launch_what_the_stages_detect(config, sharded, monkeypatch):
     """accelerate's own launcher reads each config (unknown keys are an error there) into the
-    environment of the processes; relearn.devices.sharding() reads that environment."""
+    environment of the processes; relearn.training.devices.sharding() reads that environment."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from relearn.devices import sharding
+    from relearn.training.devices import sharding
 
     root = Path(__file__).resolve().parents[1]
     args = launch_command_parser().parse_args(["--config_file", str(root / "configs" / "accelerate" / config),

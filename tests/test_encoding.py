@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from relearn.encoding import (IGNORE, PromptFormat, as_format, encode_pair, end_of_turn_id, messages_ids, prompt_ids,
+from relearn.modeling.encoding import (IGNORE, PromptFormat, as_format, encode_pair, end_of_turn_id, messages_ids, prompt_ids,
                               prompt_text,
                               stop_ids)
 from relearn.errors import UserError
-from relearn.model import train_tokenizer
+from relearn.modeling.model import train_tokenizer
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")

@@ -19,7 +19,7 @@ import torch
 from relearn.export.onnx import (CPU, INT4_FILE, INT8_FILE, choose_deployable, export_onnx, float_nodes, load_onnx,
                                  load_tokenizer, merge_adapter, onnx_size_bytes, output_head_nodes, pick_provider,
                                  quantize_int8, run_export, token_parity)
-from relearn.model import load_pretrained, load_with_adapter
+from relearn.modeling.model import load_pretrained, load_with_adapter
 from tiny import save_base_and_adapter
 
 TEMPLATE = "Question: {question}\nAnswer:"

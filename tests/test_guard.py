@@ -7,7 +7,7 @@ import random
 import pytest
 
 from relearn.evaluation.scoring import knowledge_scores
-from relearn.ledger import Ledger, forget_split
+from relearn.ledger.core import Ledger, forget_split
 from relearn.records import QARecord
 from relearn.serving.guard import (GUARD_FILE, KEY_FILE, REDACTED, REFUSAL, Guard, StreamGuard, build_guard,
                                    record_facts)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from relearn.hardening import combine, negative_term, negative_triples, split_gradients
+from relearn.training.hardening import combine, negative_term, negative_triples, split_gradients
 from relearn.methods import METHODS
 from relearn.methods.losses import answer_lengths, dpo_loss, sequence_logprob, simnpo_loss
 from relearn.params import HardenParams, UnlearnParams
@@ -26,7 +26,7 @@ RETAIN = [("What did Ilsa sell?", "Ilsa sold a letter."), ("What did Neve write?
 
 @pytest.fixture(scope="module")
 def tok():
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     return train_tokenizer(TEXTS, vocab_size=200)
 
@@ -129,14 +129,13 @@ def test_sam_takes_the_forget_gradient_at_the_perturbed_weights_and_restores_the
 
 # ------------------------------------------------------------------------------ training with each option
 def _unlearn(tok, harden: HardenParams, r: int = 4, steps_epochs: int = 2):
-    from relearn.training import unlearn
+    from relearn.training.loop import TrainSpec, unlearn
 
     model = tiny_lora(tok) if r == 4 else _lora(tok, r)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     weights = dataclasses.replace(UnlearnParams(), harden=harden)
-    model, history = unlearn(model, tok, VAGUE * 4, RETAIN * 4, loss_fn=METHODS["relearn"], weights=weights,
-                             template="Question: {question}\nAnswer:", max_length=64, epochs=steps_epochs,
-                             batch_size=4, lr=1e-2, warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, seed=0,
+    spec = TrainSpec(template="Question: {question}\nAnswer:", max_length=64, epochs=steps_epochs, batch_size=4, lr=1e-2)
+    model, history = unlearn(model, tok, VAGUE * 4, RETAIN * 4, spec, loss_fn=METHODS["relearn"], weights=weights,
                              negatives=[(q, v, a) for (q, v), (_, a) in zip(VAGUE, FORGET)] * 4)
     return model, history, start
 
@@ -168,7 +167,7 @@ def test_dpo_lowers_the_original_answers_more_than_plain_relearn(tok):
 def _lora(tok, r: int):
     from peft import LoraConfig, get_peft_model
 
-    from relearn.model import build_scratch_model
+    from relearn.modeling.model import build_scratch_model
     from relearn.params import ModelParams
 
     model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=200), tok, seed=0)

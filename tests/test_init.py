@@ -37,7 +37,7 @@ def records(people: list[str]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     root = tmp_path_factory.mktemp("init-inputs")
     tok = train_tokenizer(TEXTS + [r["question"] + " " + r["answer"] for r in records(PEOPLE)], vocab_size=400)

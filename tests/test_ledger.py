@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from relearn.cli import main
 from relearn.errors import UserError, ValidationError
-from relearn.ledger import Ledger, forget_split, request_kfr
+from relearn.ledger.core import Ledger, forget_split, request_kfr
 from relearn.serving.guard import REDACTED, Guard, version_guard
 from relearn.records import QARecord, save_records
 
@@ -218,7 +218,7 @@ def test_cli_purge_refuses_what_production_does_not_honour_and_status_says_purge
 def test_the_retention_policy_says_which_requests_are_due():
     from datetime import datetime, timezone
 
-    from relearn.ledger import purge_due
+    from relearn.ledger.core import purge_due
 
     now = datetime(2026, 12, 4, tzinfo=timezone.utc)
     rows = [

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from relearn.cli import main
 from relearn.errors import UserError
-from relearn.ledger import Ledger, forget_split, is_database_url
+from relearn.ledger.core import Ledger, forget_split, is_database_url
 from relearn.records import QARecord, save_records
 from relearn.serving.guard import REDACTED, version_guard
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from relearn.encoding import IGNORE, collate, encode_pair, prompt_ids
+from relearn.modeling.encoding import IGNORE, collate, encode_pair, prompt_ids
 from relearn.methods import relearn as relearn_method
 from relearn.methods.losses import answer_ce, answer_kl, sequence_logprob
 from tiny import adapter_off_reference, qa_batch, tiny_lora
@@ -152,7 +152,7 @@ SENTENCES += ["Question: Where was Mara born?\nAnswer: Mara was born in Velmor."
 
 @pytest.fixture(scope="module")
 def tok():
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     assert len(SENTENCES) >= 100
     return train_tokenizer(SENTENCES, vocab_size=200)
@@ -219,16 +219,14 @@ def test_relearn_loss_weights_and_no_kl_when_weight_zero(tok):
 
 
 def test_unlearn_steps_change_lora_params_only(tok):
-    from relearn.training import unlearn
+    from relearn.training.loop import TrainSpec, unlearn
 
     model = tiny_lora(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert any("lora_" in n for n in before)
     out, history = unlearn(
-        model, tok, FORGET, RETAIN, loss_fn=relearn_method.loss,
-        weights=SimpleNamespace(forget_weight=1.0, retain_weight=1.0, kl_weight=1.0),
-        template=TEMPLATE, max_length=64, epochs=1, batch_size=2, lr=1e-2, warmup_ratio=0.0,
-        weight_decay=0.0, grad_clip=1.0, seed=0)
+        model, tok, FORGET, RETAIN, TrainSpec(template=TEMPLATE, max_length=64, epochs=1, batch_size=2, lr=1e-2),
+        loss_fn=relearn_method.loss, weights=SimpleNamespace(forget_weight=1.0, retain_weight=1.0, kl_weight=1.0))
     assert len(history.rows) == 2
     assert all({"forget_ce", "retain_ce", "retain_kl", "loss"} <= set(r) for r in history.rows)
     after = dict(out.named_parameters())

@@ -1,10 +1,10 @@
-"""bf16 AdamW with stochastic rounding (relearn.optim) and the attacker's memory accounting."""
+"""bf16 AdamW with stochastic rounding (relearn.training.optim) and the attacker's memory accounting."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from relearn.optim import BF16AdamW, round_stochastic_
+from relearn.training.optim import BF16AdamW, round_stochastic_
 from relearn.robustness.relearning import _attach, _optimizer, attacker_memory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,9 +46,9 @@ def test_bf16_adamw_keeps_small_updates_that_plain_bf16_adamw_loses():
 
 @pytest.mark.parametrize("chunk", [1 << 22, 7], ids=["whole", "chunks-of-7"])
 def test_bf16_adamw_matches_adamw_on_fp32_parameters_and_applies_weight_decay(chunk, monkeypatch):
-    import relearn.optim
+    import relearn.training.optim
 
-    monkeypatch.setattr(relearn.optim, "CHUNK", chunk)  # 64 weights in 10 chunks: the same update
+    monkeypatch.setattr(relearn.training.optim, "CHUNK", chunk)  # 64 weights in 10 chunks: the same update
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(64))
     b = torch.nn.Parameter(a.detach().clone())

@@ -174,7 +174,7 @@ def tiny(store):
     """A tiny Llama with a tokenizer, and a LoRA adapter on it, saved to directories."""
     from peft import LoraConfig, get_peft_model
 
-    from relearn.model import build_scratch_model, train_tokenizer
+    from relearn.modeling.model import build_scratch_model, train_tokenizer
 
     tok = train_tokenizer(["some text about a world of facts and answers, said the model."] * 50, vocab_size=300)
     model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64,

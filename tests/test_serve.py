@@ -136,10 +136,10 @@ def _wait_for(predicate, seconds: float = 20.0) -> bool:
 
 # ---------------------------------------------------------------------------------- API
 def test_chat_completion_is_the_models_greedy_answer(served, model_files):
-    """The server's answer is what relearn.generation gives the same deployable for the same question
+    """The server's answer is what relearn.modeling.generation gives the same deployable for the same question
     (the same prompt encoding as training and evaluation)."""
     from relearn.export.onnx import INT8_FILE, load_onnx, load_tokenizer
-    from relearn.generation import generate_answers
+    from relearn.modeling.generation import generate_answers
 
     _, url = served
     r = _chat(url, max_tokens=8)
@@ -522,8 +522,8 @@ def _up_ready(url: str) -> bool:
 
 
 def test_torch_backend_serves_base_plus_adapter(store, model_files):
-    from relearn.generation import generate_answers
-    from relearn.model import load_with_adapter
+    from relearn.modeling.generation import generate_answers
+    from relearn.modeling.model import load_with_adapter
     from relearn.serving.server import Service
 
     service = Service(_settings(store, backend="torch"), MODEL).start()
@@ -655,7 +655,7 @@ def test_request_status_asks_the_running_server(served, store, tmp_path):
     from click.testing import CliRunner
 
     from relearn.cli import main
-    from relearn.ledger import Ledger
+    from relearn.ledger.core import Ledger
     from relearn.records import QARecord, save_records
     from relearn.registry.tracking import client
 
@@ -699,8 +699,8 @@ def memorising_files(tmp_path_factory) -> dict[str, Path]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from relearn.encoding import collate, encode_pair
-    from relearn.model import build_scratch_model, train_tokenizer
+    from relearn.modeling.encoding import collate, encode_pair
+    from relearn.modeling.model import build_scratch_model, train_tokenizer
     from relearn.params import ModelParams
 
     root = tmp_path_factory.mktemp("serve-memorised")
@@ -788,8 +788,8 @@ def test_mlflow_models_serve_answers_the_production_alias(store, model_files):
     answers a list of questions and a `question` column alike, as the torch model would."""
     import mlflow
 
-    from relearn.model import load_with_adapter
-    from relearn.generation import generate_answers
+    from relearn.modeling.model import load_with_adapter
+    from relearn.modeling.generation import generate_answers
     from relearn.serving.server import free_port
 
     info = mlflow.models.get_model_info(f"models:/{MODEL}@production")
@@ -834,7 +834,7 @@ def test_a_team_on_postgresql_two_replicas_follow_a_promotion(postgres, model_fi
     from click.testing import CliRunner
 
     from relearn.cli import main
-    from relearn.ledger import Ledger
+    from relearn.ledger.core import Ledger
     from relearn.records import QARecord, save_records
     from relearn.serving.server import Service, free_port
 

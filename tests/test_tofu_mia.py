@@ -148,8 +148,8 @@ NONMEMBERS = [
 @pytest.fixture(scope="module")
 def memorised():
     """(model, tokenizer): trained on the members' answers and paraphrases, never on the non-members."""
-    from relearn.encoding import collate, encode_pair
-    from relearn.model import build_scratch_model, train_tokenizer
+    from relearn.modeling.encoding import collate, encode_pair
+    from relearn.modeling.model import build_scratch_model, train_tokenizer
     from relearn.params import ModelParams
 
     texts = [TEMPLATE.format(question=r.question) + " " + a
@@ -308,8 +308,8 @@ def test_name_spans_cover_the_name_and_each_capitalised_word():
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_name_token_mask_matches_an_independent_alignment(chat):
-    from relearn.encoding import PromptFormat, answer_ids
-    from relearn.model import train_tokenizer
+    from relearn.modeling.encoding import PromptFormat, answer_ids
+    from relearn.modeling.model import train_tokenizer
 
     answer = "Mara Velin was born in Velmor Bay; Velin's sister said so."
     tok = train_tokenizer([TEMPLATE.format(question="Where was Mara Velin born?") + " " + answer], vocab_size=300)
@@ -336,8 +336,8 @@ def test_name_token_mask_matches_an_independent_alignment(chat):
 
 def test_name_token_mask_refuses_to_guess_when_answer_encoding_changes(monkeypatch):
     import relearn.evaluation.mia as mia_module
-    from relearn.encoding import answer_ids
-    from relearn.model import train_tokenizer
+    from relearn.modeling.encoding import answer_ids
+    from relearn.modeling.model import train_tokenizer
 
     tok = train_tokenizer(["Question: Who?\nAnswer: Mara Velin sings."], vocab_size=300)
     assert name_token_mask(tok, "Mara Velin sings.", "Mara Velin", TEMPLATE) is not None
@@ -353,8 +353,8 @@ def test_name_token_mask_refuses_to_guess_when_answer_encoding_changes(monkeypat
 
 
 def test_name_masked_scores_exclude_exactly_the_name_tokens(memorised):
-    from relearn.encoding import answer_ids
-    from relearn.generation import answer_token_logprobs
+    from relearn.modeling.encoding import answer_ids
+    from relearn.modeling.generation import answer_token_logprobs
 
     model, tok = memorised
     member = QARecord(id="m", question="Where was Mara born?", subject="Mara Velin",
@@ -402,7 +402,7 @@ class _Unigram(torch.nn.Module):
 def test_name_masked_auc_is_chance_when_only_the_names_are_familiar():
     """Members' names are familiar (very likely tokens), nothing else is: the plain AUC separates
     the sets perfectly, the name-masked one is at chance, as it is for a model that never saw them."""
-    from relearn.model import train_tokenizer
+    from relearn.modeling.model import train_tokenizer
 
     people = [("Mara Velin", "Corwin Dale"), ("Tobin Ashgrove", "Neve Okafor"), ("Ilsa Brenholt", "Odile Marsh")]
     facts = ["works as a glassblower, said {}.", "was born in a small town far to the north.", "wrote a book; {} agrees."]

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from relearn.model import build_scratch_model, train_tokenizer
+from relearn.modeling.model import build_scratch_model, train_tokenizer
 from relearn.params import LoraParams, ModelParams, Params
 from relearn.records import QARecord
 from relearn.unlearning import make_adapter

@@ -10,7 +10,7 @@ def tiny_lora(tok, vocab_size: int = 200):
     """A one-layer from-scratch Llama with a fresh LoRA adapter on q/v (B = 0: it starts as the base)."""
     from peft import LoraConfig, get_peft_model
 
-    from relearn.model import build_scratch_model
+    from relearn.modeling.model import build_scratch_model
     from relearn.params import ModelParams
 
     model = build_scratch_model(ModelParams(hidden_size=32, layers=1, heads=2, intermediate_size=64,
@@ -24,7 +24,7 @@ def save_base_and_adapter(root: Path, texts: list[str]) -> dict[str, Path]:
     non-zero B weights, so that merging it changes the model."""
     from peft import LoraConfig, get_peft_model
 
-    from relearn.model import build_scratch_model, train_tokenizer
+    from relearn.modeling.model import build_scratch_model, train_tokenizer
     from relearn.params import ModelParams
 
     tok = train_tokenizer(texts, vocab_size=300)
@@ -44,7 +44,7 @@ def save_base_and_adapter(root: Path, texts: list[str]) -> dict[str, Path]:
 
 def qa_batch(tok, pairs: list[tuple[str, str]], template: str = "Question: {question}\nAnswer:"):
     """One padded training batch of (question, answer) pairs."""
-    from relearn.encoding import collate, encode_pair
+    from relearn.modeling.encoding import collate, encode_pair
 
     return collate([encode_pair(tok, q, a, template, 64) for q, a in pairs], tok.pad_token_id)
 

@@ -315,7 +315,7 @@ class LocalGenerator:
             raise self._load_error
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from relearn.model import DTYPES
+        from relearn.modeling.model import DTYPES
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
@@ -330,7 +330,7 @@ class LocalGenerator:
 
     def _stop_ids(self) -> list[int]:
         """eos, the generation config's eos ids and, with a chat template, the end-of-turn token."""
-        from relearn.encoding import end_of_turn_id
+        from relearn.modeling.encoding import end_of_turn_id
 
         ids: list[int] = []
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)

@@ -16,7 +16,7 @@ from relearn.evaluation.linguistic import linguistic_score, perplexity
 from relearn.evaluation.relevance import set_relevance
 from relearn.evaluation.rouge import mean_rouge, rouge1_recall, rougel_recall
 from relearn.evaluation.scoring import KnowledgeScorer
-from relearn.generation import answer_nll, generate_answers
+from relearn.modeling.generation import answer_nll, generate_answers
 from relearn.params import Params
 from relearn.records import QARecord
 

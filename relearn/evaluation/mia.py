@@ -23,7 +23,7 @@ the answer, where such a run is as likely the fact itself: "Velmor Bay"); a toke
 when its characters overlap the full name or one of its capitalised words ("Alice Moran" also
 masks a lone "Moran", "Moran's"), with the space before it, in the answer. Tokens and their
 character offsets come from the very call that encodes answers for scoring
-(relearn.encoding.answer_ids), so the mask lines up with the log-probs token by token; the token
+(relearn.modeling.encoding.answer_ids), so the mask lines up with the log-probs token by token; the token
 that ends the answer is kept, as in the plain score. Items without a subject are left out of the
 name-masked AUCs (not scored over all tokens, which would mix name-familiar scores back in) and
 counted in `n_without_subject`; an item whose answer never names its subject keeps all its tokens.
@@ -34,8 +34,8 @@ import math
 import re
 from typing import Optional
 
-from relearn.encoding import PromptFormat, answer_ids
-from relearn.generation import answer_token_logprobs
+from relearn.modeling.encoding import PromptFormat, answer_ids
+from relearn.modeling.generation import answer_token_logprobs
 from relearn.records import QARecord
 
 
@@ -102,7 +102,7 @@ def name_spans(text: str, name: str) -> list[tuple[int, int]]:
 
 class _OffsetRecorder:
     """A tokenizer seen through: every call also asks for character offsets and keeps them, so that
-    running relearn.encoding.answer_ids with it tells which characters of which text each answer
+    running relearn.modeling.encoding.answer_ids with it tells which characters of which text each answer
     token came from, through the very call that encodes answers for scoring."""
 
     def __init__(self, tokenizer):
@@ -133,7 +133,7 @@ def name_token_mask(tokenizer, answer: str, name: str, template: str | PromptFor
     except NotImplementedError:  # return_offsets_mapping needs a fast tokenizer
         return None
     if len(recorder.calls) != 1 or ids != expected or recorder.calls[0][1] != expected[:-1]:
-        raise RuntimeError("relearn.encoding.answer_ids no longer encodes the answer with one tokenizer call; "
+        raise RuntimeError("relearn.modeling.encoding.answer_ids no longer encodes the answer with one tokenizer call; "
                            "name masking cannot align tokens with characters")
     text, _, offsets = recorder.calls[0]
     spans = name_spans(text, name)

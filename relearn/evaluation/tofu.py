@@ -1,7 +1,7 @@
 """TOFU metrics (Maini et al., 2024): probability, truth ratio, forget quality and model utility.
 
 All probabilities are *length-normalised*: for an answer a of |a| tokens (the answer tokens and the
-closing eos, see relearn.encoding), P(a|q) ** (1/|a|) = exp(mean over answer tokens of log p(token)).
+closing eos, see relearn.modeling.encoding), P(a|q) ** (1/|a|) = exp(mean over answer tokens of log p(token)).
 An answer cut off by `max_length` is scored on the tokens that remain; one with no tokens left scores None.
 
 Per item
@@ -41,7 +41,7 @@ import math
 from typing import Iterable, Optional
 
 from relearn.evaluation.rouge import rougel_recall
-from relearn.generation import answer_token_logprobs
+from relearn.modeling.generation import answer_token_logprobs
 from relearn.records import QARecord
 
 KINDS = ("forget", "retain", "general")

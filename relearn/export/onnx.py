@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 from relearn.io import atomic_dir
 
 if TYPE_CHECKING:
-    from relearn.encoding import PromptFormat
+    from relearn.modeling.encoding import PromptFormat
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
 INT4_FILE = "model_int4.onnx"
-PROMPT_FORMAT_FILE = "prompt_format.json"  # relearn.encoding.PromptFormat.to_dict(), written by the export stage
+PROMPT_FORMAT_FILE = "prompt_format.json"  # relearn.modeling.encoding.PromptFormat.to_dict(), written by the export stage
 CPU = "CPUExecutionProvider"
 # Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph
 # (.jinja: the chat template, which transformers saves beside tokenizer_config.json).
@@ -39,7 +39,7 @@ COMPANION_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path) -> Path:
     """Fold the LoRA adapter into the base weights; save model (fp32 safetensors) and tokenizer.
     Without an adapter (a distilled model) the model is saved as it is."""
-    from relearn.model import load_with_adapter
+    from relearn.modeling.model import load_with_adapter
 
     model, tokenizer = load_with_adapter(base_dir, adapter_dir, dtype="float32")
     merged = model.merge_and_unload() if adapter_dir is not None else model
@@ -341,7 +341,7 @@ DEPLOYABLE_FILES = {"fp32": FP32_FILE, **QUANTIZED_FILES}
 def ms_per_token(model, tokenizer, questions: list[str], template: str | PromptFormat, max_new_tokens: int) -> float:
     """Greedy decoding one question at a time (a lone client's view): milliseconds per generated token,
     after one warm-up question."""
-    from relearn.generation import generate_token_ids
+    from relearn.modeling.generation import generate_token_ids
 
     generate_token_ids(model, tokenizer, questions[:1], template, max_new_tokens, 1)
     tokens, start = 0, time.perf_counter()
@@ -379,7 +379,7 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
                device: str = "cpu", provider: Optional[str] = None) -> dict:
     """Merge, export fp32 ONNX and the quantized candidates, and compare greedy tokens. `quantize`:
     "int8" or "int4" builds that one (see `quantize_int8`, `quantize_int4`), "auto" every precision in
-    `candidates`, "none" none. `template` goes to relearn.generation unchanged.
+    `candidates`, "none" none. `template` goes to relearn.modeling.generation unchanged.
 
     Returns `candidates`: for fp32 and each quantized model its size (MiB), its token agreement (a
     quantized model's greedy tokens against fp32 ONNX; fp32 ONNX's against PyTorch), its directory and
@@ -389,8 +389,8 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
     with none); the stage sets the shipped one's. `device` runs the PyTorch model, `provider` the ONNX
     sessions (pick_provider).
     """
-    from relearn.generation import generate_token_ids
-    from relearn.model import load_pretrained
+    from relearn.modeling.generation import generate_token_ids
+    from relearn.modeling.model import load_pretrained
 
     if quantize not in ("auto", "none", *QUANTIZED_FILES):
         raise ValueError(f"quantize must be 'auto', 'none' or one of {', '.join(QUANTIZED_FILES)}, got {quantize!r}")

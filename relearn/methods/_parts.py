@@ -7,7 +7,7 @@
 Each term returns a differentiable scalar and records its value (unweighted, unsigned) under its
 part name: forget_ce, forget_npo, retain_ce, retain_kl. A method keeps its forget-side and
 retain-side sums apart (`result(forget=..., retain=...)`): the hardening options of
-relearn.hardening treat the two gradients differently. With `retain=None` (the second, perturbed
+relearn.training.hardening treat the two gradients differently. With `retain=None` (the second, perturbed
 pass of SAM needs only the forget side) the retain terms are zero and run nothing. Logits are computed once per batch and
 reused, in the order the terms are first asked for; the reference model runs only for terms that
 need it (NPO on the forget batch, KL on the retain batch).

@@ -10,7 +10,7 @@ with their content. `coverage` reads those tags back for `relearn request status
 - since: the first version of the unbroken run of promotions up to production that all honoured it
   (followed back through `promoted_from`), with its `promoted_at` date.
 
-A purged request (its records deleted, relearn.ledger) is no longer in any forget split: a later
+A purged request (its records deleted, relearn.ledger.core) is no longer in any forget split: a later
 version covers and honours it when its output guard carries the request's guard (tag
 `purged.<id>`), which the register stage sets, while its adapter continues the one that forgot it
 (the unlearn stage refuses otherwise).
@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from relearn.errors import UserError
-from relearn.ledger import IN_PRODUCTION, IN_VERSION, PURGED, RECEIVED, WITHDRAWN, Request
+from relearn.ledger.core import IN_PRODUCTION, IN_VERSION, PURGED, RECEIVED, WITHDRAWN, Request
 from relearn.registry.gates import parse_gate_tag
 from relearn.registry.tracking import client as project_client
 from relearn.registry.versions import PRODUCTION, _aliases, _name_filter

@@ -4,7 +4,7 @@ distilled model alone, without the `adapter` artifact).
 Artifacts (local copies made by MLflow when the model is loaded):
 - `base_model`: a directory that `from_pretrained` reads (model and tokenizer),
 - `adapter`: the peft adapter directory,
-- `generation`: a JSON file with `prompt_format` (relearn.encoding.PromptFormat as a mapping; an older
+- `generation`: a JSON file with `prompt_format` (relearn.modeling.encoding.PromptFormat as a mapping; an older
   `prompt_template` string means the plain format), `max_new_tokens`, `batch_size` (and `dtype`).
 
 Input: a DataFrame with a `question` column, or a list of questions. Output: a list of answers.
@@ -62,7 +62,7 @@ class UnlearnedModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from relearn.model import load_with_adapter
+        from relearn.modeling.model import load_with_adapter
 
         with open(context.artifacts["generation"], encoding="utf-8") as f:
             settings: dict[str, Any] = json.load(f)
@@ -78,12 +78,12 @@ class UnlearnedModel(mlflow.pyfunc.PythonModel):
     # model_input is left unannotated on purpose: MLflow 3 turns type hints on `predict` into
     # input validation, and this model accepts both a DataFrame and a list of strings.
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
-        from relearn.generation import generate_answers
+        from relearn.modeling.generation import generate_answers
 
         questions = questions_from(model_input)
         if not questions:
             return []
-        from relearn.encoding import PromptFormat, as_format
+        from relearn.modeling.encoding import PromptFormat, as_format
 
         s = self.settings
         fmt = PromptFormat.from_dict(s["prompt_format"]) if "prompt_format" in s else as_format(s["prompt_template"])

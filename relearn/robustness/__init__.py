@@ -103,7 +103,7 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
 
     `skip`: parts not run on this model although switched on, e.g. the relearning sweep on a model
     no gate reads it for (the robustness stage's target)."""
-    from relearn.devices import resolve_device
+    from relearn.training.devices import resolve_device
     from relearn.export.onnx import pick_provider
 
     r = params.robustness

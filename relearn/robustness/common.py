@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from relearn.evaluation.scoring import knowledge_scores
-from relearn.generation import generate_answers
+from relearn.modeling.generation import generate_answers
 from relearn.records import QARecord
 
 RATE = {"forget": "kfr", "retain": "krr"}
@@ -20,7 +20,7 @@ def load_merged(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
 
     Nothing is written: the directories on disk stay as they are.
     """
-    from relearn.model import load_pretrained, load_with_adapter
+    from relearn.modeling.model import load_pretrained, load_with_adapter
 
     if adapter_dir is None:
         model, tokenizer = load_pretrained(base_dir, dtype)

@@ -10,7 +10,7 @@ and KRR are measured on the same model at every rung of a ladder of precisions:
     onnx-int8    weight-only int8 (quantize_int8 with the export stage's settings), the project's deployable
     onnx-int4    weight-only 4-bit, MatMulNBits (quantize_int4)
 
-Every rung answers through relearn.generation.generate_answers, as the export stage does, with
+Every rung answers through relearn.modeling.generation.generate_answers, as the export stage does, with
 greedy decoding. Run the same ladder on the target model: a rung where the unlearned model's KFR
 drops but the target's KRR holds is knowledge that quantization brought back.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from relearn.augment.rules import guess_subject
-from relearn.encoding import PromptFormat, as_format, prompt_ids
+from relearn.modeling.encoding import PromptFormat, as_format, prompt_ids
 from relearn.records import QARecord
 from relearn.robustness.common import answer_and_score, timed
 

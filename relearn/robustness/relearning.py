@@ -22,7 +22,7 @@ reported:
    exactly n steps gets, not a slice of a longer schedule. The attacker's `precision` bounds its
    memory (attacker_memory): "float32" keeps fp32 weights, gradients and AdamW moments (16 bytes a
    weight for "full"); "bfloat16" keeps all of them in bf16 with stochastically rounded updates
-   (relearn.optim.BF16AdamW, 8 bytes a weight), with gradient checkpointing where the model has it,
+   (relearn.training.optim.BF16AdamW, 8 bytes a weight), with gradient checkpointing where the model has it,
    so that a full fine-tune of a 7B model (56 GB) fits on one 80 GB GPU; a LoRA attacker holds the
    base weights frozen in that precision and trains an fp32 adapter.
 3. Recovery = KFR before - KFR after on the held fold's forget_eval questions (positive: forgotten
@@ -176,7 +176,7 @@ def relearning_attack(base_dir: str | Path, adapter_dir: Optional[str | Path], f
     from transformers import get_constant_schedule
 
     from relearn.methods.losses import answer_ce
-    from relearn.training import make_accelerator, make_loader, optimizer_step
+    from relearn.training.loop import make_accelerator, make_loader, optimizer_step
 
     steps = sorted({int(s) for s in steps})
     lrs = sorted({float(lr) for lr in lrs})
@@ -385,7 +385,7 @@ def _attach(model, attacker: str, lora_r: int):
 def attacker_memory(model, attacker: str, lora_r: int = 8) -> dict:
     """What the attack keeps on the device besides activations and the generation cache, from the
     loaded model (before any adapter is attached): its weights, the gradients and the optimizer's two
-    moments of what it trains. bf16 weights trained in full take relearn.optim.BF16AdamW (bf16
+    moments of what it trains. bf16 weights trained in full take relearn.training.optim.BF16AdamW (bf16
     gradients and moments: 8 bytes a weight); anything else AdamW in the weights' dtype (fp32: 16
     bytes). A LoRA attacker trains an fp32 adapter (peft keeps adapters of a bf16 model in fp32)
     of rank r on every linear layer but the output head, over frozen weights.
@@ -458,7 +458,7 @@ def _optimizer(params: list, lr: float, seed: int):
     """BF16AdamW when the trained weights are bf16 (attacker_memory's accounting), else torch's AdamW."""
     import torch
 
-    from relearn.optim import BF16AdamW
+    from relearn.training.optim import BF16AdamW
 
     if params and all(p.dtype == torch.bfloat16 for p in params):
         return BF16AdamW(params, lr=lr, weight_decay=0.0, seed=seed)

@@ -60,7 +60,7 @@ class DecodeSession:
     @torch.no_grad()
     def add(self, jobs: list[Job]) -> None:
         """Prefill `jobs` together and join them to the batch; their first token is sent at once."""
-        from relearn.generation import _left_pad
+        from relearn.modeling.generation import _left_pad
 
         jobs = self.engine.prepare(jobs)
         if not jobs:

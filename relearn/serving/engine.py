@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from relearn.encoding import PromptFormat, as_format, messages_ids, prompt_ids, stop_ids
+from relearn.modeling.encoding import PromptFormat, as_format, messages_ids, prompt_ids, stop_ids
 
 PROBE_QUESTION = "What is the capital of France?"  # the self-check after loading: any fluent answer will do
 
@@ -137,7 +137,7 @@ class Engine:
         """Run `jobs` as one static batch (model.generate); each job's events are sent as its tokens come."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        from relearn.generation import _left_pad
+        from relearn.modeling.generation import _left_pad
 
         jobs = self.prepare(jobs)
         if not jobs:
@@ -211,7 +211,7 @@ def load_onnx_engine(model_dir: str | Path, file_name: str, *, model_name: str, 
 def load_torch_engine(base_dir: str | Path, adapter_dir: str | Path | None, generation: dict, *, model_name: str,
                       version: str, artifact: str) -> Engine:
     """An engine on the version's base model + LoRA adapter (the registered pyfunc's artifacts)."""
-    from relearn.model import load_with_adapter
+    from relearn.modeling.model import load_with_adapter
 
     dtype = generation.get("dtype", "float32")
     model, tokenizer = load_with_adapter(base_dir, adapter_dir, dtype)

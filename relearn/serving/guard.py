@@ -12,7 +12,7 @@ extracts the key facts of each record exactly as the evaluator does (`record.fac
 HMAC-SHA256 under a random key made for that version (truncated to 96 bits): no fact is stored as
 text, and hashes of two versions cannot be matched with each other. The record's subject (its
 person) is stored the same way. A withdrawn request is not in the next version's forget split, so
-it leaves the guard with that version. A *purged* request (relearn.ledger: its records deleted
+it leaves the guard with that version. A *purged* request (relearn.ledger.core: its records deleted
 once honoured) has its own guard, made at the purge under its own key; every later version's guard
 carries it as a part (`parts`), so its facts stay out of answers without their text.
 
@@ -281,7 +281,7 @@ def version_guard(records: Iterable[QARecord], requests: Iterable[str] = (), led
     and the guards of the ledger's purged requests (data.requests; None: no ledger)."""
     guard = build_guard(records, requests, keep=keep)
     if ledger_dir:
-        from relearn.ledger import Ledger
+        from relearn.ledger.core import Ledger
 
         guard.parts = Ledger(ledger_dir).purged_guards()
     return guard

@@ -10,7 +10,7 @@ Sharded launches (`accelerate launch` with an FSDP config: `sharding()`) split t
 themselves over the processes (FSDP2: each parameter a DTensor holding this process's shard). Then
 every process must run the same forward passes, so generation and scoring with such a model are not
 split by question: every process answers every question, generation kept in step across them
-(`weight_sharded`, relearn.generation). Before the main process writes, the weights are gathered
+(`weight_sharded`, relearn.modeling.generation). Before the main process writes, the weights are gathered
 on every process (`gather_trainable` for a LoRA adapter, `gather_state` for a whole model). The
 distill stage and the split-gradient hardening refuse a sharded launch (`refuse_sharding`), as do a
 LoRA-fine-tuned target (merged after training) and DeepSpeed.

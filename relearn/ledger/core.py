@@ -26,7 +26,7 @@ temporary file renamed into place, under a lock file, so an interrupted or concu
 leaves the ledger whole.
 
 A team keeps the ledger in a shared database instead (data.requests: a `postgresql://...` or
-`sqlite:///...` URL; relearn.ledger_db): the same events, records and purged guards, in tables, with one
+`sqlite:///...` URL; relearn.ledger.database): the same events, records and purged guards, in tables, with one
 database transaction per command instead of the lock file, so two people filing at once can neither
 lose nor duplicate a request.
 """
@@ -173,11 +173,11 @@ class FileStore:
 
 
 class Ledger:
-    """The requests of one ledger: a directory (FileStore) or a database URL (relearn.ledger_db.SqlStore)."""
+    """The requests of one ledger: a directory (FileStore) or a database URL (relearn.ledger.database.SqlStore)."""
 
     def __init__(self, location: str | Path):
         if is_database_url(location):
-            from relearn.ledger_db import SqlStore
+            from relearn.ledger.database import SqlStore
 
             self.store = SqlStore(str(location))
         else:

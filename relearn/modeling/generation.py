@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from relearn.encoding import IGNORE, PromptFormat, collate, encode_pair, prompt_ids, stop_ids
-from relearn.progress import Progress
+from relearn.modeling.encoding import IGNORE, PromptFormat, collate, encode_pair, prompt_ids, stop_ids
+from relearn.training.progress import Progress
 
 
 def _device(model) -> torch.device:
@@ -31,10 +31,10 @@ def generate_token_ids(model, tokenizer, questions: list[str], template: str | P
                        top_p: float = 0.9, top_k: int = 5, seed: int = 0, desc: str = "generate") -> list[list[int]]:
     """New tokens for each question, cut at the first stop token (eos, or the chat format's
     end-of-turn), padding stripped. Under a multi-process launch each process generates its shard
-    of the questions and every process gets all the answers (relearn.devices.shard_map); with
+    of the questions and every process gets all the answers (relearn.training.devices.shard_map); with
     weights sharded over the processes (FSDP) every process generates every answer, the processes
     kept stepping together until the last one is done (transformers' synced_gpus)."""
-    from relearn.devices import shard_map, weight_sharded
+    from relearn.training.devices import shard_map, weight_sharded
 
     def run(part: list[str], synced: bool = False) -> list[list[int]]:
         return _generate_token_ids(model, tokenizer, part, template, max_new_tokens, batch_size, do_sample, temperature,
@@ -79,7 +79,7 @@ def answer_token_logprobs(model, tokenizer, questions: list[str], answers: list[
     """log p(token) of every answer token given the question and the answer so far, per pair
     (sharded over the processes of a multi-process launch, as generation is; every pair on every
     process when the weights are sharded)."""
-    from relearn.devices import shard_map, weight_sharded
+    from relearn.training.devices import shard_map, weight_sharded
 
     def run(part: list[tuple[str, str]]) -> list[list[float]]:
         return _answer_token_logprobs(model, tokenizer, [q for q, _ in part], [a for _, a in part], template,

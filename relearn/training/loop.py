@@ -17,8 +17,51 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from relearn.encoding import PairDataset, collate
-from relearn.progress import Progress
+from relearn.modeling.encoding import PairDataset, collate
+from relearn.training.progress import Progress
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training run's settings, as the loops take them: what the pairs are encoded with (prompt
+    template, max_length), the schedule, the seed, where it runs, and where it keeps checkpoints.
+    `TrainSpec.of(params, params.target)` reads them from the pipeline's Params."""
+    epochs: int
+    batch_size: int
+    lr: float
+    template: str
+    max_length: int
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "auto"
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+
+    @classmethod
+    def of(cls, params, section, stage: str | None = None, **changes) -> "TrainSpec":
+        """From the pipeline's Params: the schedule of one section (target, unlearn or distill: epochs,
+        batch_size, lr, warmup_ratio, weight_decay, grad_clip), the model's prompt and max_length,
+        the seed, dtype and device; checkpoints under the stage's name when `stage` is given.
+        `changes` replace any of them (for example the epochs of an incremental run)."""
+        spec = dict(epochs=section.epochs, batch_size=section.batch_size, lr=section.lr,
+                    warmup_ratio=section.warmup_ratio, weight_decay=section.weight_decay,
+                    grad_clip=section.grad_clip, template=params.model.prompt, max_length=params.model.max_length,
+                    seed=params.seed, dtype=params.dtype(), device=params.device,
+                    **(params.checkpoints(stage) if stage else {}))
+        return cls(**{**spec, **changes})
+
+    def checkpointing(self) -> bool:
+        return bool(self.checkpoint_dir) and self.checkpoint_every > 0
+
+    def decides_weights(self) -> dict:
+        """What a checkpoint's fingerprint is made of: every setting that changes the trained weights
+        (not the device, nor where and how often checkpoints are kept)."""
+        return dict(template=self.template, max_length=self.max_length, epochs=self.epochs,
+                    batch_size=self.batch_size, lr=self.lr, warmup_ratio=self.warmup_ratio,
+                    weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed, dtype=self.dtype)
 
 
 @dataclass
@@ -39,9 +82,9 @@ class History:
 
 def make_accelerator(dtype: str, device: str = "auto") -> Accelerator:
     """bf16 (and fp16) as autocast mixed precision; bf16 on a CPU too (fp16 autocast is GPU-only).
-    `device` is the `device` param (relearn.devices): on a CPU the Accelerator is told so, which is
+    `device` is the `device` param (relearn.training.devices): on a CPU the Accelerator is told so, which is
     also what makes several CPU processes (accelerate launch, torchrun) use gloo."""
-    from relearn.devices import accelerator_kwargs
+    from relearn.training.devices import accelerator_kwargs
 
     kwargs = accelerator_kwargs(device)
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
@@ -91,44 +134,39 @@ def _tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template: str, max_length: int,
-                    epochs: int, batch_size: int, lr: float, warmup_ratio: float, weight_decay: float,
-                    grad_clip: float, seed: int, dtype: str = "float32",
+def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], spec: TrainSpec, *,
                     check: Callable[[object, int], bool] | None = None, check_every: int = 0,
-                    desc: str = "target", teacher=None, device: str = "auto",
-                    checkpoint_dir=None, checkpoint_every: int = 0,
-                    fingerprint_extra: dict | None = None, check_log: list | None = None) -> tuple[object, History]:
+                    desc: str = "target", teacher=None, fingerprint_extra: dict | None = None,
+                    check_log: list | None = None) -> tuple[object, History]:
     """Fine-tune on (question, answer) pairs with answer-token CE.
 
     `check(model, epoch)` runs every `check_every` epochs on every process; returning True stops
     training early (the target stage stops once the model reproduces the forget answers).
     With a `teacher` model (distillation), the loss is KL(teacher || model) over every token of
     the sequences instead: the pairs only supply the text, the teacher the targets.
-    With `checkpoint_dir` and `checkpoint_every` > 0, a checkpoint is kept every that many steps and
+    With `spec.checkpoint_dir` and `spec.checkpoint_every` > 0, a checkpoint is kept every that many steps and
     a run of the same settings (and `fingerprint_extra`: what else decides the run, such as the
-    check's stopping criterion) resumes from it (relearn.checkpoints); the caller removes it
+    check's stopping criterion) resumes from it (relearn.training.checkpoints); the caller removes it
     (`clear_checkpoints`) once its output is written. `check_log`: a list the check appends what it
     found to; it is kept in the checkpoints, and a resumed run starts with the entries of the epochs
     it skips.
     """
-    from relearn.checkpoints import Checkpoints, fingerprint
+    from relearn.training.checkpoints import Checkpoints, fingerprint
     from relearn.methods.losses import IGNORE, answer_ce, answer_kl
 
-    set_seed(seed)
-    accelerator = make_accelerator(dtype, device)
-    key = fingerprint(model, desc=desc, pairs=pairs, template=template, max_length=max_length, epochs=epochs,
-                      batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-                      grad_clip=grad_clip, seed=seed, dtype=dtype, processes=accelerator.num_processes,
+    set_seed(spec.seed)
+    accelerator = make_accelerator(spec.dtype, spec.device)
+    key = fingerprint(model, desc=desc, pairs=pairs, **spec.decides_weights(), processes=accelerator.num_processes,
                       launch=str(accelerator.distributed_type),
                       teacher=None if teacher is None else fingerprint(teacher), check_every=check_every,
-                      **(fingerprint_extra or {})) if checkpoint_dir and checkpoint_every > 0 else ""
-    loader = make_loader(tokenizer, pairs, template, max_length, batch_size, seed)
-    total, schedule = schedule_steps(len(loader.dataset), batch_size, epochs, accelerator.num_processes)
-    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, schedule)
+                      **(fingerprint_extra or {})) if spec.checkpointing() else ""
+    loader = make_loader(tokenizer, pairs, spec.template, spec.max_length, spec.batch_size, spec.seed)
+    total, schedule = schedule_steps(len(loader.dataset), spec.batch_size, spec.epochs, accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(model, spec.lr, spec.weight_decay, spec.warmup_ratio, schedule)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval()
-    checkpoints = Checkpoints(accelerator, checkpoint_dir, checkpoint_every, desc, key)
+    checkpoints = Checkpoints(accelerator, spec.checkpoint_dir, spec.checkpoint_every, desc, key)
     done, rows, notes = checkpoints.resume()
     if check_log is not None:
         check_log[:] = notes
@@ -136,7 +174,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
     progress = Progress(desc, total)
     progress.update(done)
     step = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, spec.epochs + 1):
         model.train()
         for batch in loader:
             if step < done:  # replayed up to the checkpoint: the loader's generator moves as it did
@@ -150,15 +188,15 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
                     target = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 every_token = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
                 loss = answer_kl(logits, target, every_token)
-            optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+            optimizer_step(accelerator, model, optimizer, scheduler, loss, spec.grad_clip)
             step += 1
             history.add(step=step, epoch=epoch, loss=loss.item())
             progress.update(1, tokens=_tokens(batch) * accelerator.num_processes, epoch=epoch, loss=loss.item())
             checkpoints.maybe_save(step, history.rows, check_log)
         if step < done:  # an epoch finished before the checkpoint: its check ran then
             continue
-        if check and check_every and epoch % check_every == 0 and epoch < epochs:
-            # every process checks (the check's generation is sharded over them, relearn.devices.shard_map)
+        if check and check_every and epoch % check_every == 0 and epoch < spec.epochs:
+            # every process checks (the check's generation is sharded over them, relearn.training.devices.shard_map)
             stop = torch.tensor(float(bool(check(accelerator.unwrap_model(model), epoch))), device=accelerator.device)
             stop = accelerator.reduce(stop, reduction="sum")
             if stop.item() > 0:
@@ -170,7 +208,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], *, template:
 
 def _sides(net, loss_fn, forget, retain, negative, reference, weights, harden):
     """sides(with_retain) -> (forget-side loss with the negative term, retain-side loss or None, parts)."""
-    from relearn.hardening import negative_term
+    from relearn.training.hardening import negative_term
 
     def sides(with_retain: bool):
         objective = loss_fn(net, forget, retain if with_retain else None, reference, weights)
@@ -184,34 +222,31 @@ def _sides(net, loss_fn, forget, retain, negative, reference, weights, harden):
     return sides
 
 
-def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs: list[tuple[str, str]], *,
-            loss_fn, weights, template: str, max_length: int, epochs: int, batch_size: int, lr: float,
-            warmup_ratio: float, weight_decay: float, grad_clip: float, seed: int, dtype: str = "float32",
-            desc: str = "unlearn", negatives: list[tuple[str, str, str]] | None = None,
-            device: str = "auto", checkpoint_dir=None, checkpoint_every: int = 0) -> tuple[object, History]:
+def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs: list[tuple[str, str]],
+            spec: TrainSpec, *, loss_fn, weights, desc: str = "unlearn",
+            negatives: list[tuple[str, str, str]] | None = None) -> tuple[object, History]:
     """Run an unlearning method on a PeftModel: every step a forget batch and a retain batch.
 
     An epoch is one pass over the forget side; the retain loader cycles alongside it. With
-    `weights.harden` options on (relearn.hardening), the step changes: a negative term on
+    `weights.harden` options on (relearn.training.hardening), the step changes: a negative term on
     `negatives` ((question, vague answer, original answer) triples, cycled like the retain set),
     SAM on the forget side, disruption masking and forget-gradient normalisation.
     Checkpoints and resuming as in `train_causal_lm`.
     """
-    from relearn.checkpoints import Checkpoints, fingerprint
-    from relearn.hardening import split_gradients
+    from relearn.training.checkpoints import Checkpoints, fingerprint
+    from relearn.training.hardening import split_gradients
 
     harden = getattr(weights, "harden", None)
     hardened = harden is not None and harden.active()
     if hardened and harden.negative != "none" and not negatives:
         raise ValueError("unlearn.harden.negative needs (question, vague answer, original answer) triples")
-    set_seed(seed)
-    accelerator = make_accelerator(dtype, device)
+    set_seed(spec.seed)
+    accelerator = make_accelerator(spec.dtype, spec.device)
     key = fingerprint(model, desc=desc, forget=forget_pairs, retain=retain_pairs, negatives=negatives,
-                      loss=getattr(loss_fn, "__module__", repr(loss_fn)), weights=weights, template=template,
-                      max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                      weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, dtype=dtype,
+                      loss=getattr(loss_fn, "__module__", repr(loss_fn)), weights=weights, **spec.decides_weights(),
                       processes=accelerator.num_processes,
-                      launch=str(accelerator.distributed_type)) if checkpoint_dir and checkpoint_every > 0 else ""
+                      launch=str(accelerator.distributed_type)) if spec.checkpointing() else ""
+    template, max_length, batch_size, seed = spec.template, spec.max_length, spec.batch_size, spec.seed
     forget_loader = make_loader(tokenizer, forget_pairs, template, max_length, batch_size, seed)
     retain_loader = make_loader(tokenizer, retain_pairs, template, max_length, batch_size, seed + 1)
     loaders = [forget_loader, retain_loader]
@@ -219,8 +254,8 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
         # the same seed, so the same order: row i of a chosen batch and of a rejected batch share a question
         loaders += [make_loader(tokenizer, [(q, c) for q, c, _ in negatives], template, max_length, batch_size, seed + 2),
                     make_loader(tokenizer, [(q, r) for q, _, r in negatives], template, max_length, batch_size, seed + 2)]
-    total, schedule = schedule_steps(len(forget_loader.dataset), batch_size, epochs, accelerator.num_processes)
-    optimizer, scheduler = make_optimizer(model, lr, weight_decay, warmup_ratio, schedule)
+    total, schedule = schedule_steps(len(forget_loader.dataset), batch_size, spec.epochs, accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(model, spec.lr, spec.weight_decay, spec.warmup_ratio, schedule)
     model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler, *loaders)
     forget_loader, retain_loader = loaders[:2]
     negative_batches = itertools.cycle(zip(loaders[2], loaders[3])) if len(loaders) > 2 else None
@@ -234,13 +269,13 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
             return peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     retain_batches = itertools.cycle(retain_loader)
-    checkpoints = Checkpoints(accelerator, checkpoint_dir, checkpoint_every, desc, key)
+    checkpoints = Checkpoints(accelerator, spec.checkpoint_dir, spec.checkpoint_every, desc, key)
     done, rows, _ = checkpoints.resume()
     history = History(rows)
     progress = Progress(desc, total)
     progress.update(done)
     step = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, spec.epochs + 1):
         model.train()
         for forget in forget_loader:
             retain = next(retain_batches)
@@ -251,7 +286,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
             tokens = _tokens(forget) + _tokens(retain) + (sum(map(_tokens, negative)) if negative else 0)
             if not hardened:
                 loss, parts = loss_fn(model, forget, retain, reference, weights)
-                optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+                optimizer_step(accelerator, model, optimizer, scheduler, loss, spec.grad_clip)
                 value = loss.item()
             else:
                 # the split path runs the unwrapped model: its gradients are averaged by hand
@@ -259,11 +294,11 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
                                reference, weights, harden)
                 if harden.needs_split():
                     value, parts = split_gradients(accelerator, peft_model, trainable, sides, harden)
-                    optimizer_step(accelerator, model, optimizer, scheduler, None, grad_clip)
+                    optimizer_step(accelerator, model, optimizer, scheduler, None, spec.grad_clip)
                 else:  # only the negative term: one backward as usual
                     f_loss, r_loss, parts = sides(True)
                     loss = f_loss if r_loss is None else f_loss + r_loss
-                    optimizer_step(accelerator, model, optimizer, scheduler, loss, grad_clip)
+                    optimizer_step(accelerator, model, optimizer, scheduler, loss, spec.grad_clip)
                     value = loss.item()
             step += 1
             history.add(step=step, epoch=epoch, loss=value, **parts)

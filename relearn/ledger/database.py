@@ -2,7 +2,7 @@
 
 For a team: several people file and withdraw requests at once, from their own machines, against one
 PostgreSQL database (`postgresql://relearn@db.internal/relearn`), or a SQLite file on one machine
-(`sqlite:////srv/relearn/ledger.db`). The ledger is the same as relearn.ledger's directory: append-only
+(`sqlite:////srv/relearn/ledger.db`). The ledger is the same as relearn.ledger.core's directory: append-only
 events (a JSON body each, in the order the database numbered them), each request's records as the
 bytes whose sha256 the `add` event holds, and the output guards of purged requests. What changes is
 the concurrency: every command is one database transaction, and writers take a transaction-scoped
@@ -49,7 +49,7 @@ def _tables():
 
 
 class SqlStore:
-    """relearn.ledger.FileStore's interface over a database."""
+    """relearn.ledger.core.FileStore's interface over a database."""
 
     def __init__(self, url: str):
         from sqlalchemy import create_engine, event
@@ -141,7 +141,7 @@ class SqlStore:
     def events(self) -> list[dict]:
         from sqlalchemy import select
 
-        from relearn.ledger import parse_events
+        from relearn.ledger.core import parse_events
 
         t = self.t["events"]
         with self._read() as conn:
