@@ -1,5 +1,6 @@
 """DVC stage `evaluate`: KFR, KRR, LS, ROUGE, TOFU metrics, membership inference and the seesaw for
-the target, the retain-only control and the unlearned model."""
+the unlearned model, beside the target's and the retain-only control's (the evaluate_references
+stage's), with the 95% intervals of all three and of the differences between them."""
 from relearn.data.splits import read_splits
 from relearn.training.devices import finish, init_processes, is_main_process
 from relearn.data.validate import load_validated
@@ -21,17 +22,15 @@ def main() -> None:
     # generation and scoring run where the model is; under accelerate launch / torchrun every process
     # takes its own device and a shard of every question set (relearn.training.devices.shard_map)
     device = init_processes(p.device)
-    target, tokenizer = load_pretrained("models/target", p.dtype(), device)
-    # LS's reference LM (evaluate.ppl_model): the pretrained base, or the target itself
-    reference = load_pretrained("models/base", p.dtype(), device)[0] if p.ppl_model() == "base" else target
-    models = {"target": lambda: target,
-              "control": lambda: load_pretrained("models/control", p.dtype(), device)[0],
-              "unlearned": lambda: load_with_adapter(*unlearned_model(p), p.dtype(), device)[0]}  # or the distilled one
-    metrics, items = {}, {}
-    for name, load in models.items():
-        # PPL is measured under one reference model for all three
-        metrics[name], items[name] = model_evidence(load(), tokenizer, splits, variants, reference, tokenizer, p)
-        m = metrics[name]
+    # the target and the control, as the evaluate_references stage measured them
+    metrics = read_json("reports/references/evaluation.json")
+    items = read_json("reports/references/answers.json")
+    model, tokenizer = load_with_adapter(*unlearned_model(p), p.dtype(), device)  # or the distilled one
+    # LS's reference LM (evaluate.ppl_model): the pretrained base, or the target itself; PPL is
+    # measured under the same one for all three
+    reference = load_pretrained("models/base" if p.ppl_model() == "base" else "models/target", p.dtype(), device)[0]
+    metrics["unlearned"], items["unlearned"] = model_evidence(model, tokenizer, splits, variants, reference, tokenizer, p)
+    for name, m in metrics.items():
         print(f"[evaluate] {name}: KFR {m['kfr']:.3f}  KRR {m['krr']:.3f}  LS {m['ls']:.3f}  "
               f"MIA LOSS AUC {m['mia']['loss_auc']}", flush=True)
     add_forget_quality(metrics, items)

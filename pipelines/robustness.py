@@ -1,7 +1,8 @@
 """DVC stage `robustness`: is the knowledge gone or only hidden? The precision ladder (torch fp32/bf16,
-ONNX fp32/int8/int4) and paraphrased, misspelt and jailbreak questions on the target, the
-retain-only control and the unlearned model; the relearning attack's sweep on the control and the
-unlearned model only (no gate reads the target's, and the sweep is the stage's costliest part).
+ONNX fp32/int8/int4), paraphrased, misspelt and jailbreak questions and the relearning attack's
+sweep on the unlearned model (its probes through the output guard as well), beside the target's and
+the retain-only control's (the robustness_references stage's; the control's attack is what the
+relearning excess is read against).
 
 reports/robustness.json holds each model's aggregates and the `summary` the gates read;
 reports/robustness_items.json the per-item results (forget-set text: stays local).
@@ -13,7 +14,7 @@ from relearn.data.splits import read_splits
 from relearn.evaluation.intervals import robustness_intervals
 from relearn.errors import main_guard
 from relearn.evidence import robustness_summary
-from relearn.io import write_json
+from relearn.io import read_json, write_json
 from relearn.params import load_params
 from relearn.robustness import probe_with_params
 from relearn.serving.guard import version_guard
@@ -26,17 +27,13 @@ def main() -> None:
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval"))
     # the output guard the register stage attaches (same facts; its own key): probes through it too
     guard = version_guard(splits["forget"] + splits["forget_eval"], ledger_dir=p.data.requests, keep=splits["retain"])
-    models = {"target": ("models/target", None), "control": ("models/control", None),
-              "unlearned": unlearned_model(p)}  # target + adapter, or the distilled model
-    report, items = {}, {}
-    work = Path(".cache/robustness")  # the ladder's merged and ONNX copies, one model at a time, removed after
+    report = read_json("reports/references/robustness.json")  # the target and the control
+    items = read_json("reports/references/robustness_items.json")
+    work = Path(".cache/robustness")  # the ladder's merged and ONNX copies, removed after
     try:
-        for name, (base, adapter) in models.items():
-            skip = ("relearning",) if name == "target" else ()
-            report[name], items[name] = probe_with_params(p, base, adapter, splits, work / name, skip=skip,
-                                                          guard=guard if name == "unlearned" else None)
-            shutil.rmtree(work / name, ignore_errors=True)
-            print(f"[robustness] {name}: {report[name]['seconds']['total']:.0f} s", flush=True)
+        base, adapter = unlearned_model(p)  # target + adapter, or the distilled model
+        report["unlearned"], items["unlearned"] = probe_with_params(p, base, adapter, splits, work, guard=guard)
+        print(f"[robustness] unlearned: {report['unlearned']['seconds']['total']:.0f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["summary"] = robustness_summary(report)

@@ -451,6 +451,11 @@ def test_the_readmes_next_commands_work_as_written(project):
             assert len(done.stderr.strip().splitlines()) == 1, done.stderr
             continue
         assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        ran = [line for line in done.stdout.splitlines() if line.startswith("Running stage")]
         if command == "dvc repro":
-            ran = [line for line in done.stdout.splitlines() if line.startswith("Running stage")]
             assert ran == ["Running stage 'inputs':"], done.stdout
+        if command.startswith("dvc exp run -S unlearn."):
+            # an experiment on the unlearning settings: the target's and the control's evaluation and
+            # probes are kept (their own stages), only the new unlearned model is measured
+            assert "Running stage 'unlearn':" in ran and "Running stage 'evaluate':" in ran, done.stdout
+            assert not [line for line in ran if "references" in line or "'control'" in line], done.stdout
