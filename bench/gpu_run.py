@@ -117,7 +117,9 @@ GPU = {"device": "cuda", "checkpoint_every": 0,
        "data": {"source": "knowundo", "forget_subjects": 0, "retain_subjects": 0},
        "model": {"dtype": "bfloat16"},
        "augment": {"backend": "rules"},
-       "evaluate": {"batch_size": 256},
+       # every record in the recall checks and every forget variant scored (the CPU profile samples them)
+       "target": {"recall_items": 0},
+       "evaluate": {"batch_size": 256, "variant_items": 0},
        # the schema's full relearning grid (the CPU profile cuts it to fit 2 cores)
        "robustness": {"relearn_lrs": [1e-5, 3e-5, 1e-4], "relearn_steps": [10, 50, 100], "relearn_folds": 2}}
 # --smoke: tests/test_pipeline.py's micro configuration on the schema defaults, with the GPU run's robustness
