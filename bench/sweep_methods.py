@@ -14,8 +14,10 @@ kept as DIR/reports/sweep/<method>-lr<lr>-e<epochs>.json; a rerun skips the poin
 DIR/params.yaml is put back as it was at the end (also after a failure or Ctrl-C).
 
 Prints one row per point and ReLearn's own row (reports/evaluation.json), and for each method the
-point whose KFR is nearest ReLearn's and whether that KFR lies in ReLearn's interval; writes the rows
-as JSON and plots KRR and LS against KFR (one line per method, ReLearn as a point with its intervals).
+point whose KFR is nearest ReLearn's, whether that KFR lies in ReLearn's interval, and that point
+tested against ReLearn on the same items (McNemar on the KFR and KRR verdicts, a paired bootstrap of
+LS, as `relearn compare` does); writes the rows as JSON and plots KRR and LS against KFR (one line
+per method, ReLearn as a point with its intervals).
 """
 from __future__ import annotations
 
@@ -79,6 +81,20 @@ def nearest(rows: list[dict], reference: dict) -> dict[str, dict]:
         out[method] = {"point": best["name"], "kfr": best["kfr"], "krr": best["krr"], "ls": best.get("ls"),
                        "kfr_in_relearn_interval": low is not None and low <= best["kfr"] <= high}
     return out
+
+
+def matched_tests(workdir: Path, matched: dict[str, dict], params: dict) -> list[dict]:
+    """Each method's point nearest ReLearn's KFR against ReLearn, item by item (relearn.comparison.paired_tests)."""
+    from relearn.comparison import paired_tests
+    from relearn.evaluation.intervals import compact_items
+
+    answers = json.loads((workdir / "reports" / "answers.json").read_text())
+    results = {"relearn": {"per_item": compact_items(answers["unlearned"])}}
+    for method, m in matched.items():
+        results[method] = json.loads((workdir / "reports" / "sweep" / f"{m['point']}.json").read_text())
+    evaluate = params.get("evaluate", {})
+    return paired_tests(results, "relearn", evaluate.get("ppl_aggregate", "mean"), params.get("seed", 0),
+                        evaluate.get("bootstrap_resamples", 1000))
 
 
 def table(rows: list[dict]) -> str:
@@ -171,7 +187,11 @@ def main() -> None:
         verdict = "within" if m["kfr_in_relearn_interval"] else "outside"
         print(f"{method}: nearest ReLearn's KFR is {m['point']} (KFR {m['kfr']:.3f}, {verdict} ReLearn's interval): "
               f"KRR {m['krr']:.3f} against ReLearn's {relearn['krr']:.3f}")
-    write_atomic(args.json_out, json.dumps({"relearn": relearn, "points": rows, "nearest": matched}, indent=1))
+    tests = matched_tests(workdir, matched, original)
+    for test in tests:
+        print(test["summary"].replace(f"{test['method']} vs", f"{matched[test['method']]['point']} vs"))
+    write_atomic(args.json_out, json.dumps({"relearn": relearn, "points": rows, "nearest": matched,
+                                            "paired_tests": tests}, indent=1))
     plot(rows, relearn, args.plot)
     print(f"rows written to {args.json_out}, plot to {args.plot}")
 

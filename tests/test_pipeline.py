@@ -292,6 +292,10 @@ def test_sweep_bench_runs_the_compare_stage_per_point_and_puts_the_params_back(p
         assert points["ga-lr0.01-e1"]["kfr"] >= points["ga-lr0.0001-e1"]["kfr"]
         assert result["relearn"]["kfr"] == json.loads((work / "reports" / "evaluation.json").read_text())["unlearned"]["kfr"]
         assert result["nearest"]["ga"]["point"] in points and png.stat().st_size > 1000
+        # the matched point tested against ReLearn on the same items
+        [test] = result["paired_tests"]
+        assert test["method"] == "ga" and test["kfr"]["n"] == points["ga-lr0.01-e1"]["kfr_n"]
+        assert "vs relearn: KFR" in first
         assert "| relearn (the pipeline's) |" in first
         # a rerun takes the kept points instead of training again
         assert "[sweep] ga-lr0.01-e1 ..." not in run(cmd, work, env).stdout
