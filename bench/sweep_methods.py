@@ -42,8 +42,8 @@ def row_of(name: str, metrics: dict, **extra) -> dict:
     ci = metrics.get("ci") or {}
     row = {"name": name, **extra}
     for key in ("kfr", "krr", "ls", "ls_ratio"):
-        if key in metrics:
-            row[key] = metrics[key]
+        if key in metrics or "value" in ci.get(key, {}):  # ls_ratio: the interval's value
+            row[key] = metrics.get(key, ci.get(key, {}).get("value"))
         if key in ci:
             row[f"{key}_ci"] = [ci[key].get("low"), ci[key].get("high")]
             row[f"{key}_n"] = ci[key].get("n")
