@@ -3,6 +3,7 @@ paper's comparison at equal forgetting: does ReLearn keep more KRR and LS at the
 
     python bench/sweep_methods.py --workdir DIR --method ga npo gd --lr 3e-4 1e-3 3e-3 [--epochs 1 2]
                                   [--json sweep.json] [--plot sweep.png]
+    python bench/sweep_methods.py --workdir DIR --kept     # the table and plot of every point kept so far
 
 DIR is a DVC project of this repository that has run `dvc repro` through the evaluate and robustness
 stages on the settings to compare (this project, or the copy `bench/compare_methods.py --profile ...
@@ -144,7 +145,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True, type=Path)
     ap.add_argument("--method", nargs="+", default=["ga", "npo", "gd"])
-    ap.add_argument("--lr", nargs="+", type=float, required=True)
+    ap.add_argument("--lr", nargs="+", type=float, default=[])
+    ap.add_argument("--kept", action="store_true", help="train nothing: every point already under reports/sweep")
     ap.add_argument("--epochs", nargs="+", type=int, default=None, help="default: the project's unlearn.epochs")
     ap.add_argument("--json", dest="json_out", type=Path, default=Path("sweep_methods.json"))
     ap.add_argument("--plot", type=Path, default=Path("sweep_methods.png"))
@@ -161,10 +163,18 @@ def main() -> None:
     env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     keep = workdir / "reports" / "sweep"
     keep.mkdir(parents=True, exist_ok=True)
+    if not args.kept and not args.lr:
+        sys.exit("--lr: at least one learning rate (or --kept for the points already swept)")
 
     rows = []
+    if args.kept:
+        for path in sorted(keep.glob("*.json"), key=lambda f: f.stem):
+            result = json.loads(path.read_text())
+            sweep = result["sweep"]
+            rows.append(row_of(path.stem, result["metrics"], method=sweep["method"], lr=sweep["lr"],
+                               epochs=sweep["epochs"], seconds=sweep["seconds"]))
     try:
-        for method in args.method:
+        for method in args.method if not args.kept else []:
             for lr in args.lr:
                 for n in epochs:
                     name = point_name(method, lr, n)

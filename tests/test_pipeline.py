@@ -297,8 +297,12 @@ def test_sweep_bench_runs_the_compare_stage_per_point_and_puts_the_params_back(p
         assert test["method"] == "ga" and test["kfr"]["n"] == points["ga-lr0.01-e1"]["kfr_n"]
         assert "vs relearn: KFR" in first
         assert "| relearn (the pipeline's) |" in first
-        # a rerun takes the kept points instead of training again
+        # a rerun takes the kept points instead of training again, and --kept tabulates them all
         assert "[sweep] ga-lr0.01-e1 ..." not in run(cmd, work, env).stdout
+        kept = [sys.executable, str(ROOT / "bench" / "sweep_methods.py"), "--workdir", str(work), "--kept",
+                "--json", str(out), "--plot", str(png)]
+        assert "[sweep]" not in run(kept, work, env).stdout
+        assert {p["name"] for p in json.loads(out.read_text())["points"]} == set(points)
     finally:
         (work / "params.yaml").write_text(params_before)
         (work / "dvc.lock").write_text(lock_before)
@@ -361,9 +365,11 @@ def test_hardened_and_distilled_model_flows_through_every_stage_and_release_deci
     and is advisory under 'api'."""
     work, env = project
     params = yaml.safe_load((work / "params.yaml").read_text())
-    # (not mask: compare.methods has npo, which has no retain term to agree with)
     params["unlearn"]["harden"] = {**params["unlearn"]["harden"], "negative": "dpo", "normalise": True, "sam_rho": 0.05}
     params["distill"] = {**params["distill"], "enabled": True, "epochs": 1, "alpha": 0.5}
+    # the compare stages are test_compare_stage_and_report's; here (and in the README's experiment
+    # after it) they would only retrain and probe npo again
+    params["compare"] = {"methods": [], "overrides": {}, "robustness": []}
     # the micro gates only (an earlier test added a jailbreak gate that always fails), and a relearning
     # gate that always fails: no model gets back less than nothing
     params["register"]["gates"] = {**MICRO["register"]["gates"],
