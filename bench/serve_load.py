@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "relearn-serve-bench"
@@ -102,15 +103,21 @@ def guard_cpu(guard, answers: list[str]) -> dict:
             "us_per_answer": round(1e6 * whole / max(len(answers), 1), 1), "answers": len(answers)}
 
 
+def server_params(work: Path, port: int, **serve) -> Path:
+    """The params file of one `relearn serve` of this bench: the scratch registry's model and `serve`."""
+    settings = {"port": port, "poll_seconds": 0.5, "max_tokens": 64, "max_queue": 256,
+                "cache_dir": str(work / "cache"), **serve}
+    params = work / f"params-{port}.yaml"
+    # YAML, not formatted lines: a bare `off` (serve.guard) would read as false
+    params.write_text(yaml.safe_dump({"register": {"model_name": MODEL}, "serve": settings}), encoding="utf-8")
+    return params
+
+
 class Server:
     """`relearn serve` in a subprocess with its own params file."""
 
     def __init__(self, work: Path, port: int, **serve):
-        settings = {"port": port, "poll_seconds": 0.5, "max_tokens": 64, "max_queue": 256,
-                    "cache_dir": str(work / "cache"), **serve}
-        params = work / f"params-{port}.yaml"
-        lines = [f"register:\n  model_name: {MODEL}\nserve:"] + [f"  {k}: {v}" for k, v in settings.items()]
-        params.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        params = server_params(work, port, **serve)
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(work / f"serve-{port}.log", "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "relearn.cli", "serve", "--params", str(params)],

@@ -889,3 +889,18 @@ def test_a_team_on_postgresql_two_replicas_follow_a_promotion(postgres, model_fi
         mlflow.set_tracking_uri(None)
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_load_bench_writes_serve_params_that_parse_as_given(tmp_path):
+    """bench/serve_load.py's servers: `guard: off` must stay the string "off" (a bare YAML off is false)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).resolve().parents[1] / "bench" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from relearn.params import load_params
+
+    for guard, scheduling in (("off", "static"), ("redact", "continuous")):
+        p = load_params(bench.server_params(tmp_path, 8123, guard=guard, scheduling=scheduling, max_batch_size=1))
+        assert (p.serve.guard, p.serve.scheduling, p.serve.max_batch_size, p.serve.port) == (guard, scheduling, 1, 8123)
+        assert p.register.model_name == bench.MODEL
