@@ -130,6 +130,18 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss: 
     optimizer.zero_grad()
 
 
+def _resume(accelerator: Accelerator, spec: TrainSpec, desc: str, key: str, total: int):
+    """Where a run starts: (its Checkpoints, the steps a checkpoint already holds, the check notes kept
+    with it, the loss history so far, the progress line moved past the steps done)."""
+    from relearn.training.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(accelerator, spec.checkpoint_dir, spec.checkpoint_every, desc, key)
+    done, rows, notes = checkpoints.resume()
+    progress = Progress(desc, total)
+    progress.update(done)
+    return checkpoints, done, notes, History(rows), progress
+
+
 def _tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
 
@@ -151,7 +163,7 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], spec: TrainS
     found to; it is kept in the checkpoints, and a resumed run starts with the entries of the epochs
     it skips.
     """
-    from relearn.training.checkpoints import Checkpoints, fingerprint
+    from relearn.training.checkpoints import fingerprint
     from relearn.methods.losses import IGNORE, answer_ce, answer_kl
 
     set_seed(spec.seed)
@@ -166,13 +178,9 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], spec: TrainS
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval()
-    checkpoints = Checkpoints(accelerator, spec.checkpoint_dir, spec.checkpoint_every, desc, key)
-    done, rows, notes = checkpoints.resume()
+    checkpoints, done, notes, history, progress = _resume(accelerator, spec, desc, key, total)
     if check_log is not None:
         check_log[:] = notes
-    history = History(rows)
-    progress = Progress(desc, total)
-    progress.update(done)
     step = 0
     for epoch in range(1, spec.epochs + 1):
         model.train()
@@ -233,7 +241,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
     SAM on the forget side, disruption masking and forget-gradient normalisation.
     Checkpoints and resuming as in `train_causal_lm`.
     """
-    from relearn.training.checkpoints import Checkpoints, fingerprint
+    from relearn.training.checkpoints import fingerprint
     from relearn.training.hardening import split_gradients
 
     harden = getattr(weights, "harden", None)
@@ -269,11 +277,7 @@ def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs:
             return peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     retain_batches = itertools.cycle(retain_loader)
-    checkpoints = Checkpoints(accelerator, spec.checkpoint_dir, spec.checkpoint_every, desc, key)
-    done, rows, _ = checkpoints.resume()
-    history = History(rows)
-    progress = Progress(desc, total)
-    progress.update(done)
+    checkpoints, done, _, history, progress = _resume(accelerator, spec, desc, key, total)
     step = 0
     for epoch in range(1, spec.epochs + 1):
         model.train()
