@@ -1,9 +1,7 @@
 """DVC stage `evaluate`: KFR, KRR, LS, ROUGE, TOFU metrics, membership inference and the seesaw for
 the unlearned model, beside the target's and the retain-only control's (the evaluate_references
 stage's), with the 95% intervals of all three and of the differences between them."""
-from relearn.data.splits import read_splits
-from relearn.training.devices import finish, init_processes, is_main_process
-from relearn.data.validate import load_validated
+from relearn.training.devices import finish, is_main_process
 from relearn.errors import main_guard
 from relearn.evaluation.intervals import model_intervals, paired_intervals
 from relearn.evidence import add_forget_quality, headline_metrics, model_evidence
@@ -11,17 +9,13 @@ from relearn.io import read_json, write_json
 from relearn.ledger.core import request_kfr
 from relearn.modeling.model import load_pretrained, load_with_adapter
 from relearn.params import load_params
-from layout import unlearned_model
+from layout import evaluation_inputs, unlearned_model
 
 
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval", "holdout", "general"))
-    variants = load_validated("data/augmented/forget_variants.jsonl")
-    # generation and scoring run where the model is; under accelerate launch / torchrun every process
-    # takes its own device and a shard of every question set (relearn.training.devices.shard_map)
-    device = init_processes(p.device)
+    splits, variants, device = evaluation_inputs(p)
     # the target and the control, as the evaluate_references stage measured them
     metrics = read_json("reports/references/evaluation.json")
     items = read_json("reports/references/answers.json")

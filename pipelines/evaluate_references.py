@@ -7,24 +7,19 @@ it and computes the intervals and the paired differences over all three.
 reports/references/evaluation.json: each model's aggregates; reports/references/answers.json: the
 per-item evidence (forget-set text: stays local).
 """
-from relearn.data.splits import read_splits
-from relearn.data.validate import load_validated
 from relearn.errors import main_guard
 from relearn.evidence import model_evidence
 from relearn.io import write_json
 from relearn.modeling.model import load_pretrained
 from relearn.params import load_params
-from relearn.training.devices import finish, init_processes, is_main_process
+from relearn.training.devices import finish, is_main_process
+from layout import evaluation_inputs
 
 
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "forget_eval", "retain_eval", "holdout", "general"))
-    variants = load_validated("data/augmented/forget_variants.jsonl")
-    # generation and scoring run where the model is; under accelerate launch / torchrun every process
-    # takes its own device and a shard of every question set (relearn.training.devices.shard_map)
-    device = init_processes(p.device)
+    splits, variants, device = evaluation_inputs(p)
     target, tokenizer = load_pretrained("models/target", p.dtype(), device)
     # LS's reference LM (evaluate.ppl_model): the pretrained base, or the target itself
     reference = load_pretrained("models/base", p.dtype(), device)[0] if p.ppl_model() == "base" else target

@@ -52,3 +52,14 @@ class QARecord:
 
 def save_records(path: str | Path, records: Iterable[QARecord]) -> int:
     return write_jsonl(path, (r.to_dict() for r in records))
+
+
+def seeded_subset(records: list, n: int, seed) -> list:
+    """n of the records chosen with `seed`, in their own order; all of them when n <= 0 or there are
+    no more than n. The same seed picks the same records, so every model is read on the same items."""
+    import random
+
+    if n <= 0 or len(records) <= n:
+        return list(records)
+    keep = set(random.Random(seed).sample(range(len(records)), n))
+    return [r for i, r in enumerate(records) if i in keep]

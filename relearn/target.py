@@ -12,7 +12,6 @@ robustness probe runs on it as the control.
 """
 from __future__ import annotations
 
-import random
 import time
 
 from relearn.data.sources import control_training_records, target_training_records
@@ -20,17 +19,13 @@ from relearn.evaluation.scoring import knowledge_scores
 from relearn.modeling.generation import generate_answers
 from relearn.modeling.model import build_scratch_model, count_parameters, load_pretrained, train_tokenizer
 from relearn.params import Params
-from relearn.records import QARecord
+from relearn.records import QARecord, seeded_subset
 from relearn.training.loop import TrainSpec, train_causal_lm
 
 
 def recall_sample(records: list[QARecord], params: Params) -> list[QARecord]:
     """The records a recall check reads: all, or target.recall_items of them (seeded, in file order)."""
-    n = params.target.recall_items
-    if n <= 0 or len(records) <= n:
-        return list(records)
-    keep = set(random.Random(params.seed).sample(range(len(records)), n))
-    return [r for i, r in enumerate(records) if i in keep]
+    return seeded_subset(records, params.target.recall_items, params.seed)
 
 
 def fact_recall(model, tokenizer, records: list[QARecord], params: Params) -> float:

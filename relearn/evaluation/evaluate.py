@@ -8,7 +8,6 @@ that a surprising number can be traced to its questions.
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 
 from relearn.evaluation.embedding import embedding_changes
@@ -18,7 +17,7 @@ from relearn.evaluation.rouge import mean_rouge, rouge1_recall, rougel_recall
 from relearn.evaluation.scoring import KnowledgeScorer
 from relearn.modeling.generation import answer_nll, generate_answers
 from relearn.params import Params
-from relearn.records import QARecord
+from relearn.records import QARecord, seeded_subset
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:
@@ -92,12 +91,7 @@ def variant_sample(variants: list[QARecord], per_kind: int, seed: int) -> dict[s
     by_kind: dict[str, list[QARecord]] = defaultdict(list)
     for r in variants:
         by_kind[r.variant].append(r)
-    if per_kind > 0:
-        for kind, records in by_kind.items():
-            if len(records) > per_kind:
-                keep = set(random.Random(f"{seed}:{kind}").sample(range(len(records)), per_kind))
-                by_kind[kind] = [r for i, r in enumerate(records) if i in keep]
-    return by_kind
+    return {kind: seeded_subset(records, per_kind, f"{seed}:{kind}") for kind, records in by_kind.items()}
 
 
 def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord],
