@@ -38,19 +38,20 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/relearn status
 
 # the tests in two processes (pytest-xdist), a file per process at a time (its module fixtures are built
-# once); each process and what it launches uses one torch thread. TEST_WORKERS=0 runs them in this process.
+# once), the longest files first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order);
+# each process and what it launches uses one torch thread. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/ruff check relearn pipelines tests bench docs
 	d="$$(mktemp -d)" && trap 'rm -rf "$$d"' EXIT && out="$$($(BIN)/mkdocs build --strict -d "$$d" 2>&1)" || { echo "$$out"; exit 1; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # the unit tests alone: everything but the end-to-end runs marked slow (dvc repro of the pipeline, the GPU
 # script's CPU smoke run, several processes); the loop while changing code. make test runs them all.
 test-fast: $(STAMP)
 	$(BIN)/ruff check relearn pipelines tests bench docs
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # the documentation site (mkdocs.yml; docs/hooks.py generates the params reference from relearn/params.py).
 # Strict, and never with -q: mkdocs' --quiet keeps warnings from strict mode's count, so a broken link would

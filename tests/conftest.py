@@ -13,6 +13,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two
 
 import pytest  # noqa: E402
 
+# The end-to-end modules, longest first (as `make test --durations` measures them). `make test` hands
+# whole modules to its two workers in collection order (--dist loadfile --no-loadscope-reorder): the
+# long ones start first and the short unit-test modules fill in around them. xdist's default order,
+# most tests first, started the longest modules (few tests each) last, on one worker, at the end.
+LONGEST_FIRST = ("test_pipeline.py", "test_requests_pipeline.py", "test_distributed.py", "test_serve.py",
+                 "test_init.py", "test_gpu_run.py", "test_bench_throughput.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items[:] = sorted(items, key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -27,7 +27,9 @@ MICRO = {
     "target": {"epochs": 4, "batch_size": 16, "lr": 0.005, "check_every": 0},
     "augment": {"general_ratio": 0.25},
     "unlearn": {"epochs": 1, "batch_size": 16, "lr": 0.003, "lora": {"r": 4, "alpha": 8}},
-    "evaluate": {"max_new_tokens": 12, "batch_size": 64},
+    # 200 bootstrap resamples: the intervals are checked for being there and well formed here (their
+    # values against scipy's in test_uncertainty); with 1000 the bootstrap was most of the evaluation's time
+    "evaluate": {"max_new_tokens": 12, "batch_size": 64, "bootstrap_resamples": 200},
     "register": {"model_name": "micro", "experiment": "micro",
                  # a micro model forgets and retains little: gates that check the plumbing, not quality
                  "gates": {"krr_floor": {"metric": "unlearned.krr", "min": 0.0},

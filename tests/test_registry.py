@@ -231,6 +231,10 @@ def test_register_passing_version(store, tiny, registered):
     assert run.data.params["unlearn.lora.target_modules"].startswith('["q_proj"')
     assert run.data.params["register.gates.kfr.metric"] == "unlearned.kfr"
     assert run.data.metrics["unlearned.kfr"] == 0.9 and run.data.metrics["ls_ratio"] == pytest.approx(0.96)
+    # the metrics are the logged model's too (its page in the UI), each value stored once
+    logged = client.get_logged_model(mv.source.rstrip("/").split("/")[-1])
+    assert {m.key: m.value for m in logged.metrics}["unlearned.kfr"] == 0.9
+    assert len(client.get_metric_history(first["run_id"], "unlearned.kfr")) == 1
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.artifact_location == (store / "mlartifacts").as_uri()
 

@@ -207,7 +207,6 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
     method = params.unlearn.method
     with mlflow.start_run(run_name=f"relearn-{method}", tags=run_tags) as run:
         mlflow.log_params(_param_values(params.to_dict()))
-        mlflow.log_metrics({_key(k): v for k, v in flat.items()})
         with tempfile.TemporaryDirectory(prefix="relearn-generation-") as tmp:
             settings = Path(tmp) / "generation.json"
             settings.write_text(json.dumps(generation, indent=2, sort_keys=True), encoding="utf-8")
@@ -222,6 +221,10 @@ def register_version(*, model_name: str, experiment: str, params: Params, metric
                 # SmolLM2; a 7B model's load on bigger ones)
                 signature=SIGNATURE, input_example=INPUT_EXAMPLE,
             )
+        # the metrics after the model, linked to it in one batch: logged before, MLflow would read
+        # each one's history back to link it to the model (a query a metric: a real model's version
+        # logs about two thousand) and store every value twice
+        mlflow.log_metrics({_key(k): v for k, v in flat.items()}, model_id=info.model_id)
         run_id = run.info.run_id
 
     version_tags = {**gate_tags(results), RELEASE_TAG: release, "method": method, "run_id": run_id,
