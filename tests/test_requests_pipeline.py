@@ -35,11 +35,15 @@ def _relearn(work: Path, env: dict, *args: str, check: bool = True) -> subproces
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _registry(work: Path):
+    """The project's registry, read here (a client of its own: the process-wide tracking URI is left alone)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{work}/mlflow.db")
+
+
 def _tags(work: Path, env: dict, version: str) -> dict:
-    script = ("import json\nfrom mlflow import MlflowClient\n"
-              f"print(json.dumps(MlflowClient().get_model_version('micro', '{version}').tags))\n")
-    out = run([sys.executable, "-c", script], work, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db"))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return dict(_registry(work).get_model_version("micro", version).tags)
 
 
 def _set_params(work: Path, **changes) -> None:
@@ -102,9 +106,7 @@ def test_a_sequence_of_requests(project):
     forget_ids = {json.loads(line)["id"] for line in (work / "data/splits/forget.jsonl").read_text().splitlines()}
     assert set(manifest["requests"]) == {"R-1"} and forget_ids == set(manifest["requests"]["R-1"]["forget_ids"])
     assert _status(work, env, "R-1")["status"] == "in a version"
-    approve = ("from mlflow import MlflowClient\n"
-               "MlflowClient().set_model_version_tag('micro', '{v}', 'approval_status', 'approved')\n")
-    run([sys.executable, "-c", approve.format(v=1)], work, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db"))
+    _registry(work).set_model_version_tag("micro", "1", "approval_status", "approved")  # what an approver does in the UI
     _relearn(work, env, "promote", "--version", "1")
     s1 = _status(work, env, "R-1")
     assert s1["status"] == "in production" and s1["since_version"] == "1" and s1["since"]
