@@ -15,9 +15,8 @@ from relearn.training.checkpoints import clear_checkpoints
 from relearn.training.devices import finish, gather_trainable, is_main_process, refuse_deepspeed, refuse_sharding, sharding
 from relearn.errors import UserError, main_guard
 from relearn.training.hardening import negative_triples
-from relearn.io import atomic_dir, read_json, write_json, write_text
+from relearn.io import atomic_dir, file_md5, read_json, write_json, write_text
 from relearn.params import load_params
-from relearn.registry.versions import alias_adapter, file_md5
 from relearn.unlearning import make_adapter
 
 
@@ -33,7 +32,11 @@ def main() -> None:
     forget_side = forget_side_for(p.unlearn.method, splits["forget"], variants,
                                   load_validated("data/augmented/general_mix.jsonl", allow_empty=True))
     with tempfile.TemporaryDirectory(prefix="relearn-init-adapter-") as tmp:
-        start = alias_adapter(p.register.model_name, tmp) if p.unlearn.init == "production" else None
+        start = None
+        if p.unlearn.init == "production":
+            from relearn.registry.versions import alias_adapter  # MLflow: a second to import, only here
+
+            start = alias_adapter(p.register.model_name, tmp)
         if start and start[1] is None:
             print(f"[unlearn] incremental: version {start[0]} is a distilled model, with no adapter to continue: "
                   "a fresh adapter instead", flush=True)
