@@ -208,3 +208,19 @@ def test_promote_on_empty_store(empty_store):
 def _errors_only(result) -> list[str]:
     """The `error: ` lines of stderr (MLflow also logs to stderr while it creates the database)."""
     return [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_ui_starts_mlflows_server_on_the_project_store_with_one_worker(tmp_path, monkeypatch):
+    """`relearn ui` replaces itself with `mlflow server` on the project's database and artifact root;
+    one worker unless asked (the README test starts the real one and waits for /health)."""
+    (tmp_path / "params.yaml").write_text("seed: 0\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(argv))
+    assert _run("ui").exit_code == 0 and _run("ui", "--workers", "3", "--port", "5005").exit_code == 0
+    first, second = calls
+    assert first[1:4] == ["-m", "mlflow", "server"]
+    assert first[first.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert first[first.index("--workers") + 1] == "1" and first[first.index("--port") + 1] == "5000"
+    assert second[second.index("--workers") + 1] == "3" and second[second.index("--port") + 1] == "5005"
