@@ -104,15 +104,18 @@ def _in_words(row: dict) -> str:
             parts.append(f"{key.upper()}: not testable")
             continue
         words = "significant" if p < ALPHA else "not significant: the items cannot tell them apart"
-        parts.append(f"{key.upper()} {diff:+.3f} (p {_p(p, '= ')}, {words})")
+        parts.append(f"{key.upper()} {diff:+.3f} (p {_p(test, '= ')}, {words})")
     return f"{row['method']} vs {row['reference']}: " + "; ".join(parts)
 
 
-def _p(p: float | None, eq: str = "") -> str:
-    """A p-value for people: a bootstrap p of 0 means below one resample in RESAMPLES."""
+def _p(test: dict, eq: str = "") -> str:
+    """A test's p-value for people. A bootstrap's smallest p is one resample in its number of resamples
+    (a p of 0 means below that: "< 0.005" for 200); an exact test's is given down to 0.001."""
+    p = test.get("p_value")
     if p is None:
         return "-"
-    return "< 0.001" if p < 0.001 else f"{eq}{p:.3g}"
+    floor = 1 / test["resamples"] if test.get("resamples") else 0.001
+    return f"< {floor:.2g}" if p < floor else f"{eq}{p:.3g}"
 
 
 def paired_markdown(tests: list[dict]) -> str:
@@ -126,11 +129,11 @@ def paired_markdown(tests: list[dict]) -> str:
              "| method | ΔKFR | p | ΔKRR | p | ΔLS [95% CI] | p | verdict |", "|---|---|---|---|---|---|---|---|"]
 
     def cell(test: dict) -> tuple[str, str]:
-        diff, p = test.get("difference"), test.get("p_value")
+        diff = test.get("difference")
         text = "-" if diff is None else f"{diff:+.3f}"
         if test.get("low") is not None:
             text += f" [{test['low']:+.3f}, {test['high']:+.3f}]"
-        return text, _p(p)
+        return text, _p(test)
 
     for t in tests:
         cells = [c for key in ("kfr", "krr", "ls") for c in cell(t[key])]

@@ -228,6 +228,18 @@ def test_compare_tests_each_method_against_relearn_on_the_same_items():
     assert "| ga |" in table and "no significant difference" in table and "differs in KFR, LS" in table
 
 
+
+def test_a_bootstrap_p_of_zero_reads_as_below_one_resample():
+    """A bootstrap cannot give a p below one resample in its count; an exact test's p is shown to 0.001."""
+    from relearn.comparison import _p
+
+    assert _p({"p_value": 0.0, "resamples": 200}) == "< 0.005"
+    assert _p({"p_value": 0.0, "resamples": 1000}) == "< 0.001"
+    assert _p({"p_value": 0.004, "resamples": 200}) == "< 0.005" and _p({"p_value": 0.004}) == "0.004"
+    assert _p({"p_value": 0.0004}) == "< 0.001"                      # McNemar: exact
+    assert _p({"p_value": 0.25, "resamples": 200}, "= ") == "= 0.25" and _p({"p_value": None}) == "-"
+
+
 # ------------------------------------------------------------------------------------ robustness
 def _attack(before: dict, afters: dict) -> dict:
     settings = [{"lr": lr, "steps": steps, "held_forgotten_after": after,
