@@ -42,7 +42,7 @@ def _registry(work: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{work}/mlflow.db")
 
 
-def _tags(work: Path, env: dict, version: str) -> dict:
+def _tags(work: Path, version: str) -> dict:
     return dict(_registry(work).get_model_version("micro", version).tags)
 
 
@@ -98,7 +98,7 @@ def test_a_sequence_of_requests(project):
              "/nonexistent", str(f1))
     reg = _step(work, env)
     assert reg["version"] == "1" and reg["gate_status"] == "passed"
-    tags = _tags(work, env, "1")
+    tags = _tags(work, "1")
     assert tags["requests"] == "R-1" and tags["request.R-1"].startswith("kfr=")
     assert tags["gate.request.R-1"].endswith("passed") and tags["unlearned_from"] == "target"
     assert p1 not in json.dumps(tags)  # ids only, never who
@@ -121,7 +121,7 @@ def test_a_sequence_of_requests(project):
     assert reg["version"] == "2" and reg["gate_status"] == "failed"
     failed = {g["name"] for g in reg["gates"] if not g["passed"]}
     assert failed == {"request.R-1", "request.R-2"}
-    tags = _tags(work, env, "2")
+    tags = _tags(work, "2")
     assert tags["requests"] == "R-1,R-2" and tags["gate.request.R-2"].endswith("failed")
     s2 = _status(work, env, "R-2")
     assert s2["status"] == "in a version" and not s2["honoured_in_production"] and s2["failed_in_versions"] == ["2"]
@@ -136,9 +136,9 @@ def test_a_sequence_of_requests(project):
     _relearn(work, env, "request", "add", "--id", "R-3", "--kind", "privacy", "--subject", p3, str(f3))
     reg = _step(work, env)
     assert reg["version"] == "3" and reg["gate_status"] == "passed"
-    tags = _tags(work, env, "3")
+    tags = _tags(work, "3")
     assert tags["requests"] == "R-2,R-3" and "request.R-1" not in tags
-    assert tags["unlearned_from"] == "version 1" and tags["target_md5"] == _tags(work, env, "1")["target_md5"]
+    assert tags["unlearned_from"] == "version 1" and tags["target_md5"] == _tags(work, "1")["target_md5"]
     assert json.loads((work / "reports" / "unlearn.json").read_text())["epochs"] == 1
     ids = {json.loads(line)["id"] for line in (work / "data/splits/forget.jsonl").read_text().splitlines()}
     assert not ids & set(manifest["requests"]["R-1"]["forget_ids"])
