@@ -166,27 +166,24 @@ def main() -> None:
     if not args.kept and not args.lr:
         sys.exit("--lr: at least one learning rate (or --kept for the points already swept)")
 
-    rows = []
-    if args.kept:
-        for path in sorted(keep.glob("*.json"), key=lambda f: f.stem):
-            result = json.loads(path.read_text())
-            sweep = result["sweep"]
-            rows.append(row_of(path.stem, result["metrics"], method=sweep["method"], lr=sweep["lr"],
-                               epochs=sweep["epochs"], seconds=sweep["seconds"]))
+    def kept_row(path: Path) -> dict:
+        result = json.loads(path.read_text())
+        point = result["sweep"]
+        return row_of(path.stem, result["metrics"], method=point["method"], lr=point["lr"], epochs=point["epochs"],
+                      seconds=point["seconds"])
+
+    grid = [] if args.kept else [(method, lr, n) for method in args.method for lr in args.lr for n in epochs]
+    rows = [kept_row(path) for path in sorted(keep.glob("*.json"), key=lambda f: f.stem)] if args.kept else []
     try:
-        for method in args.method if not args.kept else []:
-            for lr in args.lr:
-                for n in epochs:
-                    name = point_name(method, lr, n)
-                    path = keep / f"{name}.json"
-                    if not path.is_file():
-                        print(f"[sweep] {name} ...", flush=True)
-                        write_atomic(path, json.dumps(run_point(workdir, original, method, lr, n, env), indent=1))
-                    result = json.loads(path.read_text())
-                    rows.append(row_of(name, result["metrics"], method=method, lr=lr, epochs=n,
-                                       seconds=result["sweep"]["seconds"]))
-                    print(f"[sweep] {name}: KFR {rows[-1]['kfr']:.3f} KRR {rows[-1]['krr']:.3f} "
-                          f"LS {rows[-1]['ls']:.3f} ({rows[-1]['seconds'] / 60:.1f} min)", flush=True)
+        for method, lr, n in grid:
+            name = point_name(method, lr, n)
+            path = keep / f"{name}.json"
+            if not path.is_file():
+                print(f"[sweep] {name} ...", flush=True)
+                write_atomic(path, json.dumps(run_point(workdir, original, method, lr, n, env), indent=1))
+            rows.append(kept_row(path))
+            print(f"[sweep] {name}: KFR {rows[-1]['kfr']:.3f} KRR {rows[-1]['krr']:.3f} "
+                  f"LS {rows[-1]['ls']:.3f} ({rows[-1]['seconds'] / 60:.1f} min)", flush=True)
     finally:
         write_atomic(workdir / "params.yaml", text)
 

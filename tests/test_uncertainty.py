@@ -228,7 +228,6 @@ def test_compare_tests_each_method_against_relearn_on_the_same_items():
     assert "| ga |" in table and "no significant difference" in table and "differs in KFR, LS" in table
 
 
-
 def test_a_bootstrap_p_of_zero_reads_as_below_one_resample():
     """A bootstrap cannot give a p below one resample in its count; an exact test's p is shown to 0.001."""
     from relearn.comparison import _p
