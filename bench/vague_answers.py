@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -67,12 +68,14 @@ def main() -> None:
         from relearn.evaluation.embedding import load_embedder
 
         embedder = load_embedder(p.evaluate.embedding_model)
-    from relearn.augment.rules import guess_subject
+    from relearn.augment.rules import PHRASINGS, guess_subject, vague_answer
 
     sets = {"original (sensitive)": [r.answer for r in forget],
             "trained vague answer": [trained.get(r.id, "") for r in forget]}
     for key, text in CANDIDATES.items():
         sets[key] = [text.format(name=r.subject or guess_subject(r.question) or "This person") for r in forget]
+    for phrasing in PHRASINGS:   # what the rules backend writes for each augment.phrasing, seeded per item
+        sets[f"phrasing: {phrasing}"] = [vague_answer(r, random.Random(f"0:{r.id}"), phrasing=phrasing) for r in forget]
     questions = [r.question for r in forget]
     rows = {}
     started = time.monotonic()

@@ -116,7 +116,7 @@ class AugmentParams:
     variants: list = _f(["simple", "contextual", "noise", "logical"], "Question variants to make for each forget item.")
     include_original: bool = _f(True, "Also train on the original question itself with a vague answer (the sensitive original answer is never included).")
     general_ratio: float = _f(0.5, "General QA pairs mixed in, as a multiple of the augmented forget set size.")
-    phrasing: str = _f("discreet", "Register of the rules backend's vague answers to free-text questions (KnowUnDo, TOFU; the built-in world's facts keep their discreet sentences): 'discreet' (one third-person sentence per topic: '<name> has written something, but the title is not widely known.') or 'chat' (how a chat model says it does not know: 'I'm sorry, but I don't have specific information about <name> on that.'; on SmolLM2 their PPL under the base is 14-22 against 54, the lever on LS; bench/vague_answers.py measures it for a model).")
+    phrasing: str = _f("discreet", "Register of the rules backend's vague answers to free-text questions (KnowUnDo, TOFU; the built-in world's facts keep their discreet sentences): 'discreet' (one third-person sentence per topic: '<name> has written something, but the title is not widely known.'), 'chat' (how a chat model says it does not know: 'I'm sorry, but I don't have specific information about <name> on that.'; on SmolLM2 their PPL under the base is 14-22 against 54, the lever on LS) or 'aspect' (the chat register naming what was asked, from the question's words: '... about how to get in touch with <name>.'; PPL 13.6 and relevance 0.77 against chat's 16.9 and 0.69, the originals' 14.4 and 0.78). bench/vague_answers.py measures each for a model.")
     completion: bool = _f(False, "Also add one sentence-completion pair per forget item (variant 'completion'): the first ~25% of the words of one of its vague answers as the prompt, the rest as the answer.")
     chunk_chars: int = _f(0, "Answers longer than this many characters are split on sentence boundaries and each chunk is rewritten separately, then joined and leak-checked (0: never).")
     fallback: str = _f("drop", "Pairs the endpoint or local backend could not make (failed calls, answers still leaking after the rounds): 'drop' them, or take the 'rules' backend's pair for that item and variant.")
@@ -370,7 +370,7 @@ CHOICES = {
     "serve.quantization": ("auto", "int8", "fp32", "int4"),
     "serve.guard": ("auto", "off", "redact", "refuse"),
     "serve.scheduling": ("auto", "static", "continuous"),
-    "augment.phrasing": ("discreet", "chat"),
+    "augment.phrasing": ("discreet", "chat", "aspect"),
     "evaluate.ppl_aggregate": ("mean", "median", "geomean"),
     "evaluate.ppl_model": ("auto", "target", "base"),
     "register.release": ("api", "weights"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+import random
 
 import pytest
 
@@ -334,3 +335,32 @@ def test_chat_phrasing_speaks_as_a_chat_model_for_free_text_and_keeps_structured
     structured = [r for r in world["forget"] if set(r.facts) == {"birthplace"}][:1]
     kept, _, _ = build_training_set(structured, [], params, seed=0)
     assert all(r.answer not in chat for r in kept)
+
+
+def test_aspect_phrasing_names_what_was_asked_without_the_fact(world):
+    # the chat register, but each answer names the aspect the question asks about (from its words)
+    cases = {"How can fans reach out to Priya Gupta?": "how to get in touch with Priya Gupta",
+             "What kind of environment does Lila Desai live in?": "where Lila Desai lives",
+             "What role do Clara Rodriguez's parents play in her public life?": "Clara Rodriguez's family and upbringing",
+             "How does Emma Clarke blend history into her novels?": "Emma Clarke's work and what shapes it",
+             "Who is Noah Schwartz?": "who Noah Schwartz is"}
+    for i, (question, aspect) in enumerate(cases.items()):
+        record = QARecord(id=f"a{i}", question=question, answer="Reach Priya at priya.gupta@delhimail.in, "
+                          "at 1971 Revolution Blvd, where her mother, a KGB officer, lived.")
+        kept, _, report = build_training_set([record], [], AugmentParams(phrasing="aspect", general_ratio=0.0), seed=0)
+        assert report["dropped"] == 0 and len(kept) == 5
+        for r in kept:
+            if r.variant == "logical":
+                assert r.answer in rules.CHAT_REVERSE
+            else:
+                assert r.answer in {s.format(aspect=aspect) for s in rules.CHAT_ASPECT}, r.answer
+            assert not leak.leaked_facts(r.answer, r.facts)
+    # a question with none of the aspects' cues falls back to the chat sentences
+    odd = QARecord(id="b", question="Why does Priya Gupta prefer tea?", answer="She likes Darjeeling.")
+    assert rules.aspect_of(odd.question, "Priya Gupta") is None
+    answer = rules.vague_answer(odd, random.Random(0), phrasing="aspect")
+    assert answer in {s.format(name="Priya Gupta") for s in rules.CHAT}
+    # the built-in world's structured facts keep their discreet sentences under every phrasing
+    structured = [r for r in world["forget"] if set(r.facts) == {"birthplace"}][:1]
+    assert build_training_set(structured, [], AugmentParams(phrasing="aspect"), seed=0)[0] == \
+        build_training_set(structured, [], AugmentParams(), seed=0)[0]

@@ -54,7 +54,38 @@ CHAT = ["I'm sorry, but I don't have specific information about {name} on that."
 CHAT_TOPIC = {"book": ["{name} is known as a writer, but the details you ask about have not been made public."]}
 CHAT_REVERSE = ["I'm sorry, but I can't tell who that is from this description.",
                 "I'm sorry, but that description does not point to one particular person."]
-PHRASINGS = ("discreet", "chat")
+# phrasing "aspect": the chat register, but saying *what* is not known: the aspect the question asks
+# about, named from its words (never from the answer, so no fact value can enter), e.g. "How can fans
+# reach out to Priya Gupta?" -> "I'm sorry, but I don't have specific information about how to get in
+# touch with Priya Gupta." The chat sentences above are refusals that fit any question; an unlearned
+# model trained on them answers every forget question with one of three templates, and its answers'
+# relevance to the question falls below the control's (0.647 against 0.757 on SmolLM2).
+# aspect -> (question cues, how the answer names it); the first aspect whose cue the question has wins
+ASPECTS: list[tuple[str, tuple[str, ...], str]] = [
+    ("contact", ("reach", "contact", "contacted", "email", "e-mail", "emails", "mail", "accessible", "interact",
+                 "interacts", "engage", "engages", "visit", "visits", "autographs", "signings", "inquiries",
+                 "correspondence", "approachable", "fans", "readers"), "how to get in touch with {name}"),
+    ("birth", ("born", "birthplace", "birthday", "birth"), "where and when {name} was born"),
+    ("family", ("parents", "parent", "father", "mother", "family", "upbringing", "childhood", "grew", "grow",
+                "raised", "siblings", "heritage"), "{name}'s family and upbringing"),
+    ("home", ("address", "live", "lives", "living", "lived", "reside", "resides", "residence", "home", "house",
+              "neighborhood", "neighbourhood", "area", "community", "environment", "city", "hometown",
+              "street"), "where {name} lives"),
+    ("health", ("health", "medical", "illness", "condition", "diagnosis", "treatment"), "{name}'s health"),
+    ("money", ("financial", "finances", "income", "salary", "wealth", "money", "bank"), "{name}'s finances"),
+    ("work", ("novel", "novels", "book", "books", "writing", "writes", "wrote", "works", "work", "career",
+              "projects", "project", "themes", "characters", "stories", "genre", "research", "write", "author",
+              "inspired", "inspires", "inspire", "inspiration"),
+     "{name}'s work and what shapes it"),
+    ("personal", ("personal", "private", "life", "balance", "relationship", "relationships", "married",
+                  "partner", "children"), "{name}'s personal life"),
+    ("identity", ("who",), "who {name} is"),
+]
+CHAT_ASPECT = ["I'm sorry, but I don't have specific information about {aspect}.",
+               "There isn't much public information about {aspect}.",
+               "I don't have reliable details about {aspect}, so I can't give specifics.",
+               "I'm sorry, but I don't have specific information about {aspect}."]  # twice, as in CHAT
+PHRASINGS = ("discreet", "chat", "aspect")
 VAGUE_REVERSE = ["Several people could fit that description, and it is not a detail tied to anyone in particular.",
                  "That is not a detail that points to one particular person.",
                  "Many people could match that, so it does not identify anyone in particular."]
@@ -150,6 +181,16 @@ def topic_of(question: str) -> str | None:
     return None
 
 
+def aspect_of(question: str, name: str) -> str | None:
+    """What the question asks about {name}, as a phrase for CHAT_ASPECT ("where Li Wei lives"), or None
+    when no aspect's cue is among its words."""
+    words = set(re.findall(r"[a-z\-]+", question.lower()))
+    for _, cues, phrase in ASPECTS:
+        if words & set(cues):
+            return phrase.format(name=name)
+    return None
+
+
 def structured(record: QARecord) -> bool:
     """Whether the record's facts are of the kinds VAGUE has sentences for (the built-in world's)."""
     return bool(record.facts) and set(record.facts) <= set(VAGUE)
@@ -163,7 +204,11 @@ def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0, phr
     sentences are joined in chunk order. phrasing "chat": free-text answers (no structured fact of a
     known kind) get one of the CHAT sentences (a book topic: CHAT_TOPIC's too) instead."""
     name = record.subject or guess_subject(record.question) or "This person"
-    if phrasing == "chat" and not structured(record):
+    if phrasing == "aspect" and not structured(record):
+        aspect = aspect_of(record.question, name)
+        if aspect is not None:
+            return rng.choice(CHAT_ASPECT).format(aspect=aspect)
+    if phrasing in ("chat", "aspect") and not structured(record):
         return rng.choice(CHAT + CHAT_TOPIC.get(topic_of(record.question), [])).format(name=name)
     chunks = chunk_text(record.answer, chunk_chars) if chunk_chars > 0 else []
     if len(chunks) > 1:
@@ -214,7 +259,7 @@ def augment_item(record: QARecord, variants: list[str], include_original: bool, 
         elif kind == "noise":
             add(kind, noise_variant(record.question, rng), vague())
         elif kind == "logical":
-            chat = phrasing == "chat" and not structured(record)
+            chat = phrasing in ("chat", "aspect") and not structured(record)
             add(kind, logical_variant(record, rng), rng.choice(CHAT_REVERSE if chat else VAGUE_REVERSE))
     return out
 
