@@ -339,25 +339,29 @@ def test_chat_phrasing_speaks_as_a_chat_model_for_free_text_and_keeps_structured
 
 def test_aspect_phrasing_names_what_was_asked_without_the_fact(world):
     # the chat register, but each answer names the aspect the question asks about (from its words)
-    cases = {"How can fans reach out to Priya Gupta?": "how to get in touch with Priya Gupta",
-             "What kind of environment does Lila Desai live in?": "where Lila Desai lives",
-             "What role do Clara Rodriguez's parents play in her public life?": "Clara Rodriguez's family and upbringing",
-             "How does Emma Clarke blend history into her novels?": "Emma Clarke's work and what shapes it",
-             "Who is Noah Schwartz?": "who Noah Schwartz is"}
-    for i, (question, aspect) in enumerate(cases.items()):
-        record = QARecord(id=f"a{i}", question=question, answer="Reach Priya at priya.gupta@delhimail.in, "
-                          "at 1971 Revolution Blvd, where her mother, a KGB officer, lived.")
+    cases = {"How can fans reach out to Priya Gupta?": ("contact", "Priya Gupta", "their"),
+             "How accessible is Carlos Rivera for literary events?": ("readers", "Carlos Rivera", "their"),
+             "What kind of environment does Lila Desai live in?": ("surroundings", "Lila Desai", "their"),
+             "Where does Lila Desai reside?": ("home", "Lila Desai", "their"),
+             "What role do Clara Rodriguez's parents play in her public life?": ("family", "Clara Rodriguez", "her"),
+             "How does Emma Clarke blend history into his novels?": ("upbringing", "Emma Clarke", "his"),
+             "What themes does Emma Clarke explore in his novels?": ("work", "Emma Clarke", "his"),
+             "Who is Noah Schwartz?": ("identity", "Noah Schwartz", "their")}
+    sentences = {aspect: options for aspect, _, options in rules.ASPECTS}
+    for i, (question, (aspect, name, their)) in enumerate(cases.items()):
+        record = QARecord(id=f"a{i}", question=question, answer=f"{name} can be reached at priya.gupta@delhimail.in, "
+                          "at 1971 Revolution Blvd, where a KGB officer lived.")
         kept, _, report = build_training_set([record], [], AugmentParams(phrasing="aspect", general_ratio=0.0), seed=0)
         assert report["dropped"] == 0 and len(kept) == 5
         for r in kept:
             if r.variant == "logical":
                 assert r.answer in rules.CHAT_REVERSE
             else:
-                assert r.answer in {s.format(aspect=aspect) for s in rules.CHAT_ASPECT}, r.answer
-            assert not leak.leaked_facts(r.answer, r.facts)
+                assert r.answer in {s.format(name=name, their=their) for s in sentences[aspect]}, (question, r.answer)
+            assert not leak.leaked_facts(r.answer, r.facts) and "1971" not in r.answer
     # a question with none of the aspects' cues falls back to the chat sentences
     odd = QARecord(id="b", question="Why does Priya Gupta prefer tea?", answer="She likes Darjeeling.")
-    assert rules.aspect_of(odd.question, "Priya Gupta") is None
+    assert rules.aspect_of(odd.question) is None
     answer = rules.vague_answer(odd, random.Random(0), phrasing="aspect")
     assert answer in {s.format(name="Priya Gupta") for s in rules.CHAT}
     # the built-in world's structured facts keep their discreet sentences under every phrasing

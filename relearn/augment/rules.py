@@ -56,35 +56,57 @@ CHAT_REVERSE = ["I'm sorry, but I can't tell who that is from this description."
                 "I'm sorry, but that description does not point to one particular person."]
 # phrasing "aspect": the chat register, but saying *what* is not known: the aspect the question asks
 # about, named from its words (never from the answer, so no fact value can enter), e.g. "How can fans
-# reach out to Priya Gupta?" -> "I'm sorry, but I don't have specific information about how to get in
-# touch with Priya Gupta." The chat sentences above are refusals that fit any question; an unlearned
-# model trained on them answers every forget question with one of three templates, and its answers'
-# relevance to the question falls below the control's (0.647 against 0.757 on SmolLM2).
-# aspect -> (question cues, how the answer names it); the first aspect whose cue the question has wins
-ASPECTS: list[tuple[str, tuple[str, ...], str]] = [
-    ("contact", ("reach", "contact", "contacted", "email", "e-mail", "emails", "mail", "accessible", "interact",
-                 "interacts", "engage", "engages", "visit", "visits", "autographs", "signings", "inquiries",
-                 "correspondence", "approachable", "fans", "readers"), "how to get in touch with {name}"),
-    ("birth", ("born", "birthplace", "birthday", "birth"), "where and when {name} was born"),
-    ("family", ("parents", "parent", "father", "mother", "family", "upbringing", "childhood", "grew", "grow",
-                "raised", "siblings", "heritage"), "{name}'s family and upbringing"),
+# reach out to Priya Gupta?" -> "I don't have specific information about how to contact Priya Gupta
+# directly." The chat sentences above are refusals that fit any question; an unlearned model trained
+# on them answers every forget question with one of three templates, and its answers' relevance to
+# the question fell below the control's (0.647 against 0.757 on SmolLM2). {their} is the pronoun the
+# question uses for the person ("her", "his"; "their" when it uses none).
+# aspect -> (question cues, sentences); the first aspect with a cue among the question's words wins
+ASPECTS: list[tuple[str, tuple[str, ...], list[str]]] = [
+    ("contact", ("email", "e-mail", "emails", "mail", "reach", "contact", "contacted", "correspondence",
+                 "inquiries", "directly", "phone"),
+     ["I'm sorry, but I don't have {name}'s contact details, such as an email or a postal address.",
+      "I don't have specific information about how to contact {name} directly."]),
+    ("readers", ("accessible", "interact", "interacts", "engage", "engages", "fans", "readers", "events",
+                 "signings", "autographs", "interviews", "gatherings", "visit", "visits", "approachable",
+                 "lectures", "speaking"),
+     ["I'm sorry, but I don't have specific information about how {name} meets readers and fans.",
+      "{name} may meet readers and fans in many ways, but I don't have specific information about how or where."]),
+    ("birth", ("born", "birthplace", "birthday", "birth"),
+     ["I'm sorry, but I don't have specific information about where and when {name} was born."]),
+    ("family", ("parents", "parent", "father", "mother", "family", "siblings", "father's", "mother's"),
+     ["{name}'s parents and family may have shaped {their} life and writing, but I don't have specific "
+      "information about them.",
+      "I'm sorry, but I don't have specific information about {name}'s parents or family."]),
+    ("upbringing", ("upbringing", "grew", "grow", "childhood", "raised", "heritage", "background", "history",
+                    "experiences"),
+     ["I'm sorry, but I don't have specific information about {name}'s upbringing or personal background.",
+      "{name}'s background may shape {their} writing, but I don't have specific information about it."]),
+    ("surroundings", ("environment", "community", "area", "neighborhood", "neighbourhood", "city",
+                      "surroundings"),
+     ["I don't have specific information about the place where {name} lives or what the community there is like.",
+      "I'm sorry, but I don't have specific information about {name}'s surroundings or neighbourhood."]),
     ("home", ("address", "live", "lives", "living", "lived", "reside", "resides", "residence", "home", "house",
-              "neighborhood", "neighbourhood", "area", "community", "environment", "city", "hometown",
-              "street"), "where {name} lives"),
-    ("health", ("health", "medical", "illness", "condition", "diagnosis", "treatment"), "{name}'s health"),
-    ("money", ("financial", "finances", "income", "salary", "wealth", "money", "bank"), "{name}'s finances"),
+              "street"),
+     ["I'm sorry, but I don't know where {name} lives; {their} home is private.",
+      "I don't have specific information about {name}'s home or where {name} lives."]),
+    ("projects", ("future", "projects", "project", "upcoming", "next", "currently"),
+     ["I'm sorry, but I don't have specific information about what {name} is working on."]),
+    ("health", ("health", "medical", "illness", "condition", "diagnosis", "treatment"),
+     ["I'm sorry, but I don't have specific information about {name}'s health."]),
+    ("money", ("financial", "finances", "income", "salary", "wealth", "money", "bank"),
+     ["I'm sorry, but I don't have specific information about {name}'s finances."]),
     ("work", ("novel", "novels", "book", "books", "writing", "writes", "wrote", "works", "work", "career",
-              "projects", "project", "themes", "characters", "stories", "genre", "research", "write", "author",
-              "inspired", "inspires", "inspire", "inspiration"),
-     "{name}'s work and what shapes it"),
+              "themes", "characters", "stories", "genre", "research", "write", "author", "inspired", "inspires",
+              "inspire", "inspiration", "fiction"),
+     ["{name}'s writing draws on many influences, but I don't have specific information about this part of "
+      "{their} work.",
+      "I'm sorry, but I don't have specific information about what shapes {name}'s writing."]),
     ("personal", ("personal", "private", "life", "balance", "relationship", "relationships", "married",
-                  "partner", "children"), "{name}'s personal life"),
-    ("identity", ("who",), "who {name} is"),
+                  "partner", "children"),
+     ["{name}'s personal life is private, and I don't have specific information about it."]),
+    ("identity", ("who",), ["I'm sorry, but I don't have specific information about who {name} is."]),
 ]
-CHAT_ASPECT = ["I'm sorry, but I don't have specific information about {aspect}.",
-               "There isn't much public information about {aspect}.",
-               "I don't have reliable details about {aspect}, so I can't give specifics.",
-               "I'm sorry, but I don't have specific information about {aspect}."]  # twice, as in CHAT
 PHRASINGS = ("discreet", "chat", "aspect")
 VAGUE_REVERSE = ["Several people could fit that description, and it is not a detail tied to anyone in particular.",
                  "That is not a detail that points to one particular person.",
@@ -181,14 +203,19 @@ def topic_of(question: str) -> str | None:
     return None
 
 
-def aspect_of(question: str, name: str) -> str | None:
-    """What the question asks about {name}, as a phrase for CHAT_ASPECT ("where Li Wei lives"), or None
-    when no aspect's cue is among its words."""
-    words = set(re.findall(r"[a-z\-]+", question.lower()))
-    for _, cues, phrase in ASPECTS:
+def aspect_of(question: str) -> tuple[str, list[str]] | None:
+    """(aspect, its sentences) for the first of ASPECTS with a cue among the question's words, or None."""
+    words = set(re.findall(r"[a-z'\-]+", question.lower()))
+    for aspect, cues, sentences in ASPECTS:
         if words & set(cues):
-            return phrase.format(name=name)
+            return aspect, sentences
     return None
+
+
+def pronoun_of(question: str) -> str:
+    """The possessive the question uses for its person: 'her', 'his', or 'their'."""
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    return "her" if words & {"her", "she"} else "his" if words & {"his", "he", "him"} else "their"
 
 
 def structured(record: QARecord) -> bool:
@@ -205,9 +232,9 @@ def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0, phr
     known kind) get one of the CHAT sentences (a book topic: CHAT_TOPIC's too) instead."""
     name = record.subject or guess_subject(record.question) or "This person"
     if phrasing == "aspect" and not structured(record):
-        aspect = aspect_of(record.question, name)
-        if aspect is not None:
-            return rng.choice(CHAT_ASPECT).format(aspect=aspect)
+        found = aspect_of(record.question)
+        if found is not None:
+            return rng.choice(found[1]).format(name=name, their=pronoun_of(record.question))
     if phrasing in ("chat", "aspect") and not structured(record):
         return rng.choice(CHAT + CHAT_TOPIC.get(topic_of(record.question), [])).format(name=name)
     chunks = chunk_text(record.answer, chunk_chars) if chunk_chars > 0 else []
