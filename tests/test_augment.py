@@ -339,16 +339,18 @@ def test_chat_phrasing_speaks_as_a_chat_model_for_free_text_and_keeps_structured
 
 def test_aspect_phrasing_names_what_was_asked_without_the_fact(world):
     # the chat register, but each answer names the aspect the question asks about (from its words)
-    cases = {"How can fans reach out to Priya Gupta?": ("contact", "Priya Gupta", "their"),
-             "How accessible is Carlos Rivera for literary events?": ("readers", "Carlos Rivera", "their"),
-             "What kind of environment does Lila Desai live in?": ("surroundings", "Lila Desai", "their"),
-             "Where does Lila Desai reside?": ("home", "Lila Desai", "their"),
-             "What role do Clara Rodriguez's parents play in her public life?": ("family", "Clara Rodriguez", "her"),
-             "How does Emma Clarke blend history into his novels?": ("upbringing", "Emma Clarke", "his"),
-             "What themes does Emma Clarke explore in his novels?": ("work", "Emma Clarke", "his"),
-             "Who is Noah Schwartz?": ("identity", "Noah Schwartz", "their")}
-    sentences = {aspect: options for aspect, _, options in rules.ASPECTS}
-    for i, (question, (aspect, name, their)) in enumerate(cases.items()):
+    cases = {"How can fans reach out to Priya Gupta?": ("contact", "Priya Gupta"),
+             "How accessible is Carlos Rivera for literary events?": ("readers", "Carlos Rivera"),
+             "What kind of environment does Lila Desai live in?": ("surroundings", "Lila Desai"),
+             "Where does Lila Desai reside?": ("home", "Lila Desai"),
+             "How does George Thompson integrate his parents' professions into his plots?": ("family", "George Thompson"),
+             "What type of environment does Anna Petrova’s residence provide?": ("surroundings", "Anna Petrova"),
+             "How did Anna Petrova’s mother shape her novels?": ("family", "Anna Petrova"),
+             "Can you describe the environment at 88 Wisdom Path where Li Wei writes?": ("surroundings", "Li Wei"),
+             "How do historical events shape Emma Clarke's novels?": ("work", "Emma Clarke"),
+             "Who is Noah Schwartz?": ("identity", "Noah Schwartz")}
+    for i, (question, (aspect, name)) in enumerate(cases.items()):
+        assert rules.aspect_of(question) == aspect, question
         record = QARecord(id=f"a{i}", question=question, answer=f"{name} can be reached at priya.gupta@delhimail.in, "
                           "at 1971 Revolution Blvd, where a KGB officer lived.")
         kept, _, report = build_training_set([record], [], AugmentParams(phrasing="aspect", general_ratio=0.0), seed=0)
@@ -357,13 +359,20 @@ def test_aspect_phrasing_names_what_was_asked_without_the_fact(world):
             if r.variant == "logical":
                 assert r.answer in rules.CHAT_REVERSE
             else:
-                assert r.answer in {s.format(name=name, their=their) for s in sentences[aspect]}, (question, r.answer)
-            assert not leak.leaked_facts(r.answer, r.facts) and "1971" not in r.answer
+                assert r.answer in {s.format(name=name) for s in rules.ASPECT_SENTENCES[aspect]}, (question, r.answer)
+    # a sentence that would state one of the item's facts is not chosen: the aspect's other one is
+    home = QARecord(id="h", question="Where does Lila Desai live?", answer="Lila Desai lives in Pune.",
+                    facts={"k": "Lila Desai's home"})
+    for seed in range(8):
+        assert rules.vague_answer(home, random.Random(seed), phrasing="aspect") == \
+            "I'm sorry, but I don't have specific information about where Lila Desai lives."
+    # no name in the question: "this person", in lower case mid-sentence
+    assert "where this person lives" in rules.vague_answer(QARecord(id="n", question="Where does she live?",
+                                                                    answer="In Pune."), random.Random(0), phrasing="aspect")
     # a question with none of the aspects' cues falls back to the chat sentences
     odd = QARecord(id="b", question="Why does Priya Gupta prefer tea?", answer="She likes Darjeeling.")
     assert rules.aspect_of(odd.question) is None
-    answer = rules.vague_answer(odd, random.Random(0), phrasing="aspect")
-    assert answer in {s.format(name="Priya Gupta") for s in rules.CHAT}
+    assert rules.vague_answer(odd, random.Random(0), phrasing="aspect") in {s.format(name="Priya Gupta") for s in rules.CHAT}
     # the built-in world's structured facts keep their discreet sentences under every phrasing
     structured = [r for r in world["forget"] if set(r.facts) == {"birthplace"}][:1]
     assert build_training_set(structured, [], AugmentParams(phrasing="aspect"), seed=0)[0] == \

@@ -19,6 +19,7 @@ import dataclasses
 import random
 import re
 
+from relearn.augment import leak
 from relearn.data.world import DISCREET
 from relearn.records import QARecord
 
@@ -56,57 +57,57 @@ CHAT_REVERSE = ["I'm sorry, but I can't tell who that is from this description."
                 "I'm sorry, but that description does not point to one particular person."]
 # phrasing "aspect": the chat register, but saying *what* is not known: the aspect the question asks
 # about, named from its words (never from the answer, so no fact value can enter), e.g. "How can fans
-# reach out to Priya Gupta?" -> "I don't have specific information about how to contact Priya Gupta
-# directly." The chat sentences above are refusals that fit any question; an unlearned model trained
-# on them answers every forget question with one of three templates, and its answers' relevance to
-# the question fell below the control's (0.647 against 0.757 on SmolLM2). {their} is the pronoun the
-# question uses for the person ("her", "his"; "their" when it uses none).
-# aspect -> (question cues, sentences); the first aspect with a cue among the question's words wins
+# reach out to Priya Gupta?" -> "I don't have specific information about how to contact Priya Gupta."
+# The chat sentences above are refusals that fit any question; an unlearned model trained on them
+# answers every forget question with one of three templates, and its answers' relevance to the
+# question fell below the control's (0.647 against 0.757 on SmolLM2). Every sentence only says what
+# is not known: none claims anything about the person (that they write, have fans, keep a home
+# private), so a cue that misfires makes an answer less apt, never false.
+# aspect -> (cues: words, or phrases of words, of the question; sentences); the first aspect with a
+# cue in the question wins, so the specific aspects come before the broad ones (work, personal)
 ASPECTS: list[tuple[str, tuple[str, ...], list[str]]] = [
-    ("contact", ("email", "e-mail", "emails", "mail", "reach", "contact", "contacted", "correspondence",
-                 "inquiries", "directly", "phone"),
+    ("contact", ("email", "e-mail", "emails", "mail", "reach out", "contact", "contacted", "correspondence",
+                 "inquiries", "phone", "get in touch"),
      ["I'm sorry, but I don't have {name}'s contact details, such as an email or a postal address.",
-      "I don't have specific information about how to contact {name} directly."]),
-    ("readers", ("accessible", "interact", "interacts", "engage", "engages", "fans", "readers", "events",
-                 "signings", "autographs", "interviews", "gatherings", "visit", "visits", "approachable",
-                 "lectures", "speaking"),
+      "I don't have specific information about how to contact {name}."]),
+    ("readers", ("accessible", "interact", "interacts", "engage", "engages", "fans", "readers", "literary events",
+                 "signings", "autographs", "interviews", "gatherings", "approachable", "lectures", "speaking"),
      ["I'm sorry, but I don't have specific information about how {name} meets readers and fans.",
-      "{name} may meet readers and fans in many ways, but I don't have specific information about how or where."]),
+      "I don't have specific information about {name}'s contact with readers, events or signings."]),
     ("birth", ("born", "birthplace", "birthday", "birth"),
      ["I'm sorry, but I don't have specific information about where and when {name} was born."]),
-    ("family", ("parents", "parent", "father", "mother", "family", "siblings", "father's", "mother's"),
-     ["{name}'s parents and family may have shaped {their} life and writing, but I don't have specific "
-      "information about them.",
+    ("family", ("parents", "parent", "father", "mother", "family", "siblings"),
+     ["I'm sorry, but I don't have specific information about {name}'s parents or family, or how they "
+      "influenced {name}'s life and work.",
       "I'm sorry, but I don't have specific information about {name}'s parents or family."]),
-    ("upbringing", ("upbringing", "grew", "grow", "childhood", "raised", "heritage", "background", "history",
-                    "experiences"),
+    ("upbringing", ("upbringing", "grew up", "grow up", "childhood", "raised", "heritage", "background",
+                    "personal history", "personal experiences"),
      ["I'm sorry, but I don't have specific information about {name}'s upbringing or personal background.",
-      "{name}'s background may shape {their} writing, but I don't have specific information about it."]),
-    ("surroundings", ("environment", "community", "area", "neighborhood", "neighbourhood", "city",
-                      "surroundings"),
+      "I don't have specific information about {name}'s background or how it shows in {name}'s work."]),
+    ("surroundings", ("environment", "community", "neighborhood", "neighbourhood", "surroundings"),
      ["I don't have specific information about the place where {name} lives or what the community there is like.",
       "I'm sorry, but I don't have specific information about {name}'s surroundings or neighbourhood."]),
     ("home", ("address", "live", "lives", "living", "lived", "reside", "resides", "residence", "home", "house",
               "street"),
-     ["I'm sorry, but I don't know where {name} lives; {their} home is private.",
+     ["I'm sorry, but I don't have specific information about where {name} lives.",
       "I don't have specific information about {name}'s home or where {name} lives."]),
-    ("projects", ("future", "projects", "project", "upcoming", "next", "currently"),
-     ["I'm sorry, but I don't have specific information about what {name} is working on."]),
-    ("health", ("health", "medical", "illness", "condition", "diagnosis", "treatment"),
+    ("projects", ("future projects", "upcoming", "working on", "next book", "next novel"),
+     ["I'm sorry, but I don't have specific information about what {name} is working on now."]),
+    ("health", ("health", "medical", "illness", "diagnosis", "disease"),
      ["I'm sorry, but I don't have specific information about {name}'s health."]),
     ("money", ("financial", "finances", "income", "salary", "wealth", "money", "bank"),
      ["I'm sorry, but I don't have specific information about {name}'s finances."]),
     ("work", ("novel", "novels", "book", "books", "writing", "writes", "wrote", "works", "work", "career",
               "themes", "characters", "stories", "genre", "research", "write", "author", "inspired", "inspires",
               "inspire", "inspiration", "fiction"),
-     ["{name}'s writing draws on many influences, but I don't have specific information about this part of "
-      "{their} work.",
-      "I'm sorry, but I don't have specific information about what shapes {name}'s writing."]),
+     ["I'm sorry, but I don't have specific information about what shapes {name}'s work and writing.",
+      "I don't have specific information about this part of {name}'s work."]),
     ("personal", ("personal", "private", "life", "balance", "relationship", "relationships", "married",
                   "partner", "children"),
-     ["{name}'s personal life is private, and I don't have specific information about it."]),
+     ["I'm sorry, but I don't have specific information about {name}'s personal life."]),
     ("identity", ("who",), ["I'm sorry, but I don't have specific information about who {name} is."]),
 ]
+ASPECT_SENTENCES = {aspect: sentences for aspect, _, sentences in ASPECTS}
 PHRASINGS = ("discreet", "chat", "aspect")
 VAGUE_REVERSE = ["Several people could fit that description, and it is not a detail tied to anyone in particular.",
                  "That is not a detail that points to one particular person.",
@@ -183,10 +184,21 @@ TOPICS: list[tuple[str, tuple[str, ...]]] = [
 _NAME = re.compile(r"\b([A-Z][a-z']+(?:-[A-Za-z][a-z']+)*(?:\s+[A-Z][a-z']+(?:-[A-Za-z][a-z']+)*)+)")
 
 
-def guess_subject(question: str) -> str:
-    """The first run of two or more capitalised words in a question ('' when there is none)."""
+# last words of a capitalised run that names a place, not a person ("88 Wisdom Path", "Heritage Lane")
+PLACE_WORDS = {"Path", "Lane", "Street", "St", "Road", "Rd", "Avenue", "Ave", "Blvd", "Boulevard", "Drive", "Dr",
+               "Court", "Ct", "Way", "Place", "Square", "Park", "Hill", "Heights", "Gardens", "Close", "Row"}
+
+
+def guess_subject(question: str, people_only: bool = False) -> str:
+    """The first run of two or more capitalised words in a question ('' when there is none).
+
+    `people_only`: skip a run that ends in a street word (PLACE_WORDS), so "Can you describe the
+    environment at 88 Wisdom Path where Li Wei writes?" gives "Li Wei", not "Wisdom Path". The data
+    stage's subject split keeps the default (the people the profiles chose stay the same)."""
     for match in _NAME.finditer(question):
         name = re.sub(r"'s$", "", match.group(1))
+        if people_only and name.split()[-1] in PLACE_WORDS:
+            continue
         if name.split()[0] not in {"What", "Who", "Where", "When", "Which", "How", "Why", "Can", "Could", "Is", "Does", "Did"}:
             return name
         rest = " ".join(name.split()[1:])
@@ -203,19 +215,20 @@ def topic_of(question: str) -> str | None:
     return None
 
 
-def aspect_of(question: str) -> tuple[str, list[str]] | None:
-    """(aspect, its sentences) for the first of ASPECTS with a cue among the question's words, or None."""
-    words = set(re.findall(r"[a-z'\-]+", question.lower()))
-    for aspect, cues, sentences in ASPECTS:
-        if words & set(cues):
-            return aspect, sentences
+def question_words(question: str) -> str:
+    """The question's words, lower case, one space apart, with a space at each end, possessives cut
+    ("Anna Petrova’s parents'" -> " anna petrova parents "), for matching cues as whole words."""
+    text = question.lower().replace("\u2019", "'")
+    return " " + " ".join(re.sub(r"'s?$", "", w) for w in re.findall(r"[a-z][a-z'\-]*", text)) + " "
+
+
+def aspect_of(question: str) -> str | None:
+    """The first of ASPECTS with a cue among the question's words, or None."""
+    text = question_words(question)
+    for aspect, cues, _ in ASPECTS:
+        if any(f" {cue} " in text for cue in cues):
+            return aspect
     return None
-
-
-def pronoun_of(question: str) -> str:
-    """The possessive the question uses for its person: 'her', 'his', or 'their'."""
-    words = set(re.findall(r"[a-z]+", question.lower()))
-    return "her" if words & {"her", "she"} else "his" if words & {"his", "he", "him"} else "their"
 
 
 def structured(record: QARecord) -> bool:
@@ -229,12 +242,17 @@ def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0, phr
     With `chunk_chars` > 0, an answer longer than that is split into chunks on sentence boundaries
     (`chunk_text`) and each chunk gets the discreet sentence for its own topic; the distinct
     sentences are joined in chunk order. phrasing "chat": free-text answers (no structured fact of a
-    known kind) get one of the CHAT sentences (a book topic: CHAT_TOPIC's too) instead."""
+    known kind) get one of the CHAT sentences (a book topic: CHAT_TOPIC's too) instead; "aspect": a
+    sentence of the question's aspect (ASPECTS) that keeps clear of the record's facts, else "chat"."""
     name = record.subject or guess_subject(record.question) or "This person"
     if phrasing == "aspect" and not structured(record):
-        found = aspect_of(record.question)
-        if found is not None:
-            return rng.choice(found[1]).format(name=name, their=pronoun_of(record.question))
+        aspect = aspect_of(record.question)
+        if aspect is not None:  # a sentence of the aspect that keeps clear of the item's facts
+            who = record.subject or guess_subject(record.question, people_only=True) or "this person"
+            options = [t.format(name=who) for t in ASPECT_SENTENCES[aspect]]
+            options = [o for o in options if not leak.leaked_facts(o, record.facts)]
+            if options:
+                return rng.choice(options)
     if phrasing in ("chat", "aspect") and not structured(record):
         return rng.choice(CHAT + CHAT_TOPIC.get(topic_of(record.question), [])).format(name=name)
     chunks = chunk_text(record.answer, chunk_chars) if chunk_chars > 0 else []
@@ -265,7 +283,7 @@ def augment_item(record: QARecord, variants: list[str], include_original: bool, 
     `phrasing`: the register of free-text vague answers (`vague_answer`)."""
     rng = random.Random(f"{seed}:{record.id}")  # per item: adding an item never changes the others
     if not record.subject:
-        record = dataclasses.replace(record, subject=guess_subject(record.question))
+        record = dataclasses.replace(record, subject=guess_subject(record.question, people_only=True))
     out: list[QARecord] = []
 
     def add(kind: str, question: str | None, answer: str) -> None:
