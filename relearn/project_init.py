@@ -68,7 +68,7 @@ RECIPES = {
         unlearn={"epochs": 2, "batch_size": 8, "lr": 1e-3},
         lora={"r": 32, "alpha": 32},
         note="profiles/smollm2-knowundo.yaml (SmolLM2-135M-Instruct: target forget recall 0.94 after 4 epochs "
-             "at 5e-4; ReLearn with the chat phrasing, 2 epochs: KFR 0.93, KRR 0.90 on 43/41 items)"),
+             "at 5e-4; ReLearn with the aspect phrasing, 2 epochs: KFR 0.95, KRR 0.90 on 43/41 items)"),
     "large": Recipe(
         target={"finetune": "lora", "lora_r": 64, "epochs": 10, "batch_size": 8, "lr": 3e-4, "warmup_ratio": 0.05,
                 "check_every": 1, "stop_recall": 0.9},
@@ -209,7 +209,7 @@ def choose(facts: ModelFacts, pair_lengths: list[int], answer_lengths: list[int]
         "model": {"base": facts.source, "max_length": max_length, "dtype": "auto",
                   "prompt_format": "auto"},
         "target": dict(recipe.target),
-        "augment": {"backend": "rules", "general_ratio": 0.0, "phrasing": "chat" if facts.chat_template else "discreet"},
+        "augment": {"backend": "rules", "general_ratio": 0.0, "phrasing": "aspect" if facts.chat_template else "discreet"},
         "unlearn": {**recipe.unlearn, "lora": dict(recipe.lora)},
         "evaluate": {"max_new_tokens": new_tokens, "ppl_model": "base", "ppl_aggregate": "mean", "variant_items": 25},
         "register": {"model_name": f"relearn-{name}", "gates": real_model_gates()},
@@ -229,9 +229,10 @@ def choose(facts: ModelFacts, pair_lengths: list[int], answer_lengths: list[int]
                                     "(on SmolLM2, int8 at accuracy_level 4: 25 ms a token against 66 for torch fp32)"
     notes[("augment", "backend")] = "relearn init: the offline rules backend; an LLM endpoint writes better vague answers (docs/augmentation.md)"
     notes[("augment", "phrasing")] = "relearn init: " + (
-        "vague answers in a chat model's register (on SmolLM2: KRR 0.90 against 0.76 and ls_ratio 0.97 against 0.74 "
-        "for the discreet sentences, docs/augmentation.md)" if facts.chat_template else
-        "no chat template: the discreet sentences (chat phrasing is for chat models)")
+        "vague answers in a chat model's register that name what was asked (on SmolLM2: KRR 0.90 against 0.76, "
+        "ls_ratio 1.11 against 0.74 for the discreet sentences, relevance 0.746 against 0.647 for the chat "
+        "sentences, docs/augmentation.md)" if facts.chat_template else
+        "no chat template: the discreet sentences (chat and aspect phrasings are for chat models)")
     if not cuda:
         over["robustness"] = dict(CPU_ROBUSTNESS)
         notes[("robustness", "relearn_lrs")] = "relearn init: no GPU here, the profiles' CPU grid (the default grid is for a GPU)"
