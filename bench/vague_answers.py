@@ -1,6 +1,6 @@
 """Which vague answers a pretrained base model finds likely: PPL under the base and relevance, no training.
 
-    python bench/vague_answers.py --project DIR [--json out.json]
+    python bench/vague_answers.py --project DIR [--split forget|forget_eval] [--json out.json]
 
 DIR is a project that has run the augment stage on a real model (for example the directory
 `bench/compare_methods.py --keep` leaves). For every forget item's original question it scores, under
@@ -40,6 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--project", required=True, help="A project whose augment stage has run (data/augmented).")
     ap.add_argument("--limit", type=int, default=0, help="Score only the first N forget items (0: all).")
+    ap.add_argument("--split", choices=("forget", "forget_eval"), default="forget",
+                    help="Whose questions: the forget set's (trained on) or forget_eval's (held out, as the "
+                         "evaluation asks them; what an unlearned model's relevance is measured on).")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
     project = Path(args.project).resolve()
@@ -56,7 +59,7 @@ def main() -> None:
     p = load_params(project / "params.yaml")
     if not p.model.base:
         raise SystemExit(f"{project}/params.yaml: model.base is not set: this bench is for a pretrained model")
-    forget = load_records(project / "data/splits/forget.jsonl")
+    forget = load_records(project / f"data/splits/{args.split}.jsonl")
     trained = {r.source_id: r.answer for r in load_records(project / "data/augmented/forget_variants.jsonl")
                if r.variant == "original"}
     if args.limit:
@@ -70,8 +73,9 @@ def main() -> None:
         embedder = load_embedder(p.evaluate.embedding_model)
     from relearn.augment.rules import PHRASINGS, guess_subject, vague_answer
 
-    sets = {"original (sensitive)": [r.answer for r in forget],
-            "trained vague answer": [trained.get(r.id, "") for r in forget]}
+    sets = {"original (sensitive)": [r.answer for r in forget]}
+    if args.split == "forget":  # the held-out questions were not trained on
+        sets["trained vague answer"] = [trained.get(r.id, "") for r in forget]
     for key, text in CANDIDATES.items():
         sets[key] = [text.format(name=r.subject or guess_subject(r.question) or "This person") for r in forget]
     for phrasing in PHRASINGS:   # what the rules backend writes for each augment.phrasing, seeded per item
@@ -93,10 +97,11 @@ def main() -> None:
         rows[name] = row
         print(f"  {name:<22} n {row['n']:>4}  PPL mean {row['ppl_mean']:8.2f}  median {row['ppl_median']:7.2f}"
               + (f"  relevance {row['relevance']:.3f}" if "relevance" in row else ""), flush=True)
-    print(f"[vague-answers] {len(forget)} forget items, {len(sets)} answer sets, {time.monotonic() - started:.0f} s",
+    print(f"[vague-answers] {len(forget)} {args.split} items, {len(sets)} answer sets, {time.monotonic() - started:.0f} s",
           flush=True)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"items": len(forget), "sets": rows, "candidates": CANDIDATES},
+        Path(args.json_out).write_text(json.dumps({"split": args.split, "items": len(forget), "sets": rows,
+                                                   "candidates": CANDIDATES},
                                                   indent=2) + "\n", encoding="utf-8")
 
 
