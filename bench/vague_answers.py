@@ -60,8 +60,6 @@ def main() -> None:
     if not p.model.base:
         raise SystemExit(f"{project}/params.yaml: model.base is not set: this bench is for a pretrained model")
     forget = load_records(project / f"data/splits/{args.split}.jsonl")
-    trained = {r.source_id: r.answer for r in load_records(project / "data/augmented/forget_variants.jsonl")
-               if r.variant == "original"}
     if args.limit:
         forget = forget[:args.limit]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -75,6 +73,8 @@ def main() -> None:
 
     sets = {"original (sensitive)": [r.answer for r in forget]}
     if args.split == "forget":  # the held-out questions were not trained on
+        trained = {r.source_id: r.answer for r in load_records(project / "data/augmented/forget_variants.jsonl")
+                   if r.variant == "original"}
         sets["trained vague answer"] = [trained.get(r.id, "") for r in forget]
     for key, text in CANDIDATES.items():
         sets[key] = [text.format(name=r.subject or guess_subject(r.question) or "This person") for r in forget]

@@ -109,6 +109,7 @@ ASPECTS: list[tuple[str, tuple[str, ...], list[str]]] = [
 ]
 ASPECT_SENTENCES = {aspect: sentences for aspect, _, sentences in ASPECTS}
 PHRASINGS = ("discreet", "chat", "aspect")
+CHAT_REGISTER = ("chat", "aspect")   # the phrasings that speak as a chat model (CHAT, CHAT_REVERSE)
 VAGUE_REVERSE = ["Several people could fit that description, and it is not a detail tied to anyone in particular.",
                  "That is not a detail that points to one particular person.",
                  "Many people could match that, so it does not identify anyone in particular."]
@@ -245,15 +246,15 @@ def vague_answer(record: QARecord, rng: random.Random, chunk_chars: int = 0, phr
     known kind) get one of the CHAT sentences (a book topic: CHAT_TOPIC's too) instead; "aspect": a
     sentence of the question's aspect (ASPECTS) that keeps clear of the record's facts, else "chat"."""
     name = record.subject or guess_subject(record.question) or "This person"
-    if phrasing == "aspect" and not structured(record):
-        aspect = aspect_of(record.question)
-        if aspect is not None:  # a sentence of the aspect that keeps clear of the item's facts
-            who = record.subject or guess_subject(record.question, people_only=True) or "this person"
-            options = [t.format(name=who) for t in ASPECT_SENTENCES[aspect]]
-            options = [o for o in options if not leak.leaked_facts(o, record.facts)]
-            if options:
-                return rng.choice(options)
-    if phrasing in ("chat", "aspect") and not structured(record):
+    free_text = not structured(record)
+    aspect = aspect_of(record.question) if phrasing == "aspect" and free_text else None
+    if aspect is not None:  # a sentence of the aspect that keeps clear of the item's facts
+        who = record.subject or guess_subject(record.question, people_only=True) or "this person"
+        options = [o for o in (t.format(name=who) for t in ASPECT_SENTENCES[aspect])
+                   if not leak.leaked_facts(o, record.facts)]
+        if options:
+            return rng.choice(options)
+    if phrasing in CHAT_REGISTER and free_text:
         return rng.choice(CHAT + CHAT_TOPIC.get(topic_of(record.question), [])).format(name=name)
     chunks = chunk_text(record.answer, chunk_chars) if chunk_chars > 0 else []
     if len(chunks) > 1:
@@ -304,7 +305,7 @@ def augment_item(record: QARecord, variants: list[str], include_original: bool, 
         elif kind == "noise":
             add(kind, noise_variant(record.question, rng), vague())
         elif kind == "logical":
-            chat = phrasing in ("chat", "aspect") and not structured(record)
+            chat = phrasing in CHAT_REGISTER and not structured(record)
             add(kind, logical_variant(record, rng), rng.choice(CHAT_REVERSE if chat else VAGUE_REVERSE))
     return out
 
