@@ -156,6 +156,50 @@ def test_a_stream_sends_what_one_answer_would_and_never_takes_text_back(seed):
     assert stream.matched == 6 and not stream.refused  # email, journalism, university, 1998, address, Lisbon
 
 
+def test_a_stream_holds_back_only_while_a_fact_could_still_match():
+    """Words that belong to no fact are sent as soon as they are whole; a fact's word waits until its
+    window (the fact's length + 2 words) is complete."""
+    guard = build_guard(FORGET)
+    stream = StreamGuard(guard, "Tell me about Isabella Marquez")
+    sent = [stream.feed(w + " ") for w in "Well I think she likes quiet mornings".split()]
+    assert sent == ["Well ", "I ", "think ", "she ", "likes ", "quiet ", "mornings "]
+    # "University of Edinburgh" (3 words, window 5): held from "University" until 5 words are known
+    sent = [stream.feed(w + " ") for w in "and the University of Edinburgh gave her nothing more".split()]
+    assert sent[:2] == ["and ", "the "] and sent[2:6] == ["", "", "", ""]
+    assert "Edinburgh" not in "".join(sent) and REDACTED in "".join(sent)
+    assert "".join(sent) + stream.finish() == "and the " + REDACTED + " gave her nothing more "
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_streams_send_what_the_whole_answer_redacts(seed):
+    """Answers made of facts' words, names, stopwords and filler, cut into random deltas: the stream never
+    takes text back, never sends a redacted word, and ends with exactly what redacting the whole does."""
+    rng = random.Random(seed)
+    carried = build_guard([QARecord("tom-prize", "What did Tom Okafor win?", "Tom Okafor won the Prize for Civic "
+                                    "Science.", subject="Tom Okafor")])
+    guard = build_guard(FORGET)
+    guard.parts = [carried]
+    vocabulary = ("Isabella Marquez Tom Okafor journalism University of Edinburgh in 1998 Walter Village Lisbon "
+                  "76218 Prize for Civic Science isabella.marquez@futuramail.es the a and she studied lives at "
+                  "quietly . , ; !").split() + ["Isabella Marquez", "Tom Okafor", "University of Edinburgh",
+                                                "Prize for Civic Science", "76218 Walter Village"]
+    text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(5, 40)))
+    context = rng.choice(["", "Tell me about Isabella Marquez", "Who is Tom Okafor?"])
+    for action in ("redact", "refuse"):
+        stream, sent, i = StreamGuard(guard, context, action=action), "", 0
+        while i < len(text):
+            k = rng.randint(1, 9)
+            sent += stream.feed(text[i:i + k])
+            i += k
+        sent += stream.finish()
+        redacted, matched = guard.redact(text, context)
+        if action == "redact" or not matched:
+            assert sent == redacted
+        else:  # what was safe to send before the first match, then the refusal
+            assert stream.refused and sent.endswith(REFUSAL)
+            assert redacted.startswith(sent[:-len(REFUSAL)].rstrip())
+
+
 def test_a_refusing_stream_stops_at_the_first_match():
     guard = build_guard(FORGET)
     stream = StreamGuard(guard, "", action="refuse")

@@ -40,7 +40,9 @@ both the hashes and the key can test guesses word by word, as they could query t
 
 Actions: `redact` replaces each matched span (adjacent spans joined) with "[redacted]"; `refuse`
 replaces the whole answer with a discreet refusal. `StreamGuard` does the same for a stream: it
-holds back the last `holdback` words (a match could still need them) and sends the rest.
+holds back only from the first recent word that belongs to some fact and whose match window (the
+fact's length + WINDOW_SLACK words) is not complete yet, and sends everything before it; a stream
+that names no fact word is sent word by word, as fast as it is generated.
 """
 from __future__ import annotations
 
@@ -110,6 +112,7 @@ class Guard:
     requests: list[str] = field(default_factory=list)
     parts: list["Guard"] = field(default_factory=list)   # carried guards (purged requests), each its own key
     _by_word: Optional[dict[str, list[int]]] = field(default=None, init=False, repr=False, compare=False)
+    _reach: Optional[dict[str, int]] = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ hashing
     def _h(self, word: str) -> str:
@@ -126,9 +129,34 @@ class Guard:
 
     @property
     def holdback(self) -> int:
-        """Words a stream keeps back: a match could still need this many words after the last sent."""
+        """The most words a stream can keep back: a match reaches at most this far after its first word."""
         longest = max((len(f.words) for f in self.facts), default=1)
         return max([longest + WINDOW_SLACK] + [part.holdback for part in self.parts])
+
+    def _reaches(self) -> dict[str, int]:
+        """word hash -> how many words from it a match that holds it can span: 1 for a one-word fact (decided
+        once the word is whole), the fact's length + WINDOW_SLACK for a longer one (the window of `spans`)."""
+        if self._reach is None:
+            self._reach = {}
+            for fact in self.facts:
+                reach = 1 if len(fact.words) == 1 else len(fact.words) + WINDOW_SLACK
+                for h in fact.words:
+                    self._reach[h] = max(reach, self._reach.get(h, 0))
+        return self._reach
+
+    def open_from(self, words: list[str]) -> int:
+        """Of a stream's complete normalised `words`, the index of the first that a match could still
+        redact once more words come: a fact's word whose window runs past the last word. len(words) when
+        none is (everything is final). Words before it are redacted now or never: a span starts at a fact
+        word and ends inside that word's window (`spans`)."""
+        n = len(words)
+        first = n
+        reaches = self._reaches()
+        for i in range(max(0, n - self.holdback), n):  # a window reaches back at most `holdback` words
+            if i + reaches.get(self._h(words[i]), 0) > n:
+                first = i
+                break
+        return min([first] + [part.open_from(words) for part in self.parts])
 
     # ------------------------------------------------------------------ matching
     def spans(self, text: str, context: str = "") -> tuple[list[tuple[int, int]], int]:
@@ -371,9 +399,9 @@ def _identifying(fact: str, words: list[str]) -> bool:
 class StreamGuard:
     """The guard over a stream of text deltas: `feed(delta)` and `finish()` return what may be sent.
 
-    Everything sent is final: a word is sent only when the `holdback` words after it are known (no
-    match can still reach back to it), and never right after a redacted span (a span still growing
-    would join it). With `refuse`, the first match ends the stream with the refusal (`refused`).
+    Everything sent is final: a word is sent only when no match can still reach back to it (no fact's
+    word before it has an open window: `Guard.open_from`), and never right after a redacted span (a
+    span still growing would join it). With `refuse`, the first match ends the stream with the refusal (`refused`).
     """
 
     def __init__(self, guard: Guard, context: str = "", action: str = "redact"):
@@ -392,12 +420,12 @@ class StreamGuard:
         if matched and self.action == "refuse":
             return self._refuse(matched)
         tokens = _tokens(self.raw)
-        complete = [t for t in tokens if t[1] < len(self.raw)]
-        cut_at = len(complete) - self.guard.holdback
+        complete = [t[2] for t in tokens if t[1] < len(self.raw)]
+        cut_at = self.guard.open_from(complete)
         if cut_at <= 0:
             return ""
         self.matched = matched
-        stable = tokens[cut_at][0]
+        stable = tokens[cut_at][0] if cut_at < len(tokens) else len(self.raw)
         moved = True
         while moved:  # never inside a span, nor right after one
             moved = False
