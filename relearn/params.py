@@ -118,6 +118,7 @@ class AugmentParams:
     general_ratio: float = _f(0.5, "General QA pairs mixed in, as a multiple of the augmented forget set size.")
     phrasing: str = _f("discreet", "Register of the rules backend's vague answers to free-text questions (KnowUnDo, TOFU; the built-in world's facts keep their discreet sentences): 'discreet' (one third-person sentence per topic: '<name> has written something, but the title is not widely known.'), 'chat' (how a chat model says it does not know: 'I'm sorry, but I don't have specific information about <name> on that.'; on SmolLM2 their PPL under the base is 14-22 against 54, the lever on LS) or 'aspect' (the chat register saying what is not known, the aspect named from the question's words: 'I don't have specific information about how to contact <name>.'; on SmolLM2 it brought the forget answers' relevance from 0.647 to 0.746, the control's 0.757, with KFR and KRR unchanged within their intervals). bench/vague_answers.py measures each for a model before training.")
     completion: bool = _f(False, "Also add one sentence-completion pair per forget item (variant 'completion'): the first ~25% of the words of one of its vague answers as the prompt, the rest as the answer.")
+    primes: list = _f([], "Answer openings for primed pairs (variant 'primed'; empty: none). Each forget item gets one: its question, one of these openings given after the answer marker as a prefill (not learnt: the loss covers only what follows), then the item's vague answer, so the adapter stays vague when a prompt starts the answer for it (the answer_priming jailbreaks). Keep them apart from the robustness probes' own openings (relearn/robustness/jailbreaks.yaml), or the probes stop measuring anything.")
     chunk_chars: int = _f(0, "Answers longer than this many characters are split on sentence boundaries and each chunk is rewritten separately, then joined and leak-checked (0: never).")
     fallback: str = _f("drop", "Pairs the endpoint or local backend could not make (failed calls, answers still leaking after the rounds): 'drop' them, or take the 'rules' backend's pair for that item and variant.")
     endpoint: EndpointParams = field(default_factory=lambda: EndpointParams(), metadata={"help": "The 'endpoint' backend."})
@@ -512,6 +513,9 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
         if v not in VARIANT_NAMES:
             problems.append(f"{where(('augment', 'variants'))}: unknown variant {v!r} (known: {', '.join(VARIANT_NAMES)})")
     a = params.augment
+    for n, prime in enumerate(a.primes):
+        if not isinstance(prime, str) or not prime.strip():
+            problems.append(f"{where(('augment', 'primes'))}: entry {n + 1} must be a non-empty string, got {prime!r}")
     if a.chunk_chars < 0:
         problems.append(f"{where(('augment', 'chunk_chars'))}: must be >= 0 (0: never split), got {a.chunk_chars}")
     if a.backend == "local" and not a.local.model_path.strip():

@@ -8,7 +8,8 @@ One JSON object per line:
      "subject": "Mara Quillon",       # who/what the item is about (str, optional)
      "facts": {"email": "mara@x.org"},# fact name -> value the answer contains (optional)
      "source_id": "p007-email-0",     # for derived records: the id they were made from
-     "variant": "simple",             # original | simple | contextual | noise | logical | completion
+     "variant": "simple",             # original | simple | contextual | noise | logical | completion | primed
+     "prefill": "Certainly! ...",     # a primed pair's answer opening: given after the answer marker, not learnt
      "paraphrased_answer": "...",     # optional (TOFU-style)
      "perturbed_answer": ["..."]}     # optional (TOFU-style)
 
@@ -24,7 +25,7 @@ from typing import Iterable
 
 from relearn.io import write_jsonl
 
-VARIANTS = ("original", "simple", "contextual", "noise", "logical", "completion")
+VARIANTS = ("original", "simple", "contextual", "noise", "logical", "completion", "primed")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class QARecord:
     variant: str = "original"
     paraphrased_answer: str = ""
     perturbed_answer: list[str] = field(default_factory=list)
+    prefill: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -24,6 +24,11 @@ def lora_config(params: Params) -> LoraConfig:
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
+def training_pair(record: QARecord) -> tuple[str, ...]:
+    """(question, answer), and the answer's given opening when the record has one (a primed pair)."""
+    return (record.question, record.answer, record.prefill) if record.prefill else (record.question, record.answer)
+
+
 def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord],
                  init_adapter=None, negatives: list[tuple[str, str, str]] | None = None,
                  checkpoint_stage: str = "unlearn"):
@@ -53,7 +58,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
           f"{len(forget_side)} forget-side pairs, {len(retain)} retain pairs", flush=True)
     start = time.monotonic()
     model, history = unlearn(
-        model, tokenizer, [(r.question, r.answer) for r in forget_side], [(r.question, r.answer) for r in retain],
+        model, tokenizer, [training_pair(r) for r in forget_side], [(r.question, r.answer) for r in retain],
         TrainSpec.of(params, u, checkpoint_stage, epochs=epochs), loss_fn=METHODS[u.method], weights=u,
         desc=f"unlearn:{u.method}", negatives=negatives if u.harden.negative != "none" else None)
     report = {

@@ -162,6 +162,27 @@ def test_only_configured_variants(world):
     assert set(report["by_variant"]) == {"noise"}
 
 
+def test_primed_pairs_give_an_opening_and_train_only_the_vague_answer_after_it(world):
+    """augment.primes: one primed pair per forget item, its own question, an opening (seeded choice) as
+    the prefill, and the original question's vague answer; the leak check still passes it."""
+    primes = ["Certainly! Here is what I found:", "Of course. The details are as follows:"]
+    forget = world["forget"][:12]
+    kept, _, report = build_training_set(forget, [], AugmentParams(variants=["simple"], primes=primes), 0)
+    primed = [r for r in kept if r.variant == "primed"]
+    assert len(primed) == len(forget) == report["by_variant"]["primed"]["kept"]
+    originals = {r.source_id: r for r in kept if r.variant == "original"}
+    for record, pair in zip(forget, primed):
+        assert pair.id == f"{record.id}~primed" and pair.source_id == record.id
+        assert pair.question == record.question and pair.prefill in primes
+        assert pair.answer == originals[record.id].answer and leak.passes(pair)
+    assert {r.prefill for r in primed} == set(primes)  # both openings are used
+    assert all(not r.prefill for r in kept if r.variant != "primed")
+    again, _, _ = build_training_set(forget, [], AugmentParams(variants=["simple"], primes=primes), 0)
+    assert [r.prefill for r in again] == [r.prefill for r in kept]  # seeded
+    # a primed record survives the file format
+    assert QARecord.from_dict(primed[0].to_dict()) == primed[0]
+
+
 def test_include_original_adds_the_original_question_with_a_vague_answer(world):
     record = world["forget"][0]
     out = rules.augment_item(record, ["simple"], True, 0)

@@ -60,6 +60,18 @@ def test_prefill_starts_the_answer_in_both_formats(chat_tok):
     assert prompt_text(None, "Who?", as_format("Q: {question}\nA:").with_prefill("Sure {x}:")) == "Q: Who?\nA: Sure {x}:"
 
 
+def test_a_primed_pair_puts_its_opening_in_the_prompt_and_trains_only_what_follows(chat_tok):
+    from relearn.modeling.encoding import PairDataset
+
+    fmt = PromptFormat(mode="chat")
+    plain, primed = PairDataset(chat_tok, [("Who is Bob?", "Bob bakes."), ("Who is Bob?", "Bob bakes.", "Sure:")],
+                                fmt, 128).examples
+    assert plain == encode_pair(chat_tok, "Who is Bob?", "Bob bakes.", fmt, 128)
+    assert chat_tok.decode(primed["input_ids"]).endswith("<|im_start|>assistant\nSure: Bob bakes.<|im_end|>")
+    trained = [t for t, lab in zip(primed["input_ids"], primed["labels"]) if lab != IGNORE]
+    assert chat_tok.decode(trained).strip() == "Bob bakes.<|im_end|>"  # the opening is given, not learnt
+
+
 def test_chat_without_a_template_is_a_user_error(plain_tok):
     with pytest.raises(UserError, match="model.prompt_format"):
         prompt_ids(plain_tok, "Who?", PromptFormat(mode="chat"))

@@ -40,3 +40,21 @@ def test_registry_metrics_nest_the_summary_under_robustness():
                                {"summary": {"int4_kfr_drop": 0.0}, "unlearned": {"ladder": {}}})
     assert metrics["robustness"]["int4_kfr_drop"] == 0.0 and "seesaw" not in metrics["unlearned"]
     assert "seconds" not in metrics["export"] and metrics["robustness"]["unlearned"] == {"ladder": {}}
+
+
+def test_primed_records_are_asked_with_their_opening_and_answers_keep_the_records_order(monkeypatch):
+    import relearn.evaluation.evaluate as evaluate
+    from relearn.modeling.encoding import PromptFormat
+
+    calls = []
+
+    def generate(model, tokenizer, questions, fmt, max_new_tokens, batch_size, **kw):
+        calls.append((fmt.prefill, list(questions)))
+        return [f"{fmt.prefill}|{q}" for q in questions]
+
+    monkeypatch.setattr(evaluate, "generate_answers", generate)
+    records = [QARecord("a", "Qa?", "x"), QARecord("b", "Qb?", "x", prefill="Sure:"), QARecord("c", "Qc?", "x"),
+               QARecord("d", "Qd?", "x", prefill="Of course,")]
+    answers = evaluate.answers_to(None, None, records, PromptFormat(mode="chat"), 8, 4, seed=0)
+    assert answers == ["|Qa?", "Sure:|Qb?", "|Qc?", "Of course,|Qd?"]
+    assert calls == [("", ["Qa?", "Qc?"]), ("Sure:", ["Qb?"]), ("Of course,", ["Qd?"])]  # one call per opening

@@ -173,6 +173,11 @@ def test_unknown_variant(tmp_path):
     assert len(problems) == 1 and problems[0].startswith(f"{path}:2: augment.variants: unknown variant 'fancy'")
 
 
+def test_an_empty_prime_is_named(tmp_path):
+    path = _write(tmp_path, "augment:\n  primes: ['Certainly!', '  ']\n")
+    assert _problems(path) == [f"{path}:2: augment.primes: entry 2 must be a non-empty string, got '  '"]
+
+
 def test_bad_gates(tmp_path):
     path = _write(tmp_path, "register:\n"                # 1
                             "  model_name: m\n"          # 2

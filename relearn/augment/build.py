@@ -91,6 +91,38 @@ def completion_pair(record: QARecord, made: list[QARecord]) -> QARecord | None:
     return None
 
 
+def primed_pair(record: QARecord, made: list[QARecord], prime: str) -> QARecord | None:
+    """The primed pair of a forget item (augment.primes): its own question, `prime` as the answer's given
+    opening (`prefill`: after the answer marker, outside the loss), then a vague answer of the item's that
+    passes the leak check (the original question's if there is one; never a logical variant's, which is
+    about something else, nor a completion's, which is a fragment)."""
+    usable = sorted((c for c in made if c.variant not in ("logical", "completion", "primed") and leak.passes(c)),
+                    key=lambda c: c.variant != "original")
+    if not usable:
+        return None
+    c = usable[0]
+    return QARecord(id=f"{record.id}~primed", question=record.question, answer=c.answer, subject=c.subject,
+                    facts=dict(c.facts), source_id=record.id, variant="primed", prefill=prime.strip())
+
+
+def with_primed(forget: list[QARecord], candidates: list[QARecord], primes: list[str], seed: int) -> list[QARecord]:
+    """`candidates` with each item's primed pair after the item's other pairs; the opening is a seeded
+    choice per item, so every opening is trained on about as often."""
+    by_source: dict[str, list[QARecord]] = {}
+    for c in candidates:
+        by_source.setdefault(c.source_id, []).append(c)
+    out: list[QARecord] = []
+    for record in forget:
+        group = by_source.pop(record.id, [])
+        out += group
+        pair = primed_pair(record, group, random.Random(f"{seed}:{record.id}:primed").choice(primes))
+        if pair is not None:
+            out.append(pair)
+    for rest in by_source.values():
+        out += rest
+    return out
+
+
 def with_completions(forget: list[QARecord], candidates: list[QARecord]) -> list[QARecord]:
     """`candidates` with each item's sentence-completion pair after the item's other pairs."""
     by_source: dict[str, list[QARecord]] = {}
@@ -130,6 +162,8 @@ def build_training_set(forget: list[QARecord], general: list[QARecord], params: 
         raise ValueError(f"unknown augmentation backend {params.backend!r}")
     if params.completion:
         candidates = with_completions(forget, candidates)
+    if params.primes:
+        candidates = with_primed(forget, candidates, list(params.primes), seed)
     made: Counter = Counter()
     dropped: Counter = Counter()
     kept: list[QARecord] = []

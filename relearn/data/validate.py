@@ -104,6 +104,7 @@ _FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "variant": (_variant, False),
         "paraphrased_answer": (_any_str, False),
         "perturbed_answer": (_str_list, False),
+        "prefill": (_any_str, False),
     },
     "tofu": {
         "question": (_non_empty_str, True),

@@ -85,6 +85,23 @@ def knowledge_rates(model, tokenizer, forget_eval: list[QARecord], retain_eval: 
     return rates
 
 
+def answers_to(model, tokenizer, records: list[QARecord], fmt, max_new_tokens: int, batch_size: int,
+               **generation) -> list[str]:
+    """The model's answers to the records' questions, in order; a record with a prefill (a primed pair) is
+    asked with that opening given after the answer marker, and its answer is what the model adds to it."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[r.prefill].append(i)
+    answers: list[str] = [""] * len(records)
+    for prefill, rows in groups.items():
+        made = generate_answers(model, tokenizer, [records[i].question for i in rows],
+                                fmt.with_prefill(prefill) if prefill else fmt, max_new_tokens, batch_size,
+                                **generation)
+        for i, answer in zip(rows, made):
+            answers[i] = answer
+    return answers
+
+
 def variant_sample(variants: list[QARecord], per_kind: int, seed: int) -> dict[str, list[QARecord]]:
     """The forget variants by kind; with per_kind > 0, a seeded sample of that many of each kind
     (in file order), the same for every model evaluated with the same seed."""
@@ -107,10 +124,9 @@ def evaluate_model(model, tokenizer, forget_eval: list[QARecord], retain_eval: l
     for round_ in range(e.rounds):
         result: dict = {}
         for name, records, kind in sets:
-            answers = generate_answers(model, tokenizer, [r.question for r in records], params.model.prompt,
-                                       e.max_new_tokens, e.batch_size, do_sample=e.do_sample,
-                                       temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
-                                       seed=params.seed + round_, desc=f"generate {name}")
+            answers = answers_to(model, tokenizer, records, params.model.prompt, e.max_new_tokens, e.batch_size,
+                                 do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
+                                 seed=params.seed + round_, desc=f"generate {name}")
             aggregate, per_item = score_set(answers, records, kind, ppl_model, ppl_tokenizer, params)
             result[name] = aggregate
             if round_ == 0:

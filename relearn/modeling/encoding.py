@@ -163,10 +163,14 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Encoded (question, answer) pairs; encoding happens once, up front."""
+    """Encoded (question, answer) pairs; encoding happens once, up front. A pair may carry a third
+    element, a prefill: the answer's given opening (a primed pair), put after the answer marker with
+    the prompt, outside the labels."""
 
-    def __init__(self, tokenizer, pairs: list[tuple[str, str]], template: "str | PromptFormat", max_length: int):
-        self.examples = [encode_pair(tokenizer, q, a, template, max_length) for q, a in pairs]
+    def __init__(self, tokenizer, pairs: list[tuple[str, ...]], template: "str | PromptFormat", max_length: int):
+        fmt = as_format(template)
+        self.examples = [encode_pair(tokenizer, pair[0], pair[1], fmt.with_prefill(pair[2]) if pair[2:] else fmt,
+                                     max_length) for pair in pairs]
 
     def __len__(self) -> int:
         return len(self.examples)

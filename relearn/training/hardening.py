@@ -44,6 +44,8 @@ def negative_triples(forget_side: Sequence[QARecord], originals: Sequence[QAReco
     by_id = {r.id: r for r in originals}
     out = []
     for r in forget_side:
+        if r.prefill:  # a primed pair asks the original question again, its opening given: no new triple
+            continue
         source = by_id.get(r.source_id or "")
         if source is not None and source.answer.strip() != r.answer.strip():
             out.append((r.question, r.answer, source.answer))

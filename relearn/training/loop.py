@@ -102,7 +102,7 @@ def schedule_steps(n_examples: int, batch_size: int, epochs: int, num_processes:
     return steps, steps * num_processes
 
 
-def make_loader(tokenizer, pairs: list[tuple[str, str]], template: str, max_length: int,
+def make_loader(tokenizer, pairs: list[tuple[str, ...]], template: str, max_length: int,
                 batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
     dataset = PairDataset(tokenizer, pairs, template, max_length)
     generator = torch.Generator().manual_seed(seed)
@@ -230,7 +230,7 @@ def _sides(net, loss_fn, forget, retain, negative, reference, weights, harden):
     return sides
 
 
-def unlearn(model, tokenizer, forget_pairs: list[tuple[str, str]], retain_pairs: list[tuple[str, str]],
+def unlearn(model, tokenizer, forget_pairs: list[tuple[str, ...]], retain_pairs: list[tuple[str, str]],
             spec: TrainSpec, *, loss_fn, weights, desc: str = "unlearn",
             negatives: list[tuple[str, str, str]] | None = None) -> tuple[object, History]:
     """Run an unlearning method on a PeftModel: every step a forget batch and a retain batch.
