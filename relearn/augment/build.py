@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
+from typing import Callable
 
 from relearn.augment import leak, rules
 from relearn.evaluation.keyfacts import extract_key_facts
@@ -105,9 +106,9 @@ def primed_pair(record: QARecord, made: list[QARecord], prime: str) -> QARecord 
                     facts=dict(c.facts), source_id=record.id, variant="primed", prefill=prime.strip())
 
 
-def with_primed(forget: list[QARecord], candidates: list[QARecord], primes: list[str], seed: int) -> list[QARecord]:
-    """`candidates` with each item's primed pair after the item's other pairs; the opening is a seeded
-    choice per item, so every opening is trained on about as often."""
+def with_item_pairs(forget: list[QARecord], candidates: list[QARecord],
+                    make: Callable[[QARecord, list[QARecord]], QARecord | None]) -> list[QARecord]:
+    """`candidates` with `make(item, its pairs)`'s pair (when it makes one) after each forget item's pairs."""
     by_source: dict[str, list[QARecord]] = {}
     for c in candidates:
         by_source.setdefault(c.source_id, []).append(c)
@@ -115,29 +116,24 @@ def with_primed(forget: list[QARecord], candidates: list[QARecord], primes: list
     for record in forget:
         group = by_source.pop(record.id, [])
         out += group
-        pair = primed_pair(record, group, random.Random(f"{seed}:{record.id}:primed").choice(primes))
+        pair = make(record, group)
         if pair is not None:
             out.append(pair)
     for rest in by_source.values():
         out += rest
     return out
+
+
+def with_primed(forget: list[QARecord], candidates: list[QARecord], primes: list[str], seed: int) -> list[QARecord]:
+    """`candidates` with each item's primed pair after the item's other pairs; the opening is a seeded
+    choice per item, so every opening is trained on about as often."""
+    return with_item_pairs(forget, candidates, lambda record, group: primed_pair(
+        record, group, random.Random(f"{seed}:{record.id}:primed").choice(primes)))
 
 
 def with_completions(forget: list[QARecord], candidates: list[QARecord]) -> list[QARecord]:
     """`candidates` with each item's sentence-completion pair after the item's other pairs."""
-    by_source: dict[str, list[QARecord]] = {}
-    for c in candidates:
-        by_source.setdefault(c.source_id, []).append(c)
-    out: list[QARecord] = []
-    for record in forget:
-        group = by_source.pop(record.id, [])
-        out += group
-        pair = completion_pair(record, group)
-        if pair is not None:
-            out.append(pair)
-    for rest in by_source.values():
-        out += rest
-    return out
+    return with_item_pairs(forget, candidates, completion_pair)
 
 
 def build_training_set(forget: list[QARecord], general: list[QARecord], params: AugmentParams,
