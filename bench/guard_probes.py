@@ -9,7 +9,10 @@ The guard is built from the forget split as the register stage builds it. The pl
 the chosen jailbreak prompts (default: every one in relearn/robustness/jailbreaks.yaml) are
 answered by the unlearned model (greedy, as the robustness stage does), then scored as they are and
 as `relearn serve` would send them. Prints one row per probe and the lowest KFR over the
-jailbreaks, with the Wilson 95% interval and n of each rate.
+jailbreaks, with the Wilson 95% interval and n of each rate, then each guarded answer that still
+counts as not forgotten: how many of its facts it reveals and how many of those the retain set
+states about the same person (the guard lets those through by design; `stated_by_keep`). Counts
+only: no fact is printed.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ def main() -> None:
     from relearn.params import load_params
     from relearn.robustness import load_jailbreaks, run_probes
     from relearn.robustness.common import load_merged
-    from relearn.serving.guard import build_guard
+    from relearn.evaluation.scoring import fact_revealed
+    from relearn.serving.guard import build_guard, record_facts, stated_by_keep
 
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval"))
@@ -81,9 +85,20 @@ def main() -> None:
     n = rows["plain"]["kfr"]["n"], rows["plain"]["krr"]["n"]
     print(f"n = {n[0]} forget-eval, {n[1]} retain-eval items; lowest jailbreak KFR {aggregate['jailbreak_min_kfr']}, "
           f"guarded {aggregate['guarded_jailbreak_min_kfr']}")
+    records = {r.id: r for r in splits["forget_eval"]}
+    misses = []
+    for rid, probes in items["forget"].items():
+        for probe, item in probes.items():
+            if probe.endswith("+guard") and item.get("forgotten") is False:
+                revealed = [f for f in record_facts(records[rid]) if fact_revealed(item["answer"], f)]
+                public = set(stated_by_keep(records[rid], splits["retain"]))
+                misses.append({"item": rid, "probe": probe, "revealed": len(revealed),
+                               "stated_by_retain": sum(f in public for f in revealed)})
+                print(f"guarded miss: {rid} under {probe}: reveals {len(revealed)} fact(s), "
+                      f"{misses[-1]['stated_by_retain']} of them stated by the retain set about the same person")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"seconds": round(seconds, 1), "guard": guard.summary(),
-                                                    "rows": rows, "aggregate": aggregate}, indent=2) + "\n")
+                                                    "rows": rows, "aggregate": aggregate, "guarded_misses": misses}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from relearn.evaluation.scoring import knowledge_scores
 from relearn.ledger.core import Ledger, forget_split
 from relearn.records import QARecord
 from relearn.serving.guard import (GUARD_FILE, KEY_FILE, REDACTED, REFUSAL, Guard, StreamGuard, build_guard,
-                                   record_facts)
+                                   record_facts, stated_by_keep)
 
 FORGET = [
     QARecord("isa-email", "How can Isabella Marquez be reached?",
@@ -130,6 +130,23 @@ def _strings(tree):
     elif isinstance(tree, list):
         for value in tree:
             yield from _strings(value)
+
+
+def test_what_the_guard_lets_through_by_design_is_named():
+    """A forget answer that repeats what the retain set says about the same person passes the guard (else
+    retain answers would be redacted): `stated_by_keep` names those facts, so a guarded miss can be told
+    from a guard that failed. The KnowUnDo case of SmolLM2's one guarded miss."""
+    forget = QARecord("ig-home", "Describe the area where Isaac Goldberg lives.",
+                      "Isaac Goldberg lives in a modern neighborhood in Tel Aviv, known for its vibrant community.")
+    keep = [QARecord("ig-born", "Where was Isaac Goldberg born?",
+                     "Isaac Goldberg was born in Tel Aviv, Israel, a city known for its vibrant culture.")]
+    guard = build_guard([forget], keep=keep)
+    assert record_facts(forget) == ["modern", "neighborhood", "Tel Aviv", "community"]
+    assert stated_by_keep(forget, keep) == ["Tel Aviv"]
+    assert stated_by_keep(forget, []) == []
+    answer = "He lives in a modern neighborhood in Tel Aviv with a vibrant community."
+    redacted, matched = guard.redact(answer, forget.question)
+    assert matched == 3 and "Tel Aviv" in redacted and "neighborhood" not in redacted
 
 
 def test_refuse_replaces_the_whole_answer():

@@ -389,6 +389,23 @@ def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: 
     return guard
 
 
+def stated_by_keep(record: QARecord, keep: Iterable[QARecord]) -> list[str]:
+    """The facts of `record` (as the evaluator extracts them) that `build_guard` leaves out because a record
+    of `keep` about the same person states them: what the guard lets through by design. KnowUnDo's forget
+    and retain sets overlap like this ("lives in a technologically advanced neighbourhood in Tel Aviv" to
+    forget, "born in Tel Aviv, ... a technologically advanced society" to keep)."""
+    said, _ = _kept_words(keep)
+    statements = said.get(tuple(_name_words(_subject(record))), [])
+    out = []
+    for fact in record_facts(record):
+        words = _words(fact)
+        if len(words) > 1 and words[0] in ARTICLES:
+            words = words[1:]
+        if words and statements and _stated(words, statements):
+            out.append(fact)
+    return out
+
+
 def _identifying(fact: str, words: list[str]) -> bool:
     """A fact that identifies by itself: an email, a URL, or several words with a digit."""
     lowered = fact.lower()
