@@ -372,9 +372,7 @@ def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: 
                 if surnames.get(plain[-1], set()) - {plain}:
                     guard.whole_name.add(subject)
         for fact in record_facts(record):
-            words = _words(fact)
-            if len(words) > 1 and words[0] in ARTICLES:
-                words = words[1:]
+            words = _fact_words(fact)
             if not words or all(w in _STOP for w in words):
                 continue
             if plain and _stated(words, said.get(plain, [])):
@@ -396,14 +394,14 @@ def stated_by_keep(record: QARecord, keep: Iterable[QARecord]) -> list[str]:
     forget, "born in Tel Aviv, ... a technologically advanced society" to keep)."""
     said, _ = _kept_words(keep)
     statements = said.get(tuple(_name_words(_subject(record))), [])
-    out = []
-    for fact in record_facts(record):
-        words = _words(fact)
-        if len(words) > 1 and words[0] in ARTICLES:
-            words = words[1:]
-        if words and statements and _stated(words, statements):
-            out.append(fact)
-    return out
+    return [fact for fact in record_facts(record)
+            if (words := _fact_words(fact)) and statements and _stated(words, statements)]
+
+
+def _fact_words(fact: str) -> list[str]:
+    """A fact's normalised words, a leading article of a longer fact dropped (as the evaluator scores it)."""
+    words = _words(fact)
+    return words[1:] if len(words) > 1 and words[0] in ARTICLES else words
 
 
 def _identifying(fact: str, words: list[str]) -> bool:
