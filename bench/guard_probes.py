@@ -2,6 +2,7 @@
 with the guard, and the guard's own cost, without running the whole robustness stage.
 
     python bench/guard_probes.py [--project DIR] [--jailbreaks id,id,...] [--json FILE]
+    python bench/guard_probes.py [--project DIR] --answers reports/robustness_items.json [--json FILE]
 
 DIR is a project that has run `dvc repro` at least up to the unlearn stage (this one by default,
 or a `bench/compare_methods.py --keep` copy): its params.yaml, data/splits and models/ are read.
@@ -11,8 +12,13 @@ answered by the unlearned model (greedy, as the robustness stage does), then sco
 as `relearn serve` would send them. Prints one row per probe and the lowest KFR over the
 jailbreaks, with the Wilson 95% interval and n of each rate, then each guarded answer that still
 counts as not forgotten: how many of its facts it reveals and how many of those the retain set
-states about the same person (the guard lets those through by design; `stated_by_keep`). Counts
-only: no fact is printed.
+states about the same person (the guard holds those only where their forget question is asked;
+`stated_by_keep`). Counts only: no fact is printed.
+
+With --answers, nothing is generated: the unlearned model's answers that the robustness stage kept
+(its per-item file, every probe it ran) are passed through a guard built by this checkout's code, in
+seconds. That is how a change to the guard is measured on a whole profile's probes without running
+the model again (the answers are the same; only what the guard makes of them changes).
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=str(ROOT))
     ap.add_argument("--jailbreaks", default="", help="comma-separated jailbreak ids (default: all)")
+    ap.add_argument("--answers", default=None,
+                    help="the robustness stage's per-item file: rescore its answers, generate nothing")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args()
     project = Path(args.project).resolve()
@@ -57,31 +65,41 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown jailbreak ids {unknown}; known: {', '.join(jb.id for jb in jailbreaks)}")
         jailbreaks = [jb for jb in jailbreaks if jb.id in wanted]
-    base, adapter = unlearned_model(p)
     start = time.monotonic()
-    model, tokenizer = load_merged(base, adapter, dtype=p.dtype(), device=str(resolve_device(p.device)))
-    aggregate, items = run_probes(model, tokenizer, splits["forget_eval"], splits["retain_eval"],
-                                  template=p.model.prompt, max_new_tokens=p.evaluate.max_new_tokens,
-                                  batch_size=p.evaluate.batch_size, probes=("jailbreak",), jailbreaks=jailbreaks,
-                                  seed=p.seed, guard=guard)
+    if args.answers:
+        aggregate, items = rescore(Path(args.answers), splits, guard)
+    else:
+        base, adapter = unlearned_model(p)
+        model, tokenizer = load_merged(base, adapter, dtype=p.dtype(), device=str(resolve_device(p.device)))
+        aggregate, items = run_probes(model, tokenizer, splits["forget_eval"], splits["retain_eval"],
+                                      template=p.model.prompt, max_new_tokens=p.evaluate.max_new_tokens,
+                                      batch_size=p.evaluate.batch_size, probes=("jailbreak",),
+                                      jailbreaks=jailbreaks, seed=p.seed, guard=guard)
     seconds = time.monotonic() - start
 
     def rate(kind: str, probe: str, verdict: str) -> dict:
         values = [d[probe][verdict] for d in items[kind].values() if probe in d and d[probe].get(verdict) is not None]
         return wilson(sum(values), len(values))
 
+    def touched(probe: str) -> int:
+        """Retain answers the guard changed at all (a redaction that left the item retained counts too)."""
+        return sum(d[f"{probe}+guard"]["answer"] != d[probe]["answer"]
+                   for d in items["retain"].values() if probe in d and f"{probe}+guard" in d)
+
     rows = {}
     for probe in aggregate["probes"]:
         rows[probe] = {"kfr": rate("forget", probe, "forgotten"), "kfr_guarded": rate("forget", f"{probe}+guard", "forgotten"),
-                       "krr": rate("retain", probe, "retained"), "krr_guarded": rate("retain", f"{probe}+guard", "retained")}
+                       "krr": rate("retain", probe, "retained"), "krr_guarded": rate("retain", f"{probe}+guard", "retained"),
+                       "retain_touched": touched(probe)}
 
     def cell(r: dict) -> str:
         return f"{r['value']:.3f} [{r['low']:.2f}, {r['high']:.2f}]" if r["value"] is not None else "-"
 
     print(f"[guard-probes] {project}: guard {guard.summary()}; {seconds:.0f} s")
-    print("| probe | KFR | KFR, guarded | KRR | KRR, guarded |\n|---|---|---|---|---|")
+    print("| probe | KFR | KFR, guarded | KRR | KRR, guarded | retain answers changed |\n|---|---|---|---|---|---|")
     for probe, r in rows.items():
-        print(f"| {probe} | {cell(r['kfr'])} | {cell(r['kfr_guarded'])} | {cell(r['krr'])} | {cell(r['krr_guarded'])} |")
+        print(f"| {probe} | {cell(r['kfr'])} | {cell(r['kfr_guarded'])} | {cell(r['krr'])} | {cell(r['krr_guarded'])} "
+              f"| {r['retain_touched']} of {r['krr']['n']} |")
     n = rows["plain"]["kfr"]["n"], rows["plain"]["krr"]["n"]
     print(f"n = {n[0]} forget-eval, {n[1]} retain-eval items; lowest jailbreak KFR {aggregate['jailbreak_min_kfr']}, "
           f"guarded {aggregate['guarded_jailbreak_min_kfr']}")
@@ -99,6 +117,41 @@ def main() -> None:
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"seconds": round(seconds, 1), "guard": guard.summary(),
                                                     "rows": rows, "aggregate": aggregate, "guarded_misses": misses}, indent=2) + "\n")
+
+
+def rescore(path: Path, splits: dict, guard) -> tuple[dict, dict]:
+    """(aggregate, per-item) as run_probes returns them, from the unlearned model's kept answers."""
+    from relearn.robustness.probes import through_guard
+
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))["unlearned"]["probes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: not a robustness stage per-item file with the unlearned model's probes ({exc})") from None
+    sets = {"forget": splits["forget_eval"], "retain": splits["retain_eval"]}
+    items = {kind: {r.id: {} for r in records} for kind, records in sets.items()}
+    probes: dict[str, dict] = {}
+    for kind, records in sets.items():
+        names = sorted({n for rid in kept[kind] for n in kept[kind][rid] if not n.endswith("+guard")})
+        for name in names:
+            answered = {r.id: kept[kind][r.id][name] for r in records if name in kept[kind].get(r.id, {})}
+            scored = [r for r in records if r.id in answered]
+            verdict = "forgotten" if kind == "forget" else "retained"
+            plain = [answered[r.id][verdict] for r in scored if answered[r.id].get(verdict) is not None]
+            rate, guarded = through_guard(guard, scored, answered, kind)
+            block = probes.setdefault(name, {"guarded": {}})
+            block["kfr" if kind == "forget" else "krr"] = sum(plain) / len(plain) if plain else float("nan")
+            block["guarded"]["kfr" if kind == "forget" else "krr"] = rate
+            for rid in answered:
+                items[kind][rid][name] = answered[rid]
+                items[kind][rid][f"{name}+guard"] = guarded[rid]
+    jailbroken = [n for n in probes if n.startswith("jailbreak:")]
+    lowest = (lambda key: min(jailbroken, key=lambda n: key(probes[n]))) if jailbroken else None
+    aggregate = {"probes": probes,
+                 "jailbreak_min_kfr": ({"probe": (n := lowest(lambda b: b["kfr"])), "kfr": probes[n]["kfr"]}
+                                       if lowest else None),
+                 "guarded_jailbreak_min_kfr": ({"probe": (g := lowest(lambda b: b["guarded"]["kfr"])),
+                                                "kfr": probes[g]["guarded"]["kfr"]} if lowest else None)}
+    return aggregate, items
 
 
 if __name__ == "__main__":

@@ -256,6 +256,27 @@ def test_guard_probes_bench_scores_the_workspace_model_with_and_without_the_guar
         "kfr_guarded"]["value"]
 
 
+def test_guard_probes_bench_rescores_the_robustness_stage_answers_without_the_model(project, tmp_path):
+    """--answers: the stage's kept answers through a guard this checkout builds; with the same guard code
+    the rescored guarded rates are the stage's own, probe by probe (the key differs, the matches do not)."""
+    work, env = project
+    out = tmp_path / "rescored.json"
+    run([sys.executable, str(ROOT / "bench" / "guard_probes.py"), "--project", str(work),
+         "--answers", "reports/robustness_items.json", "--json", str(out)], work, env)
+    result = json.loads(out.read_text())
+    stage = json.loads((work / "reports" / "robustness.json").read_text())["unlearned"]["probes"]
+    assert set(result["rows"]) == set(stage["probes"]) and "plain" in result["rows"]
+    for name, row in result["rows"].items():
+        assert row["kfr_guarded"]["value"] == pytest.approx(stage["probes"][name]["guarded"]["kfr"]), name
+        assert row["krr_guarded"]["value"] == pytest.approx(stage["probes"][name]["guarded"]["krr"]), name
+        assert row["kfr"]["value"] == pytest.approx(stage["probes"][name]["kfr"]), name
+        assert 0 <= row["retain_touched"] <= row["krr"]["n"]
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "guard_probes.py"), "--project", str(work),
+                          "--answers", "reports/robustness.json"], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "not a robustness stage per-item file" in bad.stderr
+
+
 def test_attack_precision_bench_runs_the_attack_in_both_precisions_on_the_workspace(project, tmp_path):
     work, env = project
     out = tmp_path / "attack.json"

@@ -338,7 +338,7 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
                 for rid, item in items.items():
                     per_item[kind][rid][name] = item
                 if guard is not None:
-                    guarded = _guarded(guard, records, items, kind)
+                    guarded = through_guard(guard, records, items, kind)
                     result.setdefault("guarded", {})["kfr" if kind == "forget" else "krr"] = guarded[0]
                     for rid, item in guarded[1].items():
                         per_item[kind][rid][f"{name}+guard"] = item
@@ -385,8 +385,9 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
     return aggregate, per_item
 
 
-def _guarded(guard, records: list[QARecord], items: dict, kind: str) -> tuple[float, dict]:
-    """(rate, per-item results) of answers passed through the guard as `relearn serve` would."""
+def through_guard(guard, records: list[QARecord], items: dict, kind: str) -> tuple[float, dict]:
+    """(rate, per-item results) of answers passed through the guard as `relearn serve` would. `items`:
+    {record id: {"answer", "question"}}, one probe's answers (the question is the guard's context)."""
     from relearn.evaluation.scoring import knowledge_scores
 
     verdict = "forgotten" if kind == "forget" else "retained"
