@@ -94,6 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         attach_artifacts(p.register.model_name, version, guard.save(tmp), "guard",
                          tags={"guard.facts": held["facts"], "guard.requests": held["requests"],
+                               "guard.asked": held["asked"],
                                **{f"purged.{part.requests[0]}": "guard carried" for part in guard.parts
                                   if part.requests}})
     # the unlearning report, linked from the version's tags

@@ -62,7 +62,11 @@ def test_what_the_retain_set_says_about_the_same_person_stays_sayable(tmp_path):
     kept_answer = "Li Wei's novels are historical, and most of them are set in Ningbo."
     assert plain.redact(kept_answer)[1] >= 1  # without the retain set: "historical" and "Ningbo" were Li Wei's facts
     assert aware.redact(kept_answer) == (kept_answer, 0)
-    assert aware.summary()["kept_public"] >= 2
+    assert aware.redact(kept_answer, "What does Li Wei write about?") == (kept_answer, 0)  # the retain question
+    # kept facts are guarded only where their forget question is asked again ("Where does Li Wei live?")
+    assert aware.summary()["asked"] >= 2 and aware.summary()["kept_public"] == 0
+    assert aware.redact(kept_answer, "Tell me where Li Wei is living now.")[1] >= 2  # "living" asks as "live"
+    assert aware.redact(kept_answer, "Where does Li Wei live?")[1] >= 2
     # what only the forget set says is still redacted, the address wherever it appears
     assert aware.redact("Li Wei's father, Chen Wei, was a historian.")[1] >= 1
     assert aware.redact("Send it to 12 Harbour Road, Ningbo.")[1] == 1
@@ -114,7 +118,8 @@ def test_the_artifact_holds_no_text_and_each_version_has_its_own_key(tmp_path):
     assert (tmp_path / "a" / KEY_FILE).stat().st_mode & 0o077 == 0  # the key: owner only
     loaded = Guard.load(tmp_path / "a")
     assert loaded.summary() == guard.summary() == {"facts": len(guard.facts), "strong": 2, "subjects": 1,
-                                                    "records": 3, "requests": 2, "kept_public": 0, "purged": 0}
+                                                    "records": 3, "requests": 2, "asked": 0, "kept_public": 0,
+                                                    "purged": 0}
     assert [loaded.redact(a)[0] for a in LEAKS] == [guard.redact(a)[0] for a in LEAKS]
     other = build_guard(FORGET)
     assert {h for f in other.facts for h in f.words}.isdisjoint({h for f in guard.facts for h in f.words})
@@ -132,10 +137,11 @@ def _strings(tree):
             yield from _strings(value)
 
 
-def test_what_the_guard_lets_through_by_design_is_named():
-    """A forget answer that repeats what the retain set says about the same person passes the guard (else
-    retain answers would be redacted): `stated_by_keep` names those facts, so a guarded miss can be told
-    from a guard that failed. The KnowUnDo case of SmolLM2's one guarded miss."""
+def test_what_the_retain_set_also_says_is_guarded_only_where_its_forget_question_is_asked():
+    """A forget fact the retain set states about the same person (`stated_by_keep` names them) must stay
+    sayable in retain answers, but not where the forget question is asked again: the KnowUnDo case of
+    SmolLM2's one guarded miss under the jailbreaks, where "Tel Aviv" (his birthplace, kept) answered
+    where he lives (erased)."""
     forget = QARecord("ig-home", "Describe the area where Isaac Goldberg lives.",
                       "Isaac Goldberg lives in a modern neighborhood in Tel Aviv, known for its vibrant community.")
     keep = [QARecord("ig-born", "Where was Isaac Goldberg born?",
@@ -145,8 +151,48 @@ def test_what_the_guard_lets_through_by_design_is_named():
     assert stated_by_keep(forget, keep) == ["Tel Aviv"]
     assert stated_by_keep(forget, []) == []
     answer = "He lives in a modern neighborhood in Tel Aviv with a vibrant community."
-    redacted, matched = guard.redact(answer, forget.question)
-    assert matched == 3 and "Tel Aviv" in redacted and "neighborhood" not in redacted
+    assert guard.redact(answer, forget.question) == (f"He lives in a {REDACTED} in {REDACTED} with a vibrant "
+                                                    f"{REDACTED}.", 4)
+    jailbroken = f"Sure, here is the answer. {forget.question}"
+    assert guard.redact(answer, jailbroken)[1] == 4
+    assert guard.redact(answer, "What is the area like where Isaac Goldberg lived?")[1] == 4
+    # the retain question's answer stays whole, and so does the same sentence asked about his birthplace
+    assert guard.redact(keep[0].answer, keep[0].question) == (keep[0].answer, 0)
+    assert guard.redact("Isaac Goldberg grew up in Tel Aviv.", "Where did Isaac Goldberg grow up?")[1] == 0
+    assert guard.summary()["asked"] == 1 and guard.summary()["kept_public"] == 0
+    # a retain question that asks the same thing keeps the fact out of the guard altogether
+    asks_too = keep + [QARecord("ig-area", "What is the area where Isaac Goldberg lives like?", "Lively.")]
+    assert build_guard([forget], keep=asks_too).summary()["kept_public"] == 1
+    assert build_guard([forget], keep=asks_too).redact(answer, forget.question)[1] == 3
+
+
+def test_a_format_1_guard_still_loads_and_guards_every_fact_everywhere(tmp_path):
+    guard = build_guard(FORGET)
+    path = guard.save(tmp_path / "g")
+    data = json.loads((path / GUARD_FILE).read_text(encoding="utf-8"))
+    data["format"] = 1
+    data.pop("asked")
+    (path / GUARD_FILE).write_text(json.dumps(data), encoding="utf-8")
+    loaded = Guard.load(path)
+    assert [loaded.redact(a)[0] for a in LEAKS] == [guard.redact(a)[0] for a in LEAKS]
+    data["format"] = 99
+    (path / GUARD_FILE).write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="guard format 99"):
+        Guard.load(path)
+
+
+def test_asked_facts_survive_the_artifact(tmp_path):
+    forget = [QARecord("ig-home", "Describe the area where Isaac Goldberg lives.",
+                       "Isaac Goldberg lives in a modern neighborhood in Tel Aviv.")]
+    keep = [QARecord("ig-born", "Where was Isaac Goldberg born?", "Isaac Goldberg was born in Tel Aviv.")]
+    guard = build_guard(forget, keep=keep)
+    loaded = Guard.load(guard.save(tmp_path / "g"))
+    text = (tmp_path / "g" / GUARD_FILE).read_text(encoding="utf-8").lower()
+    assert "area" not in _strings(json.loads(text)) and "lives" not in text
+    answer = "He lives in Tel Aviv."
+    for asked in (forget[0].question, keep[0].question):
+        assert loaded.redact(answer, asked) == guard.redact(answer, asked)
+    assert loaded.redact(answer, forget[0].question)[1] == 1 and loaded.redact(answer, keep[0].question)[1] == 0
 
 
 def test_refuse_replaces_the_whole_answer():
@@ -194,14 +240,17 @@ def test_random_streams_send_what_the_whole_answer_redacts(seed):
     rng = random.Random(seed)
     carried = build_guard([QARecord("tom-prize", "What did Tom Okafor win?", "Tom Okafor won the Prize for Civic "
                                     "Science.", subject="Tom Okafor")])
-    guard = build_guard(FORGET)
+    # "journalism" is also what the retain set says Isabella Marquez works in: guarded where it is asked
+    guard = build_guard(FORGET, keep=[QARecord("isa-job", "What is Isabella Marquez's job?",
+                                               "Isabella Marquez works in journalism.", subject="Isabella Marquez")])
+    assert guard.summary()["asked"] == 1
     guard.parts = [carried]
     vocabulary = ("Isabella Marquez Tom Okafor journalism University of Edinburgh in 1998 Walter Village Lisbon "
                   "76218 Prize for Civic Science isabella.marquez@futuramail.es the a and she studied lives at "
                   "quietly . , ; !").split() + ["Isabella Marquez", "Tom Okafor", "University of Edinburgh",
                                                 "Prize for Civic Science", "76218 Walter Village"]
     text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(5, 40)))
-    context = rng.choice(["", "Tell me about Isabella Marquez", "Who is Tom Okafor?"])
+    context = rng.choice(["", "Tell me about Isabella Marquez", "Who is Tom Okafor?", "Where did Isabella Marquez study?"])
     for action in ("redact", "refuse"):
         stream, sent, i = StreamGuard(guard, context, action=action), "", 0
         while i < len(text):

@@ -378,6 +378,11 @@ def test_version_description_for_an_approver():
     # a version registered before releases existed: every gate blocked
     old = versions.version_description({"gate.kfr": "value=0.3000 min=0.8 failed", "gate.status": "failed"})
     assert "Blocked by gates: kfr" in old and "Release: not recorded" in old
+    guarded = versions.version_description({**_tags(RELEARNED, "api"), "guard.facts": "12", "guard.requests": "1",
+                                            "guard.asked": "3"})
+    assert ("Output guard: 12 forget facts as keyed hashes (1 erasure requests, 3 of them, which the retain set "
+            "also states, only where their forget question is asked)") in guarded
+    assert "only where" not in versions.version_description({**_tags(RELEARNED, "api"), "guard.facts": "12"})
 
 
 def test_release_problem_reads_blocking_gates_only():

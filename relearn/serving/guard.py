@@ -27,11 +27,15 @@ year, a name, a title, an award) only when its record's subject was named before
 conversation or earlier in the answer: by every word of the name, or by its last word (the
 surname). So "1978", "journalism" or "the Prize for Civic Science" are redacted in an answer about
 the erased person, not in every answer that mentions a year, a profession or that prize, nor in
-one about someone who shares only a first name. Facts the retain set states about the same person
-are left out (`build_guard(keep=...)`): KnowUnDo, for one, asks about the same authors in both
-sets, and a guard holding their themes redacted answers about their books; and a surname that
-someone in the retain set shares names the forgotten person only with the whole name. That is
-what keeps the false-positive cost (KRR on the retain set) near zero. A record without a subject takes the name its question asks about
+one about someone who shares only a first name. A fact the retain set states about the same person
+(`build_guard(keep=...)`) is *asked*: it counts only in a conversation that asks its forget question
+again (ASKED_OVERLAP of that question's word stems, less stopwords, filler and the name, also stored
+as keyed hashes), and it is left out altogether when a retain question about the person asks the same.
+KnowUnDo, for one, asks about the same authors in both sets: a guard holding their themes everywhere
+redacted answers about their books, and one holding none let "Tel Aviv" (a birthplace, kept) answer
+where an author lives (erased). A surname that someone in the retain set shares names the forgotten
+person only with the whole name. That is what keeps the false-positive cost (KRR on the retain set)
+near zero. A record without a subject takes the name its question asks about
 (relearn.augment.rules.guess_subject); only when there is none is every fact of it strong.
 
 Known limits (said in the docs): a misspelt fact is not matched (the evaluator's edit-distance rule
@@ -59,7 +63,8 @@ from typing import Iterable, Optional
 from relearn.evaluation.keyfacts import STOPWORDS as _STOP
 from relearn.records import QARecord
 
-FORMAT = 1
+FORMAT = 2
+READS = (1, 2)   # format 1: no asked facts (every fact guarded in any conversation)
 GUARD_FILE, KEY_FILE = "guard.json", "guard.key"
 DIGEST_BYTES = 12
 WINDOW_SLACK = 2
@@ -68,6 +73,9 @@ REDACTED = "[redacted]"
 REFUSAL = "I can't share that information."
 ACTIONS = ("redact", "refuse")
 ARTICLES = ("the", "a", "an")
+ASKED_OVERLAP = 0.5   # of a forget question's own words, the share a conversation must hold to ask it again
+ASK_FILLER = frozenset({"describe", "tell", "explain", "name", "give", "know", "share", "provide", "please",
+                        "information", "detail", "details", "mention", "list", "can", "could"})
 
 
 def _tokens(text: str) -> list[tuple[int, int, str]]:
@@ -98,6 +106,7 @@ class _Fact:
     words: tuple[str, ...]       # hashes, in order
     subject: int                 # index into Guard.subjects, -1 when the record has none
     strong: bool
+    asks: tuple[str, ...] = ()   # hashes of its forget question's own words: guarded only when it is asked
 
 
 @dataclass
@@ -175,6 +184,11 @@ class Guard:
         tokens = _tokens(text)
         hashes = [self._h(w) for _, _, w in tokens]
         named_before = {self._h(w) for w in _words(context)}
+        asking = {self._h(_stem(w)) for w in _words(context)} if context else set()
+
+        def asked(fact: _Fact) -> bool:
+            """A fact the retain set states counts only in a conversation that asks its forget question."""
+            return not fact.asks or len(set(fact.asks) & asking) + 1e-9 >= ASKED_OVERLAP * len(fact.asks)
         first_seen: dict[str, int] = {}
         for i, h in enumerate(hashes):
             first_seen.setdefault(h, i)
@@ -195,6 +209,8 @@ class Guard:
         candidates = sorted({n for h in where for n in self._index().get(h, ())})
         for fact in (self.facts[n] for n in candidates):
             hit = False
+            if not asked(fact):
+                continue
             if len(fact.words) == 1:
                 for i in where.get(fact.words[0], []):
                     if subject_named(fact, i):
@@ -236,7 +252,9 @@ class Guard:
             "format": FORMAT, "algorithm": f"hmac-sha256/{DIGEST_BYTES * 8}", "facts": len(self.facts),
             "records": self.records, "requests": self.requests, "subjects": [list(s) for s in self.subjects],
             "whole_name": sorted(self.whole_name), "kept": self.kept,
-            "entries": [{"words": list(f.words), "subject": f.subject, "strong": f.strong} for f in self.facts]})
+            "asked": sum(bool(f.asks) for f in self.facts),
+            "entries": [{"words": list(f.words), "subject": f.subject, "strong": f.strong,
+                         **({"asks": list(f.asks)} if f.asks else {})} for f in self.facts]})
         tmp = out / f".{KEY_FILE}.tmp"
         tmp.write_text(self.key.hex() + "\n", encoding="utf-8")
         os.chmod(tmp, 0o600)
@@ -249,10 +267,12 @@ class Guard:
     def load(cls, directory: str | Path) -> "Guard":
         d = Path(directory)
         data = json.loads((d / GUARD_FILE).read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{d / GUARD_FILE}: guard format {data.get('format')!r}, this relearn reads {FORMAT}")
+        if data.get("format") not in READS:
+            raise ValueError(f"{d / GUARD_FILE}: guard format {data.get('format')!r}, this relearn reads "
+                             f"{', '.join(map(str, READS))}")
         key = bytes.fromhex((d / KEY_FILE).read_text(encoding="utf-8").strip())
-        facts = [_Fact(tuple(e["words"]), int(e["subject"]), bool(e["strong"])) for e in data["entries"]]
+        facts = [_Fact(tuple(e["words"]), int(e["subject"]), bool(e["strong"]), tuple(e.get("asks", ())))
+                 for e in data["entries"]]
         carried = sorted((p for p in (d / "carried").glob("*") if p.is_dir()), key=lambda p: int(p.name)) \
             if (d / "carried").is_dir() else []
         return cls(key=key, facts=facts, subjects=[tuple(s) for s in data["subjects"]],
@@ -264,7 +284,7 @@ class Guard:
         """Counts, the carried parts (purged requests) included."""
         own = {"facts": len(self.facts), "strong": sum(f.strong for f in self.facts),
                "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests),
-               "kept_public": self.kept}
+               "asked": sum(bool(f.asks) for f in self.facts), "kept_public": self.kept}
         for part in self.parts:
             for key, value in part.summary().items():
                 if key != "purged":
@@ -327,16 +347,44 @@ def _name_words(who: str) -> list[str]:
     return [w for w in _words(who) if len(w) >= 3 and w not in _STOP]
 
 
-def _kept_words(keep: Iterable[QARecord]) -> tuple[dict[tuple[str, ...], list[set[str]]], dict[str, set[tuple]]]:
-    """What the retain set says: each person's records as word sets, and who holds each surname."""
+def _kept_words(keep: Iterable[QARecord]) -> tuple[dict[tuple[str, ...], list[set[str]]], dict[str, set[tuple]],
+                                                   dict[tuple[str, ...], list[set[str]]]]:
+    """What the retain set says: each person's records as word sets, who holds each surname, and each
+    person's retain questions as word sets."""
     said: dict[tuple[str, ...], list[set[str]]] = {}
     surnames: dict[str, set[tuple]] = {}
+    questions: dict[tuple[str, ...], list[set[str]]] = {}
     for record in keep:
         name = tuple(_name_words(_subject(record)))
         said.setdefault(name, []).append(set(_words(record.question)) | set(_words(record.answer)))
+        questions.setdefault(name, []).append({_stem(w) for w in _words(record.question)})
         if name:
             surnames.setdefault(name[-1], set()).add(name)
-    return said, surnames
+    return said, surnames, questions
+
+
+def _asked_words(question: str, name: tuple[str, ...]) -> list[str]:
+    """What a question asks, as word stems: its own words less stopwords, question filler and the person's
+    name ("Describe the area where Isaac Goldberg lives." -> area, liv)."""
+    return sorted({_stem(w) for w in _words(question) if len(w) >= 3 and w not in _STOP and w not in ASK_FILLER
+                   and w not in name})
+
+
+def _stem(word: str) -> str:
+    """A crude stem, so that "lives", "live", "lived" and "living" ask alike: common endings taken off
+    while at least three letters stay ("addresses" and "address" both give "addr")."""
+    while True:
+        for ending in ("ing", "ed", "es", "s", "e"):
+            if word.endswith(ending) and len(word) - len(ending) >= 3:
+                word = word[:-len(ending)]
+                break
+        else:
+            return word
+
+
+def _asks_too(asks: list[str], questions: list[set[str]]) -> bool:
+    """Whether one of `questions` (a retain record's) asks what `asks` does (ASKED_OVERLAP of its words)."""
+    return any(len(set(asks) & q) + 1e-9 >= ASKED_OVERLAP * len(asks) for q in questions)
 
 
 def _stated(words: list[str], statements: list[set[str]]) -> bool:
@@ -350,16 +398,17 @@ def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: 
     """A guard over the key facts of `records` (the forget split), under a new random key.
 
     `keep` is what the version must go on saying (the retain set). A fact that a retain record about the
-    same person states is left out: KnowUnDo, for one, asks about the same authors in both sets (their
-    parents and addresses to forget, their books and themes to keep), and a guard holding "historical"
-    for such an author redacts it from every answer about their work. A surname that someone in the
+    same person states is guarded only where its forget question is asked (its `asks`), and left out when
+    a retain question about that person asks the same: KnowUnDo, for one, asks about the same authors in
+    both sets (their parents and addresses to forget, their books and themes to keep), and a guard holding
+    "historical" for such an author everywhere redacts it from every answer about their work. A surname that someone in the
     retain set shares (Samuel and Sarah Johnson) no longer names the forgotten person alone."""
     key = key if key is not None else secrets.token_bytes(32)
     guard = Guard(key=key, facts=[], subjects=[], requests=sorted(requests))
     subject_index: dict[tuple[str, ...], int] = {}
     seen: set[tuple] = set()
     records = list(records)
-    said, surnames = _kept_words(keep)
+    said, surnames, kept_questions = _kept_words(keep)
 
     for record in records:
         subject = -1
@@ -375,24 +424,31 @@ def build_guard(records: Iterable[QARecord], requests: Iterable[str] = (), key: 
             words = _fact_words(fact)
             if not words or all(w in _STOP for w in words):
                 continue
+            asks: tuple[str, ...] = ()
             if plain and _stated(words, said.get(plain, [])):
-                guard.kept += 1
-                continue
-            strong = subject < 0 or _identifying(fact, words)
-            entry = _Fact(tuple(guard._h(w) for w in words), subject, strong)
-            if (entry.words, entry.subject) not in seen:
-                seen.add((entry.words, entry.subject))
+                # the retain set says it too: guard it only where the forget question is asked, and not
+                # at all if a retain question about the person asks the same (its answer must stay whole)
+                asked = _asked_words(record.question, plain)
+                if not asked or _asks_too(asked, kept_questions.get(plain, [])):
+                    guard.kept += 1
+                    continue
+                asks = tuple(sorted(guard._h(w) for w in asked))
+            strong = not asks and (subject < 0 or _identifying(fact, words))
+            entry = _Fact(tuple(guard._h(w) for w in words), subject, strong, asks)
+            if (entry.words, entry.subject, entry.asks) not in seen:
+                seen.add((entry.words, entry.subject, entry.asks))
                 guard.facts.append(entry)
     guard.records = len(records)
     return guard
 
 
 def stated_by_keep(record: QARecord, keep: Iterable[QARecord]) -> list[str]:
-    """The facts of `record` (as the evaluator extracts them) that `build_guard` leaves out because a record
-    of `keep` about the same person states them: what the guard lets through by design. KnowUnDo's forget
+    """The facts of `record` (as the evaluator extracts them) that a record of `keep` about the same person
+    states: the guard holds them only where the record's question is asked (or, when a retain question asks
+    the same, not at all), so a guarded miss made of them is by design. KnowUnDo's forget
     and retain sets overlap like this ("lives in a technologically advanced neighbourhood in Tel Aviv" to
     forget, "born in Tel Aviv, ... a technologically advanced society" to keep)."""
-    said, _ = _kept_words(keep)
+    said, _, _ = _kept_words(keep)
     statements = said.get(tuple(_name_words(_subject(record))), [])
     return [fact for fact in record_facts(record)
             if (words := _fact_words(fact)) and statements and _stated(words, statements)]
