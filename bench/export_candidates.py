@@ -22,8 +22,9 @@ smallest); the stage itself builds only export.candidates (int8 at export.int8_a
 
 Candidates (`relearn.export.onnx`): fp32; int8 (weight-only MatMulNBits, the output head kept fp32: what the
 export stage ships today); int8-acc4 (the same with accuracy_level 4: int8 activations in the kernel);
-int8-head (the head quantized too); int4 and int4-acc4 (4-bit weights, as the robustness ladder's rung).
-The embedding stays fp32 in all of them.
+int8-head (the head quantized too); int4 and int4-acc4 (4-bit weights, as the robustness ladder's rung);
+fp16 (half-precision weights and compute, the GPU candidate: timed here on the CPU provider, where ONNX
+Runtime computes it through casts). The embedding stays fp32 in all but fp16.
 """
 from __future__ import annotations
 
@@ -44,17 +45,21 @@ CANDIDATES = {
     "int8-head": {"bits": 8, "accuracy_level": None, "keep_float": ()},
     "int4": {"bits": 4, "accuracy_level": None},
     "int4-acc4": {"bits": 4, "accuracy_level": 4},
+    "fp16": {"bits": 16},
 }
 
 
 def build(name: str, fp32_dir: Path, work: Path, block_size: int) -> tuple[Path, str]:
     """(model directory, onnx file name) of candidate `name`."""
-    from relearn.export.onnx import FP32_FILE, INT4_FILE, INT8_FILE, quantize_int4, quantize_int8
+    from relearn.export.onnx import FP16_FILE, FP32_FILE, INT4_FILE, INT8_FILE, convert_fp16, quantize_int4, quantize_int8
 
     spec = CANDIDATES[name]
     if spec is None:
         return fp32_dir, FP32_FILE
     out = work / name
+    if spec["bits"] == 16:
+        convert_fp16(fp32_dir, out)
+        return out, FP16_FILE
     if spec["bits"] == 8:
         quantize_int8(fp32_dir, out, block_size=block_size, keep_float=spec["keep_float"],
                       accuracy_level=spec["accuracy_level"])

@@ -452,7 +452,7 @@ def promote(params_path: str, version: str, model_name: str | None, alias: str) 
 @click.option("--model", "model_name", default=None, help="Registered model (default: register.model_name).")
 @click.option("--alias", default=None, help="Alias to serve and follow (default: serve.alias, 'production').")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None, help="Default: serve.backend.")
-@click.option("--quantization", type=click.Choice(["auto", "int8", "fp32", "int4"]), default=None,
+@click.option("--quantization", type=click.Choice(["auto", "int8", "fp32", "int4", "fp16"]), default=None,
               help="ONNX precision (default: serve.quantization; auto: the registered deployable's).")
 @click.option("--host", default=None, help="Default: serve.host (127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Default: serve.port.")

@@ -245,8 +245,8 @@ class RegisterParams:
 
 @dataclass
 class ExportParams:
-    quantize: str = _f("int8", "The deployable: 'auto' (every precision in export.candidates is built and measured, and the fastest per token that passes the deployable gates ships; fp32 ONNX when none does), 'int8' (weight-only: 8-bit weights in blocks; the kernel's compute precision is int8_accuracy_level), 'int4' (4-bit weights) or 'none' (fp32 ONNX).")
-    candidates: list = _f(["int8", "int4"], "quantize: auto: the quantized precisions built and measured beside fp32 ONNX (int8, int4): size, ms per token, token agreement with fp32, KFR and KRR; all of them in reports/export.json and the version's tags.")
+    quantize: str = _f("int8", "The deployable: 'auto' (every precision in export.candidates is built and measured, and the fastest per token that passes the deployable gates ships; fp32 ONNX when none does), 'int8' (weight-only: 8-bit weights in blocks; the kernel's compute precision is int8_accuracy_level), 'int4' (4-bit weights), 'fp16' (half-precision weights and compute: for the CUDA provider) or 'none' (fp32 ONNX).")
+    candidates: list = _f(["int8", "int4"], "quantize: auto: the reduced precisions built and measured beside fp32 ONNX (int8, int4, fp16): size, ms per token, token agreement with fp32, KFR and KRR; all of them in reports/export.json and the version's tags. Add fp16 where the export runs on a GPU (ONNX Runtime's CUDA provider): on a CPU it computes through casts and is slower than fp32.")
     latency_questions: int = _f(8, "quantize: auto: parity questions decoded one at a time (batch 1) to time each candidate per token.")
     int4_block_size: int = _f(32, "int4 candidate: input features per weight block; a power of two >= 16.")
     int8_block_size: int = _f(32, "int8: input features per weight block (one scale and zero point each); a power of two >= 16.")
@@ -283,7 +283,7 @@ class CompareParams:
 class ServeParams:
     alias: str = _f("production", "`relearn serve`: the registry alias served and followed (models:/<register.model_name>@<alias>).")
     backend: str = _f("onnx", "onnx: the version's ONNX deployable through onnxruntime (CUDA provider when onnxruntime-gpu has a GPU) | torch: the version's base model + adapter.")
-    quantization: str = _f("auto", "onnx backend: auto (the deployable the export stage checked and registered) | int8 | fp32 | int4; a precision other than the registered deployable's is exported from the version's model when loaded, and logged as unchecked by the export gates.")
+    quantization: str = _f("auto", "onnx backend: auto (the deployable the export stage checked and registered) | int8 | fp32 | int4 | fp16; a precision other than the registered deployable's is exported from the version's model when loaded, and logged as unchecked by the export gates.")
     host: str = _f("127.0.0.1", "Address to bind; loopback by default (a token from serve.token_env before binding elsewhere).")
     port: int = _f(8080, "TCP port.")
     poll_seconds: float = _f(10.0, "How often the alias is read from the registry; a move loads the new version beside the old one, then switches.")
@@ -366,9 +366,9 @@ CHOICES = {
     "unlearn.method": ("relearn", "ga", "gd", "ga_klr", "npo", "npo_gd", "npo_klr"),
     "unlearn.init": ("target", "production"),
     "distill.init": ("unlearned", "target"),
-    "export.quantize": ("auto", "int8", "int4", "none"),
+    "export.quantize": ("auto", "int8", "int4", "fp16", "none"),
     "serve.backend": ("onnx", "torch"),
-    "serve.quantization": ("auto", "int8", "fp32", "int4"),
+    "serve.quantization": ("auto", "int8", "fp32", "int4", "fp16"),
     "serve.guard": ("auto", "off", "redact", "refuse"),
     "serve.scheduling": ("auto", "static", "continuous"),
     "augment.phrasing": ("discreet", "chat", "aspect"),
@@ -556,9 +556,9 @@ def _check_values(params: Params, where, problems: list[str]) -> None:
     xb = params.export.int8_block_size
     if xb < 16 or xb & (xb - 1):
         problems.append(f"{where(('export', 'int8_block_size'))}: must be a power of two >= 16, got {xb}")
-    unknown = [c for c in params.export.candidates if c not in ("int8", "int4")]
+    unknown = [c for c in params.export.candidates if c not in ("int8", "int4", "fp16")]
     if unknown:
-        problems.append(f"{where(('export', 'candidates'))}: {unknown} are not quantized precisions (int8, int4)")
+        problems.append(f"{where(('export', 'candidates'))}: {unknown} are not reduced precisions (int8, int4, fp16)")
     if params.export.int4_block_size < 16 or params.export.int4_block_size & (params.export.int4_block_size - 1):
         problems.append(f"{where(('export', 'int4_block_size'))}: must be a power of two >= 16, got {params.export.int4_block_size}")
     if params.export.int8_accuracy_level not in (None, 0, 1, 2, 3, 4):

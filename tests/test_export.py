@@ -16,7 +16,7 @@ import onnx
 import pytest
 import torch
 
-from relearn.export.onnx import (CPU, INT4_FILE, INT8_FILE, choose_deployable, export_onnx, float_nodes, load_onnx,
+from relearn.export.onnx import (CPU, FP16_FILE, INT4_FILE, INT8_FILE, choose_deployable, export_onnx, float_nodes, load_onnx,
                                  load_tokenizer, merge_adapter, onnx_size_bytes, output_head_nodes, pick_provider,
                                  quantize_int8, run_export, token_parity)
 from relearn.modeling.model import load_pretrained, load_with_adapter
@@ -178,7 +178,7 @@ def test_run_export_rejects_unknown_quantization(tiny, tmp_path):
         run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 4, quantize="int3")
     with pytest.raises(ValueError, match="candidates"):
         run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 4, quantize="auto",
-                   candidates=["int8", "fp16"])
+                   candidates=["int8", "bf16"])
 
 
 def test_auto_builds_and_times_every_candidate(tiny, tmp_path):
@@ -190,6 +190,26 @@ def test_auto_builds_and_times_every_candidate(tiny, tmp_path):
     assert c["int4"]["mb"] < c["int8"]["mb"] < c["fp32"]["mb"] and c["fp32"]["ratio"] == 1.0
     assert all(x["ms_per_token"] > 0 and 0 <= x["token_agreement"] <= 1 for x in c.values())
     assert report["parity_int8_vs_fp32"]["token_agreement"] == c["int8"]["token_agreement"] == report["token_agreement"]
+
+
+def test_fp16_halves_the_weights_keeps_fp32_inputs_and_outputs_and_generates_the_fp32_tokens(tiny, tmp_path):
+    """The GPU candidate (CUDA provider), built and checked on the CPU: every weight matrix in fp16, the
+    graph's inputs and outputs (KV cache, logits) still fp32 so the engines feed it unchanged."""
+    report = run_export(tiny["base"], tiny["adapter"], tmp_path, QUESTIONS, TEMPLATE, 12, quantize="auto",
+                        candidates=["fp16"], latency_questions=1)
+    c = report["candidates"]["fp16"]
+    assert (tmp_path / "onnx-fp16" / FP16_FILE).is_file() and (tmp_path / "onnx-fp16" / "tokenizer.json").is_file()
+    assert 0.45 < c["ratio"] < 0.7 and c["ms_per_token"] > 0  # (the tiny graph: 0.62; SmolLM2: see docs)
+    assert c["token_agreement"] >= 0.9  # half precision flips only near-tied greedy tokens
+    graph = onnx.load(str(tmp_path / "onnx-fp16" / FP16_FILE))
+    assert set(_weights(graph).values()) == {onnx.TensorProto.FLOAT16}
+    fp32 = onnx.load(str(tmp_path / "onnx-fp32" / "model.onnx"), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.graph.input) + list(graph.graph.output)}
+    assert types == {v.name: v.type.tensor_type.elem_type for v in list(fp32.graph.input) + list(fp32.graph.output)}
+    ids = load_tokenizer(tmp_path / "onnx-fp16")(QUESTIONS[0], return_tensors="pt")
+    logits = load_onnx(tmp_path / "onnx-fp16", file_name=FP16_FILE)(**ids).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert report["token_agreement"] == c["token_agreement"]
 
 
 def test_the_fastest_candidate_that_passes_ships_and_near_ties_go_to_the_smallest():

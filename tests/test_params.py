@@ -291,6 +291,13 @@ def test_several_value_problems_are_reported_together(tmp_path):
                                f"{path}:6: unlearn.batch_size: must be > 0, got -2"]
 
 
+def test_export_candidates_name_the_reduced_precisions(tmp_path):
+    assert load_params(_write(tmp_path, "export:\n  quantize: fp16\n  candidates: [fp16, int8, int4]\n")).export.candidates \
+        == ["fp16", "int8", "int4"]
+    path = _write(tmp_path, "export:\n  candidates: [int8, bf16]\n")
+    assert _problems(path) == [f"{path}:2: export.candidates: ['bf16'] are not reduced precisions (int8, int4, fp16)"]
+
+
 def test_parse_params_without_text_names_file_and_key_only():
     with pytest.raises(UserError) as info:
         parse_params({"unlearn": {"lr": "fast"}}, "cfg.yaml")

@@ -175,6 +175,23 @@ def test_streaming_gives_the_same_text_as_one_response(served):
     assert chunks[-1]["usage"]["completion_tokens"] >= 1 and all(c["model"] == f"{MODEL}/1" for c in chunks)
 
 
+def test_another_precision_than_the_deployable_is_built_from_the_version_and_served(store):
+    """serve.quantization fp16 (the GPU precision) on a version whose deployable is int8: exported from
+    the version's base model and adapter when loaded, served, and named as such on /v1/models."""
+    from relearn.serving.server import Service
+
+    service = Service(_settings(store, quantization="fp16"), MODEL).start()
+    try:
+        url = service.serve_in_thread()
+        card = requests.get(f"{url}/v1/models", timeout=10).json()["data"]
+        assert [(m["version"], m["backend"], m["quantization"]) for m in card] == [("1", "onnx", "fp16")]
+        assert card[0]["artifact"].endswith("exported to fp16")
+        r = _chat(url, max_tokens=6)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+    finally:
+        service.close()
+
+
 def test_completions_models_and_mlflow_routes(served):
     _, url = served
     chat = _chat(url, max_tokens=6).json()["choices"][0]["message"]["content"]

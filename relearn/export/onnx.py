@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
 INT4_FILE = "model_int4.onnx"
+FP16_FILE = "model_fp16.onnx"
 PROMPT_FORMAT_FILE = "prompt_format.json"  # relearn.modeling.encoding.PromptFormat.to_dict(), written by the export stage
 CPU = "CPUExecutionProvider"
 # Files that make a directory loadable by `ORTModelForCausalLM` + `AutoTokenizer` besides the ONNX graph
@@ -195,6 +196,35 @@ def _quantize_weights(onnx_dir: str | Path, out_dir: str | Path, file_name: str,
     return out_dir / file_name
 
 
+def convert_fp16(onnx_dir: str | Path, out_dir: str | Path) -> Path:
+    """fp16 weights and compute of `onnx_dir/model.onnx` into a loadable model dir; returns the
+    model_fp16.onnx path (load it with `load_onnx(out_dir, file_name=FP16_FILE)`).
+
+    ONNX Runtime's float16 converter (onnxruntime.transformers.float16): every float initializer and
+    every float tensor between nodes becomes fp16, except the ops it keeps in fp32 by default (those
+    without fp16 kernels), with casts around them. The graph's inputs and outputs stay fp32
+    (`keep_io_types`), so the KV cache and the logits keep the types every engine here feeds and reads.
+    Half the size of fp32 and, with the CUDA provider, the precision GPUs compute fastest in; on a CPU,
+    ONNX Runtime computes most fp16 ops through casts, so it is slower than fp32 there (the export
+    stage measures it like any candidate; bench/export_candidates.py prints it)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    source = onnx_dir / FP32_FILE
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in _all_tensors(onnx.load(str(source), load_external_data=False)))
+    converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True, disable_shape_infer=external)
+    with atomic_dir(out_dir) as tmp:
+        _copy_companions(onnx_dir, tmp)
+        onnx.save(converted, str(tmp / FP16_FILE), save_as_external_data=external,
+                  location=f"{FP16_FILE}.data" if external else None)
+        written = onnx.load(str(tmp / FP16_FILE), load_external_data=False)
+        if not any(t.data_type == onnx.TensorProto.FLOAT16 for t in written.graph.initializer):
+            raise RuntimeError(f"the fp16 conversion left no fp16 weight in {tmp / FP16_FILE}")
+    return out_dir / FP16_FILE
+
+
 def _nbits_quantizer():
     """(MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig), imported without their side effect:
     the module calls logging.basicConfig(level=INFO) on import, which would turn on INFO logging
@@ -334,7 +364,7 @@ def _mb(n_bytes: int) -> float:
     return round(n_bytes / 2**20, 3)
 
 
-QUANTIZED_FILES = {"int8": INT8_FILE, "int4": INT4_FILE}
+QUANTIZED_FILES = {"int8": INT8_FILE, "int4": INT4_FILE, "fp16": FP16_FILE}   # the reduced precisions
 DEPLOYABLE_FILES = {"fp32": FP32_FILE, **QUANTIZED_FILES}
 
 
@@ -378,8 +408,8 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
                int4_block_size: int = 32, latency_questions: int = 0,
                device: str = "cpu", provider: Optional[str] = None) -> dict:
     """Merge, export fp32 ONNX and the quantized candidates, and compare greedy tokens. `quantize`:
-    "int8" or "int4" builds that one (see `quantize_int8`, `quantize_int4`), "auto" every precision in
-    `candidates`, "none" none. `template` goes to relearn.modeling.generation unchanged.
+    "int8", "int4" or "fp16" builds that one (see `quantize_int8`, `quantize_int4`, `convert_fp16`),
+    "auto" every precision in `candidates`, "none" none. `template` goes to relearn.modeling.generation unchanged.
 
     Returns `candidates`: for fp32 and each quantized model its size (MiB), its token agreement (a
     quantized model's greedy tokens against fp32 ONNX; fp32 ONNX's against PyTorch), its directory and
@@ -438,6 +468,8 @@ def run_export(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: st
             if precision == "int8":
                 path = quantize_int8(fp32_dir, target, block_size=int8_block_size, keep_float=int8_keep_float,
                                      accuracy_level=int8_accuracy_level)
+            elif precision == "fp16":
+                path = convert_fp16(fp32_dir, target)
             else:
                 path = quantize_int4(fp32_dir, target, block_size=int4_block_size)
         with _step(f"generate {precision} onnx", seconds):

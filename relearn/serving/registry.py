@@ -27,7 +27,7 @@ from relearn.errors import UserError
 from relearn.serving.engine import Engine, load_onnx_engine, load_torch_engine
 
 log = logging.getLogger("relearn.serve")
-QUANTIZATIONS = ("auto", "int8", "fp32", "int4")
+QUANTIZATIONS = ("auto", "int8", "fp32", "int4", "fp16")
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,12 @@ class VersionLoader:
                                  artifact=f"{target.source} (base model + adapter)")
 
     def _onnx(self, target: AliasTarget, where: Path) -> Engine:
-        from relearn.export.onnx import FP32_FILE, INT4_FILE, INT8_FILE
+        from relearn.export.onnx import DEPLOYABLE_FILES as files
 
         deployable = self._deployable(target, where)
         # what the export stage shipped (export.quantize: auto ships the fastest that passed its gates)
-        shipped = next((q for q, f in (("int8", INT8_FILE), ("int4", INT4_FILE)) if (deployable / f).is_file()), "fp32")
+        shipped = next((q for q, f in files.items() if q != "fp32" and (deployable / f).is_file()), "fp32")
         wanted = shipped if self.quantization == "auto" else self.quantization
-        files = {"int8": INT8_FILE, "fp32": FP32_FILE, "int4": INT4_FILE}
         common = dict(model_name=self.source.model_name, version=target.version, quantization=wanted,
                       provider=self.provider)
         if wanted == shipped:
@@ -167,7 +166,8 @@ class VersionLoader:
 
     def _build_onnx(self, target: AliasTarget, where: Path, precision: str) -> Path:
         """An ONNX directory of another precision than the deployable, from the version's base + adapter."""
-        from relearn.export.onnx import PROMPT_FORMAT_FILE, export_onnx, merge_adapter, quantize_int4, quantize_int8
+        from relearn.export.onnx import (PROMPT_FORMAT_FILE, convert_fp16, export_onnx, merge_adapter, quantize_int4,
+                                         quantize_int8)
         from relearn.io import read_json, write_json
 
         out = where / f"onnx-{precision}"
@@ -187,6 +187,8 @@ class VersionLoader:
             quantize_int8(fp32, out)
         elif precision == "int4":
             quantize_int4(fp32, out)
+        elif precision == "fp16":
+            convert_fp16(fp32, out)
         return out
 
 
