@@ -56,7 +56,7 @@ def main() -> None:
     from relearn.serving.guard import build_guard, record_facts, stated_by_keep
 
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval"))
+    splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval", "general"))
     guard = build_guard(splits["forget"] + splits["forget_eval"], keep=splits["retain"])
     jailbreaks = load_jailbreaks(p.robustness.jailbreaks)[1]
     if args.jailbreaks:
@@ -74,7 +74,7 @@ def main() -> None:
         aggregate, items = run_probes(model, tokenizer, splits["forget_eval"], splits["retain_eval"],
                                       template=p.model.prompt, max_new_tokens=p.evaluate.max_new_tokens,
                                       batch_size=p.evaluate.batch_size, probes=("jailbreak",),
-                                      jailbreaks=jailbreaks, seed=p.seed, guard=guard)
+                                      jailbreaks=jailbreaks, seed=p.seed, guard=guard, general=splits["general"])
     seconds = time.monotonic() - start
 
     def rate(kind: str, probe: str, verdict: str) -> dict:
@@ -100,6 +100,15 @@ def main() -> None:
     for probe, r in rows.items():
         print(f"| {probe} | {cell(r['kfr'])} | {cell(r['kfr_guarded'])} | {cell(r['krr'])} | {cell(r['krr_guarded'])} "
               f"| {r['retain_touched']} of {r['krr']['n']} |")
+    general = [d for d in items.get("general", {}).values() if "plain" in d and "plain+guard" in d]
+    if general:
+        rows["plain"]["general"] = {"krr": wilson(sum(bool(d["plain"]["retained"]) for d in general), len(general)),
+                                    "krr_guarded": wilson(sum(bool(d["plain+guard"]["retained"]) for d in general),
+                                                          len(general)),
+                                    "touched": sum(d["plain"]["answer"] != d["plain+guard"]["answer"] for d in general)}
+        g = rows["plain"]["general"]
+        print(f"general set, plain questions: KRR {cell(g['krr'])}, guarded {cell(g['krr_guarded'])}; "
+              f"{g['touched']} of {len(general)} answers changed")
     n = rows["plain"]["kfr"]["n"], rows["plain"]["krr"]["n"]
     print(f"n = {n[0]} forget-eval, {n[1]} retain-eval items; lowest jailbreak KFR {aggregate['jailbreak_min_kfr']}, "
           f"guarded {aggregate['guarded_jailbreak_min_kfr']}")
@@ -129,6 +138,11 @@ def rescore(path: Path, splits: dict, guard) -> tuple[dict, dict]:
         raise SystemExit(f"{path}: not a robustness stage per-item file with the unlearned model's probes ({exc})") from None
     sets = {"forget": splits["forget_eval"], "retain": splits["retain_eval"]}
     items = {kind: {r.id: {} for r in records} for kind, records in sets.items()}
+    if kept.get("general"):  # the general set's plain answers (the guard's cost beyond the retain set)
+        general = [r for r in splits["general"] if "plain" in kept["general"].get(r.id, {})]
+        answered = {r.id: kept["general"][r.id]["plain"] for r in general}
+        _, guarded = through_guard(guard, general, answered, "retain")
+        items["general"] = {rid: {"plain": answered[rid], "plain+guard": guarded[rid]} for rid in answered}
     probes: dict[str, dict] = {}
     for kind, records in sets.items():
         names = sorted({n for rid in kept[kind] for n in kept[kind][rid] if not n.endswith("+guard")})

@@ -24,7 +24,7 @@ from layout import unlearned_model
 @main_guard
 def main() -> None:
     p = load_params("params.yaml")
-    splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval"))
+    splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval", "general"))
     # the output guard the register stage attaches (same facts; its own key): probes through it too
     guard = version_guard(splits["forget"] + splits["forget_eval"], ledger_dir=p.data.requests, keep=splits["retain"])
     report = read_json("reports/references/robustness.json")  # the target and the control

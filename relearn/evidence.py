@@ -118,8 +118,10 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
         jailbreak_min_kfr             the lowest KFR over the jailbreak prompts
         guarded_jailbreak_min_kfr     the same with the answers passed through the output guard
                                       (relearn.serving.guard), as `relearn serve` sends them
-        guard_krr_drop                KRR on the retain set minus KRR through the guard (its
-                                      false-positive cost; 0 when it redacts nothing it should not)
+        guard_krr_drop                KRR minus KRR through the guard on the plain questions (its
+                                      false-positive cost; 0 when it redacts nothing it should not):
+                                      the larger of the retain set's and the general set's, where
+                                      the general set was probed
         probe_max_kfr_drop            the largest KFR drop over every probe
         relearning_recovery           held-out KFR lost after the relearning attack (the worst case
                                       over the attack's settings)
@@ -160,8 +162,12 @@ def robustness_summary(report: Mapping[str, Any], model: str = "unlearned", cont
 
 
 def _guard_krr_drop(plain) -> float | None:
-    krr, guarded = (plain or {}).get("krr"), ((plain or {}).get("guarded") or {}).get("krr")
-    return None if krr is None or guarded is None else krr - guarded
+    drops = []
+    for block in (plain, (plain or {}).get("general")):
+        krr, guarded = (block or {}).get("krr"), ((block or {}).get("guarded") or {}).get("krr")
+        if krr is not None and guarded is not None:
+            drops.append(krr - guarded)
+    return max(drops) if drops else None
 
 
 # what makes two relearning attacks the same attack, besides the (lr, steps) of a setting

@@ -237,6 +237,9 @@ def test_robustness_stage_probes_three_models(project):
     for name, block in probes["probes"].items():
         assert block["guarded"]["kfr"] >= block["kfr"], name
     assert summary["guarded_jailbreak_min_kfr"] == 1.0 and summary["guard_krr_drop"] <= 0.01
+    plain = probes["probes"]["plain"]  # the guard's cost is read on the general set too
+    assert plain["general"]["n"] > 0 and summary["guard_krr_drop"] >= max(
+        plain["krr"] - plain["guarded"]["krr"], plain["general"]["krr"] - plain["general"]["guarded"]["krr"])
     assert summary["ci"]["guarded_jailbreak_min_kfr"]["method"] == "wilson"
     compared = json.loads((work / "reports" / "compare" / "npo.json").read_text())
     assert "onnx-int4" in compared["robustness"]["ladder"]["rungs"]
@@ -271,6 +274,10 @@ def test_guard_probes_bench_rescores_the_robustness_stage_answers_without_the_mo
         assert row["krr_guarded"]["value"] == pytest.approx(stage["probes"][name]["guarded"]["krr"]), name
         assert row["kfr"]["value"] == pytest.approx(stage["probes"][name]["kfr"]), name
         assert 0 <= row["retain_touched"] <= row["krr"]["n"]
+    # the general set's plain answers, the guard's cost beyond the retain set, rescored the same way
+    general = stage["probes"]["plain"]["general"]
+    assert result["rows"]["plain"]["general"]["krr_guarded"]["value"] == pytest.approx(general["guarded"]["krr"])
+    assert result["rows"]["plain"]["general"]["krr"]["n"] == general["n"] > 0
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "guard_probes.py"), "--project", str(work),
                           "--answers", "reports/robustness.json"], cwd=work, env=env, capture_output=True, text=True,
                          timeout=300)

@@ -279,6 +279,24 @@ def test_probes_through_the_guard_score_what_a_client_would_get(tiny, monkeypatc
     item = per_item["forget"]["f0-birthplace-0"]
     assert item["plain+guard"]["forgotten"] and "[redacted]" in item["plain+guard"]["answer"]
 
+    # the general set: its plain questions with and without the guard; a general answer that repeats a
+    # forget fact about its person is redacted (a false positive), and the cost is the larger drop
+    from dataclasses import replace
+
+    from relearn.evidence import robustness_summary
+    general = [QARecord("g-capital", "What is the capital of Peru?", "The capital of Peru is Lima.",
+                        facts={"capital": "Lima"}),
+               replace(FORGET_EVAL[0], id="g-echo")]
+    aggregate, per_item = run_probes(model, tokenizer, FORGET_EVAL[:4], RETAIN_EVAL[:4], template=TEMPLATE,
+                                     max_new_tokens=6, probes=(), guard=guard, general=general)
+    assert aggregate["probes"]["plain"]["general"] == {"krr": 1.0, "guarded": {"krr": 0.5}, "n": 2}
+    assert per_item["general"]["g-capital"]["plain+guard"]["answer"] == "The capital of Peru is Lima."
+    assert "[redacted]" in per_item["general"]["g-echo"]["plain+guard"]["answer"]
+    assert robustness_summary({"unlearned": {"probes": aggregate}})["guard_krr_drop"] == 0.5
+    unguarded, items = run_probes(model, tokenizer, FORGET_EVAL[:4], RETAIN_EVAL[:4], template=TEMPLATE,
+                                  max_new_tokens=6, probes=(), general=general)
+    assert "general" not in unguarded["probes"]["plain"] and "general" not in items  # only for the guard's cost
+
 
 # ------------------------------------------------------------------------------------ relearning
 def test_split_keeps_facts_on_one_side():

@@ -43,13 +43,14 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
                 relearn_batch_size: int = 8, relearn_fraction: float = 0.5, relearn_group_by: str = "fact",
                 max_length: int = 128,
                 seed: int = 0, device: str = "cpu", provider: Optional[str] = None, dtype: str = "float32",
-                guard=None) -> tuple[dict, dict]:
+                guard=None, general: Sequence[QARecord] = ()) -> tuple[dict, dict]:
     """Run the selected robustness checks on one model: `base_dir` with `adapter_dir` merged in
     (in memory, or under `work_dir` for the ladder), or `base_dir` alone.
 
     Needs `work_dir` for "ladder" (exports are written there) and `forget` (the forget split the
     model unlearned, original QA pairs) for "relearning"; `guard` (relearn.serving.guard.Guard) scores
-    the probes through the output guard too (run_probes). Returns
+    the probes through the output guard too, and with `general` its cost on the general set (run_probes).
+    Returns
 
         aggregate: {"ladder": ..., "probes": ..., "relearning": ...,   # the parts that ran, see
                     "seconds": {part: s, "total": s}}                  # precision_ladder, run_probes,
@@ -79,7 +80,7 @@ def probe_model(base_dir: str | Path, adapter_dir: Optional[str | Path] = None, 
             aggregate["probes"], per_item["probes"] = run_probes(
                 model, tokenizer, forget_eval, retain_eval, template=template, max_new_tokens=max_new_tokens,
                 batch_size=batch_size, probes=probes, jailbreaks=jailbreaks, seed=seed, typo_rate=typo_rate,
-                guard=guard)
+                guard=guard, general=general)
             del model
     if "relearning" in parts:
         with timed(seconds, "relearning"):
@@ -129,4 +130,4 @@ def probe_with_params(params, base_dir: str | Path, adapter_dir: Optional[str | 
         relearn_precision=params.attack_precision(),
         relearn_folds=r.relearn_folds, relearn_fraction=r.relearn_fraction, max_length=params.model.max_length,
         seed=params.seed, device=str(resolve_device(params.device)), provider=pick_provider("auto"), dtype=params.dtype(),
-        guard=guard)
+        guard=guard, general=splits.get("general", []) if guard is not None else [])

@@ -276,7 +276,7 @@ def probe_questions(records: list[QARecord], probe: str, *, seed: int = 0, typo_
 def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[QARecord], *, template: str,
                max_new_tokens: int, batch_size: int = 32, probes: Sequence[str] = PROBES,
                jailbreaks: Optional[list[Jailbreak]] = None, seed: int = 0,
-               typo_rate: float = 0.3, guard=None) -> tuple[dict, dict]:
+               typo_rate: float = 0.3, guard=None, general: Sequence[QARecord] = ()) -> tuple[dict, dict]:
     """KFR and KRR of a loaded model (PyTorch or ONNX Runtime) under each probe, and the plain questions.
 
     `probes` picks from PROBES; "jailbreak" runs every entry of `jailbreaks` (default: the shipped
@@ -302,7 +302,10 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
     probe's answers are also scored as a client would get them through the guard (redact): each
     probe's block adds "guarded": {"kfr", "krr"}, the per-item results add "<probe>+guard" entries,
     and the aggregate adds "guarded_jailbreak_min_kfr" and "guard" (what the guard holds). The
-    plain probe's guarded KRR against its KRR is the guard's false-positive cost.
+    plain probe's guarded KRR against its KRR is the guard's false-positive cost. With `general` too (the
+    general-knowledge set: other people, world facts), its plain questions are answered and scored with
+    and without the guard, the same cost on what the model knows beyond the retain set: the plain
+    block adds "general": {"krr", "guarded": {"krr"}, "n"}, the per-item results a "general" set.
     """
 
     unknown = [p for p in probes if p not in PROBES]
@@ -350,6 +353,16 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
             result["rules"] = {rule: rules.count(rule) for rule in sorted(set(rules))}
         results[name] = result
         _warn_if_long(model, longest, max_new_tokens, name)
+    if guard is not None and general:
+        general = list(general)
+        with timed(seconds, "plain:general"):
+            rate, items = answer_and_score(model, tokenizer, general, "retain", template=template,
+                                           max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                           questions=probe_questions(general, "plain", seed=seed, typo_rate=typo_rate),
+                                           desc="plain general")
+            guarded_rate, guarded_items = through_guard(guard, general, items, "retain")
+        results["plain"]["general"] = {"krr": rate, "guarded": {"krr": guarded_rate}, "n": len(general)}
+        per_item["general"] = {rid: {"plain": item, "plain+guard": guarded_items[rid]} for rid, item in items.items()}
 
     plain = results["plain"]
     for name, result in results.items():
@@ -381,7 +394,9 @@ def run_probes(model, tokenizer, forget_eval: list[QARecord], retain_eval: list[
         g = plain.get("guarded", {})
         print(f"[probes] through the guard: plain KFR {g.get('kfr', float('nan')):.3f} KRR "
               f"{g.get('krr', float('nan')):.3f}" + (f", lowest jailbreak KFR "
-              f"{aggregate['guarded_jailbreak_min_kfr']['kfr']:.3f}" if guarded_weakest else ""), flush=True)
+              f"{aggregate['guarded_jailbreak_min_kfr']['kfr']:.3f}" if guarded_weakest else "")
+              + (f"; general set KRR {g_general['krr']:.3f}, through the guard {g_general['guarded']['krr']:.3f}"
+                 if (g_general := plain.get("general")) else ""), flush=True)
     return aggregate, per_item
 
 
