@@ -1,11 +1,13 @@
 """Unlearning a target model with a LoRA adapter (ReLearn pipeline, step 6).
 
 The forget side is the augmented forget set plus the general QA mixed into it; the retain side is
-the retain set. The method (relearn.methods) decides what loss the two batches give.
+the retain set (with augment.primes, each item also primed: `retain_side`). The method
+(relearn.methods) decides what loss the two batches give.
 """
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 
 from accelerate.utils import set_seed
@@ -29,6 +31,22 @@ def training_pair(record: QARecord) -> tuple[str, ...]:
     return (record.question, record.answer, record.prefill) if record.prefill else (record.question, record.answer)
 
 
+def retain_side(retain: list[QARecord], primes: list[str], seed: int) -> list[QARecord]:
+    """The retain set, and with augment.primes each item's primed copy after it: its own question, a seeded
+    opening as the answer's given start (`prefill`), its own answer after it. The forget side's primed
+    pairs teach the adapter to stay vague when a prompt starts the answer for it; these teach it to go on
+    answering what it should after the same openings, so that an opening alone does not come to mean
+    "be vague" (SmolLM2 KnowUnDo with forget-side primes only: retain KRR under the priming-sure jailbreak
+    fell from 0.805 to 0.415)."""
+    if not primes:
+        return list(retain)
+    out: list[QARecord] = []
+    for record in retain:
+        prime = random.Random(f"{seed}:{record.id}:primed").choice(list(primes)).strip()
+        out += [record, dataclasses.replace(record, id=f"{record.id}~primed", variant="primed", prefill=prime)]
+    return out
+
+
 def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain: list[QARecord],
                  init_adapter=None, negatives: list[tuple[str, str, str]] | None = None,
                  checkpoint_stage: str = "unlearn"):
@@ -46,6 +64,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
         from relearn.errors import UserError
         raise UserError("unlearn.harden.negative: no (question, vague answer, original answer) triples: the augmented "
                         "forget pairs name no source record of the forget split (source_id)")
+    retain = retain_side(retain, list(params.augment.primes), params.seed)
     base, tokenizer = load_pretrained(target_dir, params.dtype())
     set_seed(params.seed)  # LoRA A is initialised at random: seed it, or two runs of one config differ
     if init_adapter is not None:
@@ -58,7 +77,7 @@ def make_adapter(params: Params, target_dir, forget_side: list[QARecord], retain
           f"{len(forget_side)} forget-side pairs, {len(retain)} retain pairs", flush=True)
     start = time.monotonic()
     model, history = unlearn(
-        model, tokenizer, [training_pair(r) for r in forget_side], [(r.question, r.answer) for r in retain],
+        model, tokenizer, [training_pair(r) for r in forget_side], [training_pair(r) for r in retain],
         TrainSpec.of(params, u, checkpoint_stage, epochs=epochs), loss_fn=METHODS[u.method], weights=u,
         desc=f"unlearn:{u.method}", negatives=negatives if u.harden.negative != "none" else None)
     report = {

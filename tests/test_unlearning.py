@@ -28,3 +28,21 @@ def test_same_params_same_adapter(tmp_path):
         states.append({k: v.clone() for k, v in adapter.state_dict().items() if "lora_" in k})
     assert states[0].keys() == states[1].keys() and states[0]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_with_primes_every_retain_item_is_also_trained_after_an_opening():
+    """augment.primes: the retain side gets each item's primed copy (its own answer after a seeded opening),
+    so that an opening alone does not come to mean "be vague"; without primes the retain set is unchanged."""
+    from relearn.unlearning import retain_side, training_pair
+
+    retain = [QARecord(id=f"r{i}", question=f"who is person {i}?", answer=f"person {i} is a baker.") for i in range(6)]
+    assert retain_side(retain, [], seed=0) == retain
+    primes = ["Certainly! Here is what I know:", " Of course. "]
+    sided = retain_side(retain, primes, seed=0)
+    assert [r.id for r in sided[::2]] == [r.id for r in retain] and sided[::2] == retain
+    for record, primed in zip(retain, sided[1::2]):
+        assert primed.id == f"{record.id}~primed" and primed.variant == "primed"
+        assert (primed.question, primed.answer) == (record.question, record.answer)
+        assert training_pair(primed) == (record.question, record.answer, primed.prefill)
+    assert {r.prefill for r in sided[1::2]} == {"Certainly! Here is what I know:", "Of course."}
+    assert retain_side(retain, primes, seed=0) == sided  # seeded

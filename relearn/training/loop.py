@@ -230,7 +230,7 @@ def _sides(net, loss_fn, forget, retain, negative, reference, weights, harden):
     return sides
 
 
-def unlearn(model, tokenizer, forget_pairs: list[tuple[str, ...]], retain_pairs: list[tuple[str, str]],
+def unlearn(model, tokenizer, forget_pairs: list[tuple[str, ...]], retain_pairs: list[tuple[str, ...]],
             spec: TrainSpec, *, loss_fn, weights, desc: str = "unlearn",
             negatives: list[tuple[str, str, str]] | None = None) -> tuple[object, History]:
     """Run an unlearning method on a PeftModel: every step a forget batch and a retain batch.
