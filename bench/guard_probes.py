@@ -53,11 +53,12 @@ def main() -> None:
     from relearn.robustness import load_jailbreaks, run_probes
     from relearn.robustness.common import load_merged
     from relearn.evaluation.scoring import fact_revealed
-    from relearn.serving.guard import build_guard, record_facts, stated_by_keep
+    from relearn.serving.guard import record_facts, stated_by_keep, version_guard
 
     p = load_params("params.yaml")
     splits = read_splits("data/splits", ("forget", "forget_eval", "retain", "retain_eval", "general"))
-    guard = build_guard(splits["forget"] + splits["forget_eval"], keep=splits["retain"])
+    # the guard as the register and robustness stages build it (purged requests' guards carried)
+    guard = version_guard(splits["forget"] + splits["forget_eval"], ledger_dir=p.data.requests, keep=splits["retain"])
     jailbreaks = load_jailbreaks(p.robustness.jailbreaks)[1]
     if args.jailbreaks:
         wanted = args.jailbreaks.split(",")
@@ -67,7 +68,8 @@ def main() -> None:
         jailbreaks = [jb for jb in jailbreaks if jb.id in wanted]
     start = time.monotonic()
     if args.answers:
-        aggregate, items = rescore(Path(args.answers), splits, guard)
+        aggregate, items = rescore(Path(args.answers), splits, guard,
+                                   only={f"jailbreak:{jb.id}" for jb in jailbreaks} if args.jailbreaks else None)
     else:
         base, adapter = unlearned_model(p)
         model, tokenizer = load_merged(base, adapter, dtype=p.dtype(), device=str(resolve_device(p.device)))
@@ -102,9 +104,11 @@ def main() -> None:
               f"| {r['retain_touched']} of {r['krr']['n']} |")
     general = [d for d in items.get("general", {}).values() if "plain" in d and "plain+guard" in d]
     if general:
-        rows["plain"]["general"] = {"krr": wilson(sum(bool(d["plain"]["retained"]) for d in general), len(general)),
-                                    "krr_guarded": wilson(sum(bool(d["plain+guard"]["retained"]) for d in general),
-                                                          len(general)),
+        def scored(key: str) -> list[bool]:  # an item the evaluator could not score counts in neither
+            return [d[key]["retained"] for d in general if d[key].get("retained") is not None]
+
+        rows["plain"]["general"] = {"krr": wilson(sum(scored("plain")), len(scored("plain"))),
+                                    "krr_guarded": wilson(sum(scored("plain+guard")), len(scored("plain+guard"))),
                                     "touched": sum(d["plain"]["answer"] != d["plain+guard"]["answer"] for d in general)}
         g = rows["plain"]["general"]
         print(f"general set, plain questions: KRR {cell(g['krr'])}, guarded {cell(g['krr_guarded'])}; "
@@ -128,8 +132,9 @@ def main() -> None:
                                                     "rows": rows, "aggregate": aggregate, "guarded_misses": misses}, indent=2) + "\n")
 
 
-def rescore(path: Path, splits: dict, guard) -> tuple[dict, dict]:
-    """(aggregate, per-item) as run_probes returns them, from the unlearned model's kept answers."""
+def rescore(path: Path, splits: dict, guard, only: set[str] | None = None) -> tuple[dict, dict]:
+    """(aggregate, per-item) as run_probes returns them, from the unlearned model's kept answers (the plain
+    questions and, when `only` names jailbreak probes, those; else every probe kept)."""
     from relearn.robustness.probes import through_guard
 
     try:
@@ -145,7 +150,8 @@ def rescore(path: Path, splits: dict, guard) -> tuple[dict, dict]:
         items["general"] = {rid: {"plain": answered[rid], "plain+guard": guarded[rid]} for rid in answered}
     probes: dict[str, dict] = {}
     for kind, records in sets.items():
-        names = sorted({n for rid in kept[kind] for n in kept[kind][rid] if not n.endswith("+guard")})
+        names = sorted({n for rid in kept[kind] for n in kept[kind][rid] if not n.endswith("+guard")
+                        and (only is None or n == "plain" or n in only)})
         for name in names:
             answered = {r.id: kept[kind][r.id][name] for r in records if name in kept[kind].get(r.id, {})}
             scored = [r for r in records if r.id in answered]

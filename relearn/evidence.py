@@ -165,7 +165,7 @@ def _guard_krr_drop(plain) -> float | None:
     drops = []
     for block in (plain, (plain or {}).get("general")):
         krr, guarded = (block or {}).get("krr"), ((block or {}).get("guarded") or {}).get("krr")
-        if krr is not None and guarded is not None:
+        if krr is not None and guarded is not None and krr == krr and guarded == guarded:  # NaN: nothing scored
             drops.append(krr - guarded)
     return max(drops) if drops else None
 

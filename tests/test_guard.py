@@ -166,6 +166,18 @@ def test_what_the_retain_set_also_says_is_guarded_only_where_its_forget_question
     assert build_guard([forget], keep=asks_too).redact(answer, forget.question)[1] == 3
 
 
+@pytest.mark.parametrize("words", [("lives", "live", "lived", "living"), ("studied", "study", "studies"),
+                                   ("addresses", "address"), ("married", "marry")])
+def test_question_words_ask_alike_in_their_forms(words):
+    from relearn.serving.guard import _stem
+    assert len({_stem(w) for w in words}) == 1, {w: _stem(w) for w in words}
+
+
+def test_a_stem_is_never_a_stopword():
+    from relearn.serving.guard import _stem
+    assert _stem("themes") == "theme" and _stem("others") == "others"  # not "them", not "other"
+
+
 def test_a_format_1_guard_still_loads_and_guards_every_fact_everywhere(tmp_path):
     guard = build_guard(FORGET)
     path = guard.save(tmp_path / "g")
@@ -189,6 +201,9 @@ def test_asked_facts_survive_the_artifact(tmp_path):
     loaded = Guard.load(guard.save(tmp_path / "g"))
     text = (tmp_path / "g" / GUARD_FILE).read_text(encoding="utf-8").lower()
     assert "area" not in _strings(json.loads(text)) and "lives" not in text
+    assert json.loads(text)["format"] == 2 and json.loads(text)["asked"] == 1
+    build_guard(forget).save(tmp_path / "plain")  # nothing asked: format 1, which older servers read
+    assert json.loads((tmp_path / "plain" / GUARD_FILE).read_text(encoding="utf-8"))["format"] == 1
     answer = "He lives in Tel Aviv."
     for asked in (forget[0].question, keep[0].question):
         assert loaded.redact(answer, asked) == guard.redact(answer, asked)

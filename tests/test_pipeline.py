@@ -238,7 +238,7 @@ def test_robustness_stage_probes_three_models(project):
         assert block["guarded"]["kfr"] >= block["kfr"], name
     assert summary["guarded_jailbreak_min_kfr"] == 1.0 and summary["guard_krr_drop"] <= 0.01
     plain = probes["probes"]["plain"]  # the guard's cost is read on the general set too
-    assert plain["general"]["n"] > 0 and summary["guard_krr_drop"] >= max(
+    assert plain["general"]["n"] > 0 and summary["guard_krr_drop"] == max(
         plain["krr"] - plain["guarded"]["krr"], plain["general"]["krr"] - plain["general"]["guarded"]["krr"])
     assert summary["ci"]["guarded_jailbreak_min_kfr"]["method"] == "wilson"
     compared = json.loads((work / "reports" / "compare" / "npo.json").read_text())

@@ -380,8 +380,9 @@ def test_version_description_for_an_approver():
     assert "Blocked by gates: kfr" in old and "Release: not recorded" in old
     guarded = versions.version_description({**_tags(RELEARNED, "api"), "guard.facts": "12", "guard.requests": "1",
                                             "guard.asked": "3"})
-    assert ("Output guard: 12 forget facts as keyed hashes (1 erasure requests, 3 of them, which the retain set "
-            "also states, only where their forget question is asked)") in guarded
+    assert ("Output guard: 12 forget facts as keyed hashes (1 erasure requests); `relearn serve` redacts them from "
+            "answers. 3 of these facts, which the retain set also states, are guarded only where their forget "
+            "question is asked.") in guarded
     assert "only where" not in versions.version_description({**_tags(RELEARNED, "api"), "guard.facts": "12"})
 
 

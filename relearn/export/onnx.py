@@ -214,7 +214,9 @@ def convert_fp16(onnx_dir: str | Path, out_dir: str | Path) -> Path:
     source = onnx_dir / FP32_FILE
     external = any(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in _all_tensors(onnx.load(str(source), load_external_data=False)))
-    converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True, disable_shape_infer=external)
+    # a model with external data (> 2 GB) goes by path: the converter then infers types with infer_shapes_path,
+    # which such a model needs for the casts around the ops it keeps in fp32
+    converted = convert_float_to_float16(str(source) if external else onnx.load(str(source)), keep_io_types=True)
     with atomic_dir(out_dir) as tmp:
         _copy_companions(onnx_dir, tmp)
         onnx.save(converted, str(tmp / FP16_FILE), save_as_external_data=external,

@@ -273,11 +273,11 @@ def version_description(tags: Mapping[str, str], report: str | None = None) -> s
         lines += ["", "Gates read on an end of the metric's 95% interval (a few lucky items cannot pass them):"]
         lines += [f"- {g['gate']}: {g['shortfall']}: {'passed' if g.get('passed') else 'failed'}" for g in bounded]
     if tags.get("guard.facts"):
-        asked = (f", {tags['guard.asked']} of them, which the retain set also states, only where their forget "
-                 f"question is asked" if tags.get("guard.asked") not in (None, "0", 0) else "")
+        asked = (f" {tags['guard.asked']} of these facts, which the retain set also states, are guarded only where "
+                 f"their forget question is asked." if tags.get("guard.asked") not in (None, "0", 0) else "")
         lines += ["", f"Output guard: {tags['guard.facts']} forget facts as keyed hashes "
-                      f"({tags.get('guard.requests', '0')} erasure requests{asked}); `relearn serve` redacts them "
-                      "from answers."]
+                      f"({tags.get('guard.requests', '0')} erasure requests); `relearn serve` redacts them "
+                      f"from answers.{asked}"]
     lines += ["", f"Report: `{report}` (the run's artifacts)" if report else "Report: not attached yet."]
     text = "\n".join(lines)
     return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION - 1] + "…"
