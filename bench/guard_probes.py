@@ -139,6 +139,8 @@ def rescore(path: Path, splits: dict, guard, only: set[str] | None = None) -> tu
 
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))["unlearned"]["probes"]
+        if not all(isinstance(kept.get(kind), dict) for kind in ("forget", "retain")):
+            raise KeyError("no per-item forget and retain answers")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"{path}: not a robustness stage per-item file with the unlearned model's probes ({exc})") from None
     sets = {"forget": splits["forget_eval"], "retain": splits["retain_eval"]}
