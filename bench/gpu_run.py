@@ -588,6 +588,8 @@ class Lifecycle:
         except Skip as s:
             entry.update(status=s.status, note=s.note)
         except Exception as e:  # one part failing (say, an API a transformers version lacks) leaves the others
+            if time.monotonic() >= self.deadline:  # the deadline's alarm, wrapped by library code on its way out
+                raise OutOfTime() from e
             traceback.print_exc()
             entry.update(status="failed", note=f"{type(e).__name__}: {e}"[:2000],
                          traceback=traceback.format_exc().splitlines()[-25:])
