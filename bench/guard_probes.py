@@ -104,11 +104,8 @@ def main() -> None:
               f"| {r['retain_touched']} of {r['krr']['n']} |")
     general = [d for d in items.get("general", {}).values() if "plain" in d and "plain+guard" in d]
     if general:
-        def scored(key: str) -> list[bool]:  # an item the evaluator could not score counts in neither
-            return [d[key]["retained"] for d in general if d[key].get("retained") is not None]
-
-        rows["plain"]["general"] = {"krr": wilson(sum(scored("plain")), len(scored("plain"))),
-                                    "krr_guarded": wilson(sum(scored("plain+guard")), len(scored("plain+guard"))),
+        rows["plain"]["general"] = {"krr": rate("general", "plain", "retained"),
+                                    "krr_guarded": rate("general", "plain+guard", "retained"),
                                     "touched": sum(d["plain"]["answer"] != d["plain+guard"]["answer"] for d in general)}
         g = rows["plain"]["general"]
         print(f"general set, plain questions: KRR {cell(g['krr'])}, guarded {cell(g['krr_guarded'])}; "

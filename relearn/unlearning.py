@@ -7,12 +7,12 @@ the retain set (with augment.primes, each item also primed: `retain_side`). The 
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 
+from relearn.augment.build import opening_for
 from relearn.methods import METHODS
 from relearn.modeling.model import count_parameters, load_pretrained
 from relearn.params import Params
@@ -42,8 +42,8 @@ def retain_side(retain: list[QARecord], primes: list[str], seed: int) -> list[QA
         return list(retain)
     out: list[QARecord] = []
     for record in retain:
-        prime = random.Random(f"{seed}:{record.id}:primed").choice(list(primes)).strip()
-        out += [record, dataclasses.replace(record, id=f"{record.id}~primed", variant="primed", prefill=prime)]
+        out += [record, dataclasses.replace(record, id=f"{record.id}~primed", variant="primed",
+                                            prefill=opening_for(record.id, primes, seed))]
     return out
 
 

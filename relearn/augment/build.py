@@ -124,11 +124,16 @@ def with_item_pairs(forget: list[QARecord], candidates: list[QARecord],
     return out
 
 
+def opening_for(record_id: str, primes: list[str], seed: int) -> str:
+    """The opening a record is primed with: a seeded choice per record, so every opening is trained on
+    about as often (the forget side's primed pairs here, the retain side's in relearn.unlearning)."""
+    return random.Random(f"{seed}:{record_id}:primed").choice(list(primes)).strip()
+
+
 def with_primed(forget: list[QARecord], candidates: list[QARecord], primes: list[str], seed: int) -> list[QARecord]:
-    """`candidates` with each item's primed pair after the item's other pairs; the opening is a seeded
-    choice per item, so every opening is trained on about as often."""
+    """`candidates` with each item's primed pair after the item's other pairs (`opening_for`)."""
     return with_item_pairs(forget, candidates, lambda record, group: primed_pair(
-        record, group, random.Random(f"{seed}:{record.id}:primed").choice(primes)))
+        record, group, opening_for(record.id, primes, seed)))
 
 
 def with_completions(forget: list[QARecord], candidates: list[QARecord]) -> list[QARecord]:

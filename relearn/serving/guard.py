@@ -139,6 +139,11 @@ class Guard:
         return self._by_word
 
     @property
+    def asked(self) -> int:
+        """How many facts are asked facts (guarded only where their forget question is asked)."""
+        return sum(bool(f.asks) for f in self.facts)
+
+    @property
     def holdback(self) -> int:
         """The most words a stream can keep back: a match reaches at most this far after its first word."""
         longest = max((len(f.words) for f in self.facts), default=1)
@@ -190,7 +195,7 @@ class Guard:
             return cached[1], cached[2]
         words = _words(context or "")
         named = {self._h(w) for w in words}
-        asking = {self._h(_stem(w)) for w in words} if any(f.asks for f in self.facts) else set()
+        asking = {self._h(_stem(w)) for w in words} if self.asked else set()
         self._context = (context, named, asking)   # one assignment: safe to share between threads
         return named, asking
 
@@ -261,12 +266,11 @@ class Guard:
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        asked = any(f.asks for f in self.facts)
         write_json(out / GUARD_FILE, {   # format 1 when nothing needs 2: older servers still read it
-            "format": FORMAT if asked else 1, "algorithm": f"hmac-sha256/{DIGEST_BYTES * 8}", "facts": len(self.facts),
+            "format": FORMAT if self.asked else 1, "algorithm": f"hmac-sha256/{DIGEST_BYTES * 8}", "facts": len(self.facts),
             "records": self.records, "requests": self.requests, "subjects": [list(s) for s in self.subjects],
             "whole_name": sorted(self.whole_name), "kept": self.kept,
-            "asked": sum(bool(f.asks) for f in self.facts),
+            "asked": self.asked,
             "entries": [{"words": list(f.words), "subject": f.subject, "strong": f.strong,
                          **({"asks": list(f.asks)} if f.asks else {})} for f in self.facts]})
         tmp = out / f".{KEY_FILE}.tmp"
@@ -298,7 +302,7 @@ class Guard:
         """Counts, the carried parts (purged requests) included."""
         own = {"facts": len(self.facts), "strong": sum(f.strong for f in self.facts),
                "subjects": len(self.subjects), "records": self.records, "requests": len(self.requests),
-               "asked": sum(bool(f.asks) for f in self.facts), "kept_public": self.kept}
+               "asked": self.asked, "kept_public": self.kept}
         for part in self.parts:
             for key, value in part.summary().items():
                 if key != "purged":
